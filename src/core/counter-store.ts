@@ -1,0 +1,183 @@
+/**
+ * The CounterStore port: where hot usage state lives (Redis in production, memory in the embedded default).
+ *
+ * Contract (proven for both implementations by test/contract/counter-store.contract.ts):
+ * - `reserve` checks every limit of one call and, only when all pass, applies all of them and stores the
+ *   reservation — one atomic step. A denial changes no counter.
+ * - Time is the store's own clock (Redis TIME), unless the store was built with an explicit clock (tests).
+ * - Every amount is an integer below 2^53 (Redis Lua numbers are doubles); the core validates inputs to 1e15 per call.
+ * - State of one account never depends on another account's (all keys share the account hash tag).
+ */
+
+export type LimitKind = "RATE" | "QUOTA" | "CONCURRENCY" | "BUDGET" | "WINDOW";
+export type DenyReasonName =
+  | "RATE_LIMITED"
+  | "QUOTA_EXHAUSTED"
+  | "CONCURRENCY_LIMITED"
+  | "BUDGET_EXHAUSTED"
+  | "KEY_EXPIRED"
+  | "SUBSCRIPTION_ENDED"
+  | "SUBSCRIPTION_NOT_STARTED"
+  | "OUTSIDE_ACCESS_WINDOW";
+export type Mode = "ENFORCE" | "CHECK_ONLY" | "SHADOW";
+export type ExpiryPolicy = "charge" | "refund";
+
+/** How a QUOTA/BUDGET limit's period works. */
+export type Period =
+  /** Calendar periods (daily, monthly anniversary). The core computes the boundaries around its own clock; the
+   * store picks the window that contains store time: [b0,b1) previous, [b1,b2) current, [b2,b3) next. */
+  | { type: "fixed"; bounds: readonly [number, number, number, number] }
+  /** Rolling window made of buckets; usage in a bucket counts until the whole bucket leaves the window, so the
+   * window over-counts by at most one bucket's usage (never under-counts: no over-admission). */
+  | { type: "rolling"; windowMs: number; bucketMs: number }
+  /** Never resets (budgets). */
+  | { type: "none" };
+
+export interface CounterLimit {
+  /** State id, unique within the account: "<scope>:<owner>:<name>". Only [A-Za-z0-9_:.-]. */
+  id: string;
+  kind: LimitKind;
+  /** Which amount of the call this limit counts: "calls" (1 per call), "units", "spend" or a custom meter. */
+  meter: string;
+  /** This call's amount for `meter` (0 when peeking). */
+  amount: bigint;
+  /** RATE and CONCURRENCY: the maximum. QUOTA with a fixed capacity (key sub-limits). Otherwise the capacity comes
+   * from `setCapacity`. */
+  limit?: bigint;
+  /** RATE: the sliding window. */
+  windowMs?: number;
+  /** QUOTA and BUDGET. */
+  period?: Period;
+  /** QUOTA: the call may go past the capacity (the excess is recorded as overage). */
+  overage?: boolean;
+  /** WINDOW: open intervals as [startMs, endMs) of the UTC day. */
+  blocks?: ReadonlyArray<readonly [number, number]>;
+}
+
+/** A time gate on the whole call: key expiry, subscription start and end. */
+export interface Gate {
+  reason: "KEY_EXPIRED" | "SUBSCRIPTION_ENDED" | "SUBSCRIPTION_NOT_STARTED";
+  /** Denied before this time (available_at = from). */
+  from?: number;
+  /** Denied from this time on. */
+  until?: number;
+}
+
+export interface ReserveCommand {
+  accountId: string;
+  reservationId: string;
+  idempotencyId?: string;
+  mode: Mode;
+  ttlMs: number;
+  /** The product of the call; grants restricted to another product do not count. */
+  product: string;
+  expiryPolicy: ExpiryPolicy;
+  gates: readonly Gate[];
+  limits: readonly CounterLimit[];
+}
+
+export interface SourceState {
+  /** "base" for the periodic allowance (plan + add-ons), otherwise the grant id. */
+  id: string;
+  amount: bigint;
+  used: bigint;
+  priority: number;
+  expiresAt?: number;
+  product: string;
+}
+
+export interface LimitState {
+  limit: bigint;
+  used: bigint;
+  remaining: bigint;
+  resetAt?: number;
+  overage: bigint;
+  exceeded: boolean;
+  sources?: SourceState[];
+}
+
+export interface ReserveResult {
+  /** NEED_RESTORE: the account's state is not in the store (first touch, or the store lost its data): the caller
+   * must `restore` it from the source of truth and call again. */
+  outcome: "ALLOWED" | "DENIED" | "NEED_RESTORE";
+  reason?: DenyReasonName;
+  /** In SHADOW mode: the reason it would have been denied (outcome is ALLOWED). */
+  shadowReason?: DenyReasonName;
+  deniedLimitId?: string;
+  retryAfterMs?: number;
+  availableAt?: number;
+  /** Set when a reservation was stored (ENFORCE/SHADOW allowed, SHADOW would-deny). */
+  reservationId?: string;
+  overage: boolean;
+  replayed: boolean;
+  now: number;
+  /** One per command limit, same order. Empty for NEED_RESTORE and replays. */
+  states: LimitState[];
+}
+
+export interface ReleaseCommand {
+  accountId: string;
+  reservationId: string;
+  outcome: "COMMIT" | "CANCEL";
+  /** Actual amounts per meter; a meter not given is charged what was reserved. */
+  actual: Readonly<Record<string, bigint>>;
+}
+
+export type ReleaseState = "COMMITTED" | "CANCELLED" | "EXPIRED_CHARGED" | "EXPIRED_REFUNDED";
+
+export interface ReleaseResult {
+  outcome: "SETTLED" | "REPLAYED" | "NOT_FOUND";
+  state?: ReleaseState;
+  /** Per meter: what was reserved and what was finally charged. */
+  reserved: Record<string, bigint>;
+  charged: Record<string, bigint>;
+  /** Units charged beyond capacity (over all quota limits of the call, max per limit). */
+  overage: bigint;
+}
+
+export interface GrantCapacity {
+  id: string;
+  amount: bigint;
+  priority: number;
+  validFrom: number;
+  /** Undefined: never expires. */
+  validUntil?: number;
+  /** Creation order ("oldest first" tie-break). */
+  seq: number;
+  /** "" = every product. */
+  product: string;
+}
+
+export interface CapacityEntry {
+  limitId: string;
+  /** The periodic allowance: plan base + add-ons (0 for budgets, whose capacity is grants = deposits). */
+  base: bigint;
+  basePriority: number;
+  grants: GrantCapacity[];
+}
+
+/** What `exportState` returns and `restore` takes: opaque per-limit fields that round-trip between the two. */
+export type StateSnapshot = Record<string, Record<string, string>>;
+
+export interface CounterStore {
+  reserve(cmd: ReserveCommand): Promise<ReserveResult>;
+  release(cmd: ReleaseCommand): Promise<ReleaseResult>;
+  /** Replaces every capacity entry of the account (not the usage) and marks the account present. */
+  setCapacity(accountId: string, entries: readonly CapacityEntry[]): Promise<void>;
+  /** Sets capacity and, for each limit whose state is absent, the snapshot state; marks the account present. */
+  restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot): Promise<void>;
+  /** Reads the durable part of usage (QUOTA/BUDGET states) of the given limits. */
+  exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot>;
+  /** Settles expired reservations of the account by their policy; returns how many. */
+  sweep(accountId: string): Promise<number>;
+  /** The store's clock, in ms since the epoch. */
+  now(): Promise<number>;
+  /** Throws when the store is not reachable. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Keeps reservation results (for idempotent Release and CheckAndReserve replays) this long after settlement. */
+export const SETTLED_RETENTION_MS = 24 * 60 * 60 * 1000;
+/** At most this many expired reservations are settled per call (bounded work on the hot path). */
+export const SWEEP_BATCH = 16;

@@ -1,0 +1,327 @@
+--[==[
+lib.lua: functions shared by every script. It is prepended to each script when the scripts are registered
+(src/store/redis/scripts.ts), so every script stays one atomic EVALSHA.
+
+Conventions:
+- Every key of one account carries the hash tag {a:<accountId>}; KEYS[1] is always "{a:<id>}:cap", and all keys
+  built here are derived from KEYS[1]'s prefix, so they live in the same Redis Cluster slot. (Reservations name
+  limit state keys that were declared when the reservation was made; release and sweep reach them through that
+  prefix — same slot, so cluster-safe.)
+- Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as decimal strings inside JSON
+  and are written with string.format('%d') (tostring would round above 1e14).
+- Time: ARGV[1] overrides the clock when it is not empty (tests with a controlled clock); otherwise Redis TIME.
+- This file mirrors src/store/memory/in-memory-counter-store.ts; test/contract holds both to one behaviour.
+]==]
+
+local DAY_MS = 86400000
+local SETTLED_RETENTION_MS = 86400000
+local SWEEP_BATCH = 16
+local KIND_ORDER = { WINDOW = 0, RATE = 1, CONCURRENCY = 2, QUOTA = 3, BUDGET = 4 }
+local REASON_BY_KIND = { WINDOW = 'OUTSIDE_ACCESS_WINDOW', RATE = 'RATE_LIMITED', CONCURRENCY = 'CONCURRENCY_LIMITED',
+  QUOTA = 'QUOTA_EXHAUSTED', BUDGET = 'BUDGET_EXHAUSTED' }
+
+local function clock(override)
+  if override and override ~= '' then return tonumber(override) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+local PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 3) -- "{a:<id>}:" from "{a:<id>}:cap"
+local RS = PREFIX .. 'rs'   -- hash: r:<id> reservation, d:<id> settled result, i:<idem> reservation id
+local RX = PREFIX .. 'rx'   -- zset: expiry index of the members above
+local function state_key(limit_id) return PREFIX .. 's:' .. limit_id end
+
+local function hget_num(key, field)
+  local v = redis.call('HGET', key, field)
+  if v then return tonumber(v) end
+  return 0
+end
+
+-- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
+local function burn_sort(a, b)
+  if a.priority ~= b.priority then return a.priority > b.priority end
+  local ea = a.expires or math.huge
+  local eb = b.expires or math.huge
+  if ea ~= eb then return ea < eb end
+  if a.seq ~= b.seq then return a.seq < b.seq end
+  return a.id < b.id
+end
+
+-- Evaluates one limit without changing usage (it may drop entries that already left their window).
+-- Returns a table: pass, limit, used, remaining, reset (or nil), overage, retry (or nil), available (or nil),
+-- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key.
+local function evaluate(l, product, now)
+  local kind = l.kind
+  local amount = tonumber(l.amount)
+  local ev = { pass = true, limit = 0, used = 0, remaining = 0, overage = 0 }
+  if kind == 'WINDOW' then
+    local tod = now % DAY_MS
+    local open, closes, next_open = false, 0, math.huge
+    for _, b in ipairs(l.blocks or {}) do
+      local s, e = tonumber(b[1]), tonumber(b[2])
+      if tod >= s and tod < e then
+        open = true
+        closes = math.max(closes, now - tod + e)
+      end
+      local delta = (s > tod) and (s - tod) or (s + DAY_MS - tod)
+      if delta < next_open then next_open = delta end
+    end
+    if open then ev.reset = closes; return ev end
+    ev.pass = false
+    if next_open ~= math.huge then
+      ev.reset = now + next_open; ev.retry = next_open; ev.available = now + next_open
+    end
+    return ev
+  end
+  local key = state_key(l.id)
+  ev.key = key
+  if kind == 'RATE' then
+    local window = tonumber(l.windowMs)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    local max = tonumber(l.limit)
+    ev.pass = count + amount <= max
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    ev.limit, ev.used = max, count
+    ev.remaining = math.max(0, max - count)
+    if oldest[2] then ev.reset = tonumber(oldest[2]) + window else ev.reset = now + window end
+    if not ev.pass then
+      if oldest[2] then ev.retry = math.max(1, tonumber(oldest[2]) + window - now) else ev.retry = window end
+    end
+    return ev
+  end
+  if kind == 'CONCURRENCY' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local count = redis.call('ZCARD', key)
+    local max = tonumber(l.limit)
+    ev.pass = count + amount <= max
+    ev.limit, ev.used = max, count
+    ev.remaining = math.max(0, max - count)
+    if not ev.pass then
+      local earliest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if earliest[2] then ev.retry = math.max(1, tonumber(earliest[2]) - now) else ev.retry = 1000 end
+    end
+    return ev
+  end
+
+  -- QUOTA / BUDGET
+  local cap
+  if l.limit then
+    cap = { b = l.limit, bp = '0', g = {} }
+  else
+    local raw = redis.call('HGET', KEYS[1], l.id)
+    if raw then cap = cjson.decode(raw) else cap = { b = '0', bp = '0', g = {} } end
+  end
+  local period = l.period or { type = 'none' }
+  local win, reset, rolling = '0', nil, false
+  local used = 0
+  ev.ofield = 'o'
+  if period.type == 'fixed' then
+    local b = period.bounds
+    local i = 2
+    for j = 1, 3 do
+      if tonumber(b[j]) <= now and now < tonumber(b[j + 1]) then i = j end
+    end
+    win = b[i]
+    reset = tonumber(b[i + 1])
+  elseif period.type == 'rolling' then
+    rolling = true
+    local bucket_ms, window = tonumber(period.bucketMs), tonumber(period.windowMs)
+    local bucket = math.floor(now / bucket_ms) * bucket_ms
+    local horizon = now - window - bucket_ms
+    local all = redis.call('HGETALL', key)
+    local oldest = nil
+    for k = 1, #all, 2 do
+      local f, v = all[k], tonumber(all[k + 1])
+      local start = tonumber(string.sub(f, 3))
+      if start <= horizon then
+        redis.call('HDEL', key, f)
+      elseif string.sub(f, 1, 2) == 'b:' then
+        used = used + v
+        if v > 0 and (oldest == nil or start < oldest) then oldest = start end
+      end
+    end
+    ev.ufield = 'b:' .. fmt(bucket)
+    ev.ofield = 'o:' .. fmt(bucket)
+    if oldest then reset = oldest + bucket_ms + window else reset = now + window end
+  end
+  local same = redis.call('HGET', key, 'win') == win
+
+  local sources = {}
+  local base = tonumber(cap.b)
+  if base > 0 or #cap.g == 0 then
+    local s = { id = 'base', amount = base, priority = tonumber(cap.bp), product = '', seq = -1, used = 0 }
+    if rolling then s.field = ev.ufield else
+      s.field = 'b'
+      if same then s.used = hget_num(key, 'b') end
+      s.expires = reset
+    end
+    table.insert(sources, s)
+  end
+  for _, g in ipairs(cap.g) do
+    -- g = { id, amount, priority, validFrom, validUntil ('' = never), seq, product }
+    local from, till = tonumber(g[4]), (g[5] ~= '' and tonumber(g[5]) or nil)
+    if from <= now and (till == nil or now < till) and (g[7] == '' or g[7] == product) then
+      local s = { id = g[1], amount = tonumber(g[2]), priority = tonumber(g[3]), expires = till, seq = tonumber(g[6]),
+        product = g[7], used = 0 }
+      if rolling then s.field = ev.ufield else
+        s.field = 'g:' .. g[1]
+        s.used = hget_num(key, s.field)
+      end
+      table.insert(sources, s)
+    end
+  end
+  table.sort(sources, burn_sort)
+
+  local total, remaining = 0, 0
+  for _, s in ipairs(sources) do
+    total = total + s.amount
+    if not rolling then
+      used = used + s.used
+      remaining = remaining + math.max(0, s.amount - s.used)
+    end
+  end
+  if rolling then remaining = math.max(0, total - used) end
+  local overage = 0
+  if rolling then
+    local all = redis.call('HGETALL', key)
+    for k = 1, #all, 2 do
+      if string.sub(all[k], 1, 2) == 'o:' then overage = overage + tonumber(all[k + 1]) end
+    end
+  elseif same then
+    overage = hget_num(key, 'o')
+  end
+
+  ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
+  ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
+  ev.sources, ev.win, ev.rolling = sources, win, rolling
+  if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
+  return ev
+end
+
+-- Takes `amount` from the sources in burn order; what no source can cover becomes overage.
+-- Returns the parts consumed as { {field, amount-string}, ... }.
+local function consume(ev, amount)
+  local key = ev.key
+  if not ev.rolling and redis.call('HGET', key, 'win') ~= ev.win then
+    redis.call('HSET', key, 'win', ev.win, 'b', '0', 'o', '0')
+  end
+  local parts = {}
+  local take = amount
+  if ev.rolling then
+    local room = math.min(ev.remaining, take)
+    if room > 0 then
+      redis.call('HINCRBY', key, ev.ufield, fmt(room))
+      table.insert(parts, { ev.ufield, fmt(room) })
+      take = take - room
+    end
+  else
+    for _, s in ipairs(ev.sources) do
+      if take == 0 then break end
+      local avail = s.amount - s.used
+      if avail > 0 then
+        local t = math.min(avail, take)
+        redis.call('HINCRBY', key, s.field, fmt(t))
+        s.used = s.used + t
+        table.insert(parts, { s.field, fmt(t) })
+        take = take - t
+      end
+    end
+  end
+  if take > 0 then
+    redis.call('HINCRBY', key, ev.ofield, fmt(take))
+    table.insert(parts, { ev.ofield, fmt(take) })
+  end
+  return parts
+end
+
+local function is_overage_field(f) return string.sub(f, 1, 1) == 'o' end
+
+-- Settles a stored reservation: charges `charged[meter]` per limit (refunding or charging the difference),
+-- frees concurrency slots, stores the result for idempotent replays. state is one of COMMITTED, CANCELLED,
+-- EXPIRED_CHARGED, EXPIRED_REFUNDED; actual maps meter -> amount string (COMMITTED only).
+local function settle(id, r, state, actual, now)
+  local charged = {}
+  for meter, reserved in pairs(r.m) do
+    if state == 'COMMITTED' then charged[meter] = actual[meter] or reserved
+    elseif state == 'EXPIRED_CHARGED' then charged[meter] = reserved
+    else charged[meter] = '0' end
+  end
+  local overage = 0
+  for _, en in ipairs(r.en) do
+    local l = en.l
+    local key = state_key(l.id)
+    if l.kind == 'CONCURRENCY' then redis.call('ZREM', key, id) end
+    if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
+      local reserved = 0
+      local entry_over = 0
+      for _, p in ipairs(en.pa) do
+        reserved = reserved + tonumber(p[2])
+        if is_overage_field(p[1]) then entry_over = entry_over + tonumber(p[2]) end
+      end
+      local target = tonumber(charged[l.meter] or fmt(reserved))
+      if target < reserved then
+        local refund = reserved - target
+        local win = redis.call('HGET', key, 'win')
+        for i = #en.pa, 1, -1 do
+          if refund <= 0 then break end
+          local f, a = en.pa[i][1], tonumber(en.pa[i][2])
+          local back = math.min(a, refund)
+          refund = refund - back
+          if is_overage_field(f) then entry_over = entry_over - back end
+          -- A part charged in a window that has since rolled over is not refunded: that window is history.
+          local stale = (f == 'b' or f == 'o') and win ~= en.w
+          if redis.call('HEXISTS', key, f) == 1 and not stale then
+            redis.call('HINCRBY', key, f, fmt(-back))
+          end
+        end
+      elseif target > reserved then
+        l.amount = fmt(target - reserved)
+        local ev = evaluate(l, r.pr, now)
+        local extra = consume(ev, target - reserved)
+        for _, p in ipairs(extra) do
+          if is_overage_field(p[1]) then entry_over = entry_over + tonumber(p[2]) end
+        end
+      end
+      if entry_over > overage then overage = entry_over end
+    end
+  end
+  redis.call('HDEL', RS, 'r:' .. id)
+  redis.call('ZREM', RX, 'r:' .. id)
+  local done = { s = state, m = r.m, c = charged, o = fmt(overage) }
+  redis.call('HSET', RS, 'd:' .. id, cjson.encode(done))
+  redis.call('ZADD', RX, now + SETTLED_RETENTION_MS, 'd:' .. id)
+  return done
+end
+
+-- Settles up to `max` expired reservations by their policy and drops expired idempotency/result records.
+local function sweep(now, max)
+  local due = redis.call('ZRANGEBYSCORE', RX, '-inf', now, 'LIMIT', 0, max)
+  local n = 0
+  for _, member in ipairs(due) do
+    redis.call('ZREM', RX, member)
+    local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
+    if kind == 'r' then
+      local raw = redis.call('HGET', RS, member)
+      if raw then
+        local r = cjson.decode(raw)
+        settle(id, r, (r.p == 'charge') and 'EXPIRED_CHARGED' or 'EXPIRED_REFUNDED', {}, now)
+        n = n + 1
+      end
+    else
+      redis.call('HDEL', RS, member)
+    end
+  end
+  return n
+end
+
+-- The reply form of one evaluated limit: { limit, used, remaining, reset|-1, overage, exceeded, sources }.
+local function reply_state(ev, exceeded)
+  local sources = {}
+  for _, s in ipairs(ev.sources or {}) do
+    table.insert(sources, { s.id, s.amount, s.used, s.priority, s.expires or -1, s.product })
+  end
+  return { ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage, exceeded and 1 or 0, sources }
+end

@@ -1,0 +1,303 @@
+/**
+ * The CounterStore contract, run against every implementation (Redis and in-memory) so the embedded default is
+ * proven to behave like production.
+ */
+import { afterAll, beforeEach, describe, expect, it } from "vitest";
+import type { CapacityEntry, CounterLimit, CounterStore, ReserveCommand } from "../../src/core/counter-store.ts";
+import { ManualClock, T0, uniqueId } from "../support/env.ts";
+
+export interface StoreHarness {
+  store: CounterStore;
+  /** Simulates losing all hot state (a Redis restart without persistence). */
+  wipe(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export type StoreFactory = (clock: () => number) => Promise<StoreHarness>;
+
+const DAY = 86_400_000;
+
+export function describeCounterStore(name: string, factory: StoreFactory): void {
+  describe(`CounterStore contract: ${name}`, () => {
+    const clock = new ManualClock();
+    let h: StoreHarness;
+    let store: CounterStore;
+    let account: string;
+    let seq = 0;
+    const harnesses: StoreHarness[] = [];
+
+    beforeEach(async () => {
+      clock.set(T0);
+      if (!h) {
+        h = await factory(clock.now);
+        harnesses.push(h);
+        store = h.store;
+      }
+      account = uniqueId("acct");
+    });
+    afterAll(async () => {
+      for (const x of harnesses) await x.cleanup();
+    });
+
+    const rid = () => `r_${account}_${++seq}`;
+    const cmd = (limits: CounterLimit[], extra: Partial<ReserveCommand> = {}): ReserveCommand => ({
+      accountId: account,
+      reservationId: rid(),
+      mode: "ENFORCE",
+      ttlMs: 30_000,
+      product: "api",
+      expiryPolicy: "charge",
+      gates: [],
+      limits,
+      ...extra,
+    });
+    const quota = (id: string, amount: bigint, extra: Partial<CounterLimit> = {}): CounterLimit => ({
+      id,
+      kind: "QUOTA",
+      meter: "units",
+      amount,
+      period: { type: "fixed", bounds: [T0 - 2 * DAY, T0 - DAY / 2, T0 + DAY / 2, T0 + 2 * DAY] },
+      ...extra,
+    });
+    const cap = (limitId: string, base: bigint, grants: CapacityEntry["grants"] = []): CapacityEntry => ({
+      limitId,
+      base,
+      basePriority: 100,
+      grants,
+    });
+
+    it("asks for a restore before the account's state is present, then admits", async () => {
+      const first = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(first.outcome).toBe("NEED_RESTORE");
+      await store.setCapacity(account, [cap("s:1:q", 5n)]);
+      const second = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(second.outcome).toBe("ALLOWED");
+      expect(second.states[0]).toMatchObject({ limit: 5n, used: 1n, remaining: 4n });
+    });
+
+    it("admits exactly the quota and denies past it without counting the denial", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 3n)]);
+      const outcomes = [];
+      for (let i = 0; i < 5; i++) outcomes.push((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome);
+      expect(outcomes).toEqual(["ALLOWED", "ALLOWED", "ALLOWED", "DENIED", "DENIED"]);
+      const denied = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(denied).toMatchObject({ outcome: "DENIED", reason: "QUOTA_EXHAUSTED", deniedLimitId: "s:1:q" });
+      expect(denied.states[0]).toMatchObject({ limit: 3n, used: 3n, remaining: 0n, exceeded: true });
+      expect(denied.reservationId).toBeUndefined();
+    });
+
+    it("is all or nothing across limits: a denial by one limit increments no other", async () => {
+      await store.setCapacity(account, [cap("s:1:big", 100n), cap("s:1:small", 1n)]);
+      const limits = () => [quota("s:1:big", 1n), quota("s:1:small", 1n)];
+      expect((await store.reserve(cmd(limits()))).outcome).toBe("ALLOWED");
+      const denied = await store.reserve(cmd(limits()));
+      expect(denied.outcome).toBe("DENIED");
+      expect(denied.deniedLimitId).toBe("s:1:small");
+      expect(denied.states[0]!.used).toBe(1n);
+      const peek = await store.reserve(cmd([quota("s:1:big", 0n)], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.used).toBe(1n);
+    });
+
+    it("enforces a sliding-log rate limit with no double burst at a window edge", async () => {
+      await store.setCapacity(account, []);
+      const rate = (): CounterLimit => ({ id: "k:1:rps", kind: "RATE", meter: "calls", amount: 1n, limit: 3n, windowMs: 1000 });
+      for (let i = 0; i < 3; i++) {
+        expect((await store.reserve(cmd([rate()]))).outcome).toBe("ALLOWED");
+        clock.advance(300); // calls at 0, 300, 600
+      }
+      // at 900: window (−100, 900] holds 3 calls
+      const denied = await store.reserve(cmd([rate()]));
+      expect(denied).toMatchObject({ outcome: "DENIED", reason: "RATE_LIMITED", retryAfterMs: 100 });
+      clock.advance(100); // at 1000 the call at 0 left the window
+      expect((await store.reserve(cmd([rate()]))).outcome).toBe("ALLOWED");
+      expect((await store.reserve(cmd([rate()]))).outcome).toBe("DENIED");
+    });
+
+    it("holds a concurrency slot until release", async () => {
+      await store.setCapacity(account, []);
+      const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 2n });
+      const a = await store.reserve(cmd([conc()]));
+      const b = await store.reserve(cmd([conc()]));
+      expect([a.outcome, b.outcome]).toEqual(["ALLOWED", "ALLOWED"]);
+      const c = await store.reserve(cmd([conc()]));
+      expect(c).toMatchObject({ outcome: "DENIED", reason: "CONCURRENCY_LIMITED" });
+      const rel = await store.release({ accountId: account, reservationId: a.reservationId!, outcome: "COMMIT", actual: {} });
+      expect(rel).toMatchObject({ outcome: "SETTLED", state: "COMMITTED" });
+      expect((await store.reserve(cmd([conc()]))).outcome).toBe("ALLOWED");
+    });
+
+    it("settles expired reservations by policy: charge keeps the usage, refund gives it back; both free the slot", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 10n)]);
+      const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 1n });
+      const charged = await store.reserve(cmd([quota("s:1:q", 4n), conc()], { ttlMs: 1000, expiryPolicy: "charge" }));
+      expect(charged.outcome).toBe("ALLOWED");
+      clock.advance(1001);
+      expect(await store.sweep(account)).toBe(1);
+      const refunded = await store.reserve(cmd([quota("s:1:q", 3n), conc()], { ttlMs: 1000, expiryPolicy: "refund" }));
+      expect(refunded.outcome).toBe("ALLOWED"); // the expired slot was freed
+      clock.advance(1001);
+      // the next call sweeps lazily
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n), conc()], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.used).toBe(4n);
+      expect(peek.states[1]!.used).toBe(0n);
+      const late = await store.release({ accountId: account, reservationId: refunded.reservationId!, outcome: "COMMIT", actual: {} });
+      expect(late).toMatchObject({ outcome: "REPLAYED", state: "EXPIRED_REFUNDED" });
+      const late2 = await store.release({ accountId: account, reservationId: charged.reservationId!, outcome: "COMMIT", actual: {} });
+      expect(late2).toMatchObject({ outcome: "REPLAYED", state: "EXPIRED_CHARGED" });
+    });
+
+    it("charges the actual cost on release: lower refunds, higher charges more, cancel refunds all, once", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 100n)]);
+      const r1 = await store.reserve(cmd([quota("s:1:q", 10n)]));
+      const s1 = await store.release({ accountId: account, reservationId: r1.reservationId!, outcome: "COMMIT", actual: { units: 4n } });
+      expect(s1).toMatchObject({ outcome: "SETTLED", state: "COMMITTED", reserved: { units: 10n }, charged: { units: 4n } });
+      const r2 = await store.reserve(cmd([quota("s:1:q", 10n)]));
+      await store.release({ accountId: account, reservationId: r2.reservationId!, outcome: "COMMIT", actual: { units: 25n } });
+      const r3 = await store.reserve(cmd([quota("s:1:q", 10n)]));
+      await store.release({ accountId: account, reservationId: r3.reservationId!, outcome: "CANCEL", actual: {} });
+      const again = await store.release({ accountId: account, reservationId: r3.reservationId!, outcome: "COMMIT", actual: { units: 99n } });
+      expect(again).toMatchObject({ outcome: "REPLAYED", state: "CANCELLED", charged: { units: 0n } });
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.used).toBe(29n);
+      const unknown = await store.release({ accountId: account, reservationId: "r_nope", outcome: "COMMIT", actual: {} });
+      expect(unknown.outcome).toBe("NOT_FOUND");
+    });
+
+    it("returns the same reservation for a repeated idempotency id and charges once", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 100n)]);
+      const first = await store.reserve(cmd([quota("s:1:q", 7n)], { idempotencyId: "req-1" }));
+      const second = await store.reserve(cmd([quota("s:1:q", 7n)], { idempotencyId: "req-1" }));
+      expect(second).toMatchObject({ outcome: "ALLOWED", replayed: true, reservationId: first.reservationId });
+      expect(second.states[0]!.used).toBe(7n);
+    });
+
+    it("resets a fixed period when its window ends", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 2n)]);
+      const bounds = [T0 - DAY, T0, T0 + DAY, T0 + 2 * DAY] as const;
+      const q = () => quota("s:1:q", 1n, { period: { type: "fixed", bounds } });
+      clock.set(T0 + 1000);
+      await store.reserve(cmd([q()]));
+      await store.reserve(cmd([q()]));
+      const denied = await store.reserve(cmd([q()]));
+      expect(denied).toMatchObject({ outcome: "DENIED", retryAfterMs: DAY - 1000 });
+      expect(denied.states[0]!.resetAt).toBe(T0 + DAY);
+      clock.set(T0 + DAY);
+      const next = await store.reserve(cmd([q()]));
+      expect(next.outcome).toBe("ALLOWED");
+      expect(next.states[0]).toMatchObject({ used: 1n, resetAt: T0 + 2 * DAY });
+    });
+
+    it("burns grants by priority, then earliest expiry, then oldest; restricted grants only for their product", async () => {
+      await store.setCapacity(account, [
+        cap("s:1:q", 10n, [
+          { id: "late", amount: 5n, priority: 0, validFrom: T0 - 1, validUntil: T0 + 2 * DAY, seq: 1, product: "" },
+          { id: "early", amount: 5n, priority: 0, validFrom: T0 - 1, validUntil: T0 + DAY, seq: 2, product: "" },
+          { id: "old-forever", amount: 5n, priority: 0, validFrom: T0 - 1, seq: 3, product: "" },
+          { id: "young-forever", amount: 5n, priority: 0, validFrom: T0 - 1, seq: 4, product: "" },
+          { id: "other-product", amount: 50n, priority: 500, validFrom: T0 - 1, seq: 5, product: "other" },
+          { id: "future", amount: 50n, priority: 0, validFrom: T0 + 10, seq: 6, product: "" },
+        ]),
+      ]);
+      const r = await store.reserve(cmd([quota("s:1:q", 22n)]));
+      expect(r.outcome).toBe("ALLOWED");
+      const used = Object.fromEntries(r.states[0]!.sources!.map((s) => [s.id, s.used]));
+      // base (priority 100) first, then by expiry: early, late, then oldest of the never-expiring
+      expect(r.states[0]!.sources!.map((s) => s.id)).toEqual(["base", "early", "late", "old-forever", "young-forever"]);
+      expect(used).toEqual({ base: 10n, early: 5n, late: 5n, "old-forever": 2n, "young-forever": 0n });
+      expect(r.states[0]).toMatchObject({ limit: 30n, used: 22n, remaining: 8n });
+      // after "early" expires, its consumed units leave with it
+      clock.set(T0 + DAY);
+      const later = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(later.states[0]!.sources!.map((s) => s.id)).toEqual(["base", "late", "old-forever", "young-forever", "future"]);
+      const other = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY", product: "other" }));
+      expect(other.states[0]!.sources!.map((s) => s.id)).toContain("other-product");
+    });
+
+    it("lets an overage key go past quota, flagged and recorded; a key without overage is denied", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 5n)]);
+      const over = await store.reserve(cmd([quota("s:1:q", 8n, { overage: true })]));
+      expect(over).toMatchObject({ outcome: "ALLOWED", overage: true });
+      expect(over.states[0]).toMatchObject({ used: 5n, remaining: 0n, overage: 3n });
+      const strict = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(strict).toMatchObject({ outcome: "DENIED", reason: "QUOTA_EXHAUSTED" });
+      const settled = await store.release({ accountId: account, reservationId: over.reservationId!, outcome: "COMMIT", actual: { units: 6n } });
+      expect(settled.overage).toBe(1n);
+    });
+
+    it("counts a rolling window in buckets and forgets usage once its bucket leaves the window", async () => {
+      await store.setCapacity(account, [cap("s:1:day", 10n)]);
+      const q = (amount: bigint) => quota("s:1:day", amount, { period: { type: "rolling", windowMs: DAY, bucketMs: 3_600_000 } });
+      expect((await store.reserve(cmd([q(6n)]))).outcome).toBe("ALLOWED");
+      clock.advance(12 * 3_600_000);
+      expect((await store.reserve(cmd([q(4n)]))).outcome).toBe("ALLOWED");
+      expect((await store.reserve(cmd([q(1n)]))).outcome).toBe("DENIED");
+      clock.advance(13 * 3_600_000); // the first bucket has fully left the 24 h window
+      const r = await store.reserve(cmd([q(5n)]));
+      expect(r.outcome).toBe("ALLOWED");
+      expect(r.states[0]!.used).toBe(9n);
+    });
+
+    it("denies a budget when spend would pass it, with no period reset", async () => {
+      await store.setCapacity(account, [
+        { limitId: "a:credit", base: 0n, basePriority: 0, grants: [{ id: "dep1", amount: 1_000_000n, priority: 0, validFrom: 0, seq: 1, product: "" }] },
+      ]);
+      const b = (amount: bigint): CounterLimit => ({ id: "a:credit", kind: "BUDGET", meter: "spend", amount, period: { type: "none" }, overage: true });
+      expect((await store.reserve(cmd([b(600_000n)]))).outcome).toBe("ALLOWED");
+      const denied = await store.reserve(cmd([b(500_000n)]));
+      expect(denied).toMatchObject({ outcome: "DENIED", reason: "BUDGET_EXHAUSTED" });
+      clock.advance(400 * DAY);
+      expect((await store.reserve(cmd([b(400_000n)]))).outcome).toBe("ALLOWED");
+    });
+
+    it("admits only inside access windows and says when the next one opens", async () => {
+      await store.setCapacity(account, []);
+      const w = (): CounterLimit => ({ id: "s:1:blocks", kind: "WINDOW", meter: "calls", amount: 1n, blocks: [[8 * 3_600_000, 16 * 3_600_000]] });
+      const midnight = Date.UTC(2026, 0, 15);
+      clock.set(midnight + 7 * 3_600_000);
+      const early = await store.reserve(cmd([w()]));
+      expect(early).toMatchObject({ outcome: "DENIED", reason: "OUTSIDE_ACCESS_WINDOW", availableAt: midnight + 8 * 3_600_000, retryAfterMs: 3_600_000 });
+      clock.set(midnight + 9 * 3_600_000);
+      expect((await store.reserve(cmd([w()]))).outcome).toBe("ALLOWED");
+      clock.set(midnight + 16 * 3_600_000);
+      expect(await store.reserve(cmd([w()]))).toMatchObject({ outcome: "DENIED", availableAt: midnight + DAY + 8 * 3_600_000 });
+    });
+
+    it("applies gates: not started, ended", async () => {
+      await store.setCapacity(account, []);
+      const notYet = await store.reserve(cmd([], { gates: [{ reason: "SUBSCRIPTION_NOT_STARTED", from: T0 + 500 }] }));
+      expect(notYet).toMatchObject({ outcome: "DENIED", reason: "SUBSCRIPTION_NOT_STARTED", availableAt: T0 + 500 });
+      const ended = await store.reserve(cmd([], { gates: [{ reason: "SUBSCRIPTION_ENDED", until: T0 }] }));
+      expect(ended).toMatchObject({ outcome: "DENIED", reason: "SUBSCRIPTION_ENDED" });
+      expect((await store.reserve(cmd([], { gates: [{ reason: "SUBSCRIPTION_ENDED", until: T0 + 1 }] }))).outcome).toBe("ALLOWED");
+    });
+
+    it("CHECK_ONLY changes nothing; SHADOW always allows, flags the would-be denial, and still releases", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 1n)]);
+      const dry = await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "CHECK_ONLY" }));
+      expect(dry).toMatchObject({ outcome: "ALLOWED" });
+      expect(dry.reservationId).toBeUndefined();
+      expect((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome).toBe("ALLOWED");
+      const shadow = await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "SHADOW" }));
+      expect(shadow).toMatchObject({ outcome: "ALLOWED", shadowReason: "QUOTA_EXHAUSTED" });
+      expect(shadow.states[0]!.used).toBe(1n);
+      const rel = await store.release({ accountId: account, reservationId: shadow.reservationId!, outcome: "COMMIT", actual: {} });
+      expect(rel.outcome).toBe("SETTLED");
+    });
+
+    it("round-trips usage through export and restore after losing all hot state", async () => {
+      await store.setCapacity(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])]);
+      await store.reserve(cmd([quota("s:1:q", 13n)]));
+      const snap = await store.exportState(account, ["s:1:q", "s:1:absent"]);
+      expect(Object.keys(snap)).toEqual(["s:1:q"]);
+      await h.wipe();
+      expect((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome).toBe("NEED_RESTORE");
+      await store.restore(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])], snap);
+      const after = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(after.states[0]).toMatchObject({ used: 14n, remaining: 6n });
+      // restoring again does not overwrite newer state
+      await store.restore(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])], snap);
+      const again = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(again.states[0]!.used).toBe(14n);
+    });
+  });
+}

@@ -1,0 +1,7 @@
+import { InMemoryCounterStore } from "../../src/store/memory/in-memory-counter-store.ts";
+import { describeCounterStore } from "./counter-store.contract.ts";
+
+describeCounterStore("InMemoryCounterStore", async (clock) => {
+  const store = new InMemoryCounterStore({ clock });
+  return { store, wipe: async () => store.wipe(), cleanup: async () => {} };
+});

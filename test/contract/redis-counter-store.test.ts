@@ -1,0 +1,16 @@
+import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts";
+import { testRedis } from "../support/redis.ts";
+import { describeCounterStore } from "./counter-store.contract.ts";
+
+describeCounterStore("RedisCounterStore", async (clock) => {
+  const { redis, prefix, cleanup } = await testRedis();
+  const store = new RedisCounterStore(redis, { keyPrefix: prefix, clock });
+  return {
+    store,
+    wipe: async () => {
+      const keys = await redis.keys(`${prefix}*`);
+      if (keys.length > 0) await redis.del(...keys);
+    },
+    cleanup,
+  };
+});
