@@ -1,0 +1,64 @@
+/**
+ * Identifiers and API key secrets.
+ *
+ * An API key reads "qa_<key id>_<secret>": the key id (public, 16 base32 chars) finds the record; the secret
+ * (32 random bytes, base64url) is stored only as its SHA-256 and compared in constant time. A fast hash is right
+ * here: the secret has 256 bits of entropy, so there is nothing to brute-force, and the hot path cannot afford a
+ * password hash.
+ */
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+
+const B32 = "abcdefghijklmnopqrstuvwxyz234567";
+
+function base32(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += B32[b & 31];
+  return out;
+}
+
+export function newId(prefix: string): string {
+  return `${prefix}_${base32(randomBytes(16))}`;
+}
+
+export function newKeyId(): string {
+  return base32(randomBytes(16));
+}
+
+/** Reservation ids carry the account id so Release finds the account's shard without a lookup. */
+export function newReservationId(accountId: string): string {
+  return `r~${accountId}~${randomBytes(16).toString("base64url")}`;
+}
+
+export function accountOfReservation(reservationId: string): string | undefined {
+  const m = /^r~([a-z0-9_-]{1,64})~[A-Za-z0-9_-]{22}$/.exec(reservationId);
+  return m?.[1];
+}
+
+export interface ParsedApiKey {
+  keyId: string;
+  secret: string;
+}
+
+export function formatApiKey(keyId: string, secret: string): string {
+  return `qa_${keyId}_${secret}`;
+}
+
+export function newSecret(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+export function parseApiKey(text: string): ParsedApiKey | undefined {
+  const m = /^qa_([a-z2-7]{16})_([A-Za-z0-9_-]{43})$/.exec(text);
+  return m ? { keyId: m[1]!, secret: m[2]! } : undefined;
+}
+
+export function hashSecret(secret: string): string {
+  return createHash("sha256").update(secret).digest("hex");
+}
+
+/** Constant-time comparison of a presented secret with a stored hash. */
+export function secretMatches(secret: string, storedHash: string): boolean {
+  const a = Buffer.from(hashSecret(secret), "hex");
+  const b = Buffer.from(storedHash, "hex");
+  return a.length === b.length && timingSafeEqual(a, b);
+}

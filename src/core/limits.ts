@@ -1,0 +1,235 @@
+/**
+ * From configuration to counters: which limits apply to a call (and with what amounts), and what capacity each
+ * limit has (plan base + add-ons + active grants, or the credit deposits for budgets).
+ */
+import type { CapacityEntry, CounterLimit, Gate, Period } from "./counter-store.ts";
+import { DAY_MS, fixedBounds, monthlyCycle } from "./periods.ts";
+import { meterOf, parseDuration, type LimitSpec, type PlanSpec } from "./plan.ts";
+import { parseDecimalMicros } from "./money.ts";
+import type { AccountConfig, KeyRecord, SubscriptionRecord } from "./ports.ts";
+
+/** Rolling windows are counted in 15-minute buckets: a window over-counts by at most one bucket of usage. */
+export const ROLLING_BUCKET_MS = 15 * 60 * 1000;
+
+export type ScopeName = "KEY" | "SUBSCRIPTION" | "ACCOUNT";
+export type KindName = "RATE" | "QUOTA" | "CONCURRENCY" | "BUDGET" | "ACCESS_WINDOW";
+
+/** What the answer says about a limit besides its counters. */
+export interface LimitInfo {
+  name: string;
+  scope: ScopeName;
+  kind: KindName;
+  unit: string;
+  product: string;
+  windowMs?: number;
+}
+
+export interface AppliedLimit {
+  counter: CounterLimit;
+  info: LimitInfo;
+}
+
+export interface CallAmounts {
+  units: bigint;
+  spend: bigint;
+  meters: Record<string, bigint>;
+}
+
+export function limitId(scope: string, owner: string, name: string): string {
+  return scope === "account" ? `a:${name}` : scope === "key" ? `k:${owner}:${name}` : `s:${owner}:${name}`;
+}
+
+function unitOf(l: LimitSpec): string {
+  const meter = meterOf(l);
+  if (l.kind === "budget") return "usd_micros";
+  if (l.kind === "concurrency") return "calls_in_flight";
+  if (meter === "calls" || meter === "requests") return "requests";
+  return meter;
+}
+
+function amountFor(l: LimitSpec, a: CallAmounts): bigint {
+  const meter = meterOf(l);
+  if (meter === "calls" || meter === "requests") return 1n;
+  if (meter === "units") return a.units;
+  if (meter === "spend") return a.spend;
+  return a.meters[meter] ?? 0n;
+}
+
+function periodOf(l: LimitSpec, anchor: number, now: number): Period {
+  switch (l.period) {
+    case "daily":
+    case "monthly":
+      return { type: "fixed", bounds: fixedBounds(l.period, anchor, now) };
+    case "rolling-24h":
+      return { type: "rolling", windowMs: DAY_MS, bucketMs: ROLLING_BUCKET_MS };
+    default:
+      return { type: "none" };
+  }
+}
+
+function windowOf(l: LimitSpec): number | undefined {
+  if (l.kind === "rate") return parseDuration(l.window!);
+  if (l.period === "daily" || l.period === "rolling-24h") return DAY_MS;
+  if (l.period === "monthly") return 30 * DAY_MS;
+  return undefined;
+}
+
+export function blocksOf(plan: PlanSpec, sub: SubscriptionRecord): Array<[number, number]> {
+  const defs = plan.accessBlocks?.blocks ?? {};
+  return sub.accessBlocks.map((b) => {
+    const [s, e] = defs[b]!;
+    return [s * 3_600_000, e * 3_600_000];
+  });
+}
+
+/** Every limit that applies to a call by `key` on `product`, with this call's amounts (all zero to peek). */
+export function limitsForCall(
+  plan: PlanSpec,
+  sub: SubscriptionRecord,
+  key: KeyRecord | undefined,
+  product: string,
+  amounts: CallAmounts,
+  now: number,
+  options: { allProducts?: boolean } = {},
+): AppliedLimit[] {
+  const out: AppliedLimit[] = [];
+  const anchor = sub.startsAt.getTime();
+  if (plan.accessBlocks && sub.accessBlocks.length > 0) {
+    out.push({
+      counter: { id: limitId("subscription", sub.id, "access-window"), kind: "WINDOW", meter: "calls", amount: 1n, blocks: blocksOf(plan, sub) },
+      info: { name: "access-window", scope: "SUBSCRIPTION", kind: "ACCESS_WINDOW", unit: "requests", product: "" },
+    });
+  }
+  for (const l of plan.limits) {
+    if (l.product && l.product !== product && !options.allProducts) continue;
+    if (l.scope === "key" && !key) continue;
+    const owner = l.scope === "key" ? key!.id : sub.id;
+    const info: LimitInfo = {
+      name: l.name,
+      scope: l.scope === "key" ? "KEY" : l.scope === "account" ? "ACCOUNT" : "SUBSCRIPTION",
+      kind: l.kind === "rate" ? "RATE" : l.kind === "quota" ? "QUOTA" : l.kind === "concurrency" ? "CONCURRENCY" : "BUDGET",
+      unit: unitOf(l),
+      product: l.product ?? "",
+    };
+    const w = windowOf(l);
+    if (w !== undefined) info.windowMs = w;
+    const counter: CounterLimit = {
+      id: limitId(l.scope, owner, l.name),
+      kind: info.kind === "ACCESS_WINDOW" ? "WINDOW" : info.kind,
+      meter: meterOf(l),
+      amount: amountFor(l, amounts),
+    };
+    if (l.kind === "rate") {
+      counter.limit = l.limit!;
+      counter.windowMs = parseDuration(l.window!);
+    } else if (l.kind === "concurrency") {
+      counter.limit = l.limit!;
+    } else {
+      counter.period = l.kind === "budget" ? { type: "none" } : periodOf(l, anchor, now);
+      if (l.kind === "quota" && key?.overage) counter.overage = true;
+      if (l.kind === "quota" && l.scope === "key") counter.limit = l.limit!;
+    }
+    out.push({ counter, info });
+    // A key's own sub-limit of a shared quota: the same period and meter, a fixed capacity.
+    const sub_ = key?.subLimits[l.name];
+    if (key && sub_ !== undefined && l.kind === "quota" && l.scope !== "key") {
+      out.push({
+        counter: { ...counter, id: limitId("key", key.id, `sub:${l.name}`), limit: sub_ },
+        info: { ...info, name: `${l.name}/key`, scope: "KEY" },
+      });
+    }
+  }
+  return out;
+}
+
+export function gatesFor(sub: SubscriptionRecord, key: KeyRecord | undefined): Gate[] {
+  const gates: Gate[] = [];
+  if (key?.expiresAt) gates.push({ reason: "KEY_EXPIRED", until: key.expiresAt.getTime() });
+  gates.push({ reason: "SUBSCRIPTION_NOT_STARTED", from: sub.startsAt.getTime() });
+  if (sub.endsAt) gates.push({ reason: "SUBSCRIPTION_ENDED", until: sub.endsAt.getTime() });
+  return gates;
+}
+
+/** The add-on package active on limit `l` of a subscription, if any. */
+export function activeAddOn(l: LimitSpec, sub: SubscriptionRecord) {
+  const id = sub.addOns[l.name];
+  return id ? l.addOns?.find((p) => p.id === id) : undefined;
+}
+
+/** Capacity of every counter-store-backed limit of an account, derived from the source of truth. */
+export function capacityOf(config: AccountConfig): CapacityEntry[] {
+  const entries = new Map<string, CapacityEntry>();
+  const credit = config.wallets.find((w) => w.kind === "credit");
+  for (const sub of config.subscriptions) {
+    const plan = config.plans.get(sub.planId)?.spec;
+    if (!plan) continue;
+    for (const l of plan.limits) {
+      if (l.kind === "budget") {
+        const id = limitId("account", "", l.name);
+        entries.set(id, { limitId: id, base: credit?.totalDeposited ?? 0n, basePriority: 0, grants: [] });
+        continue;
+      }
+      if (l.kind !== "quota" || l.scope === "key") continue;
+      const id = limitId(l.scope, sub.id, l.name);
+      const addOn = activeAddOn(l, sub);
+      const grants = config.grants
+        .filter((g) => g.subscriptionId === sub.id && g.limitName === l.name)
+        .map((g) => {
+          const out: CapacityEntry["grants"][number] = {
+            id: g.id,
+            amount: g.amount,
+            priority: g.priority,
+            validFrom: g.validFrom.getTime(),
+            seq: g.createdAt.getTime(),
+            product: g.product,
+          };
+          if (g.validUntil) out.validUntil = g.validUntil.getTime();
+          return out;
+        });
+      const existing = entries.get(id);
+      entries.set(id, {
+        limitId: id,
+        base: l.limit! + (addOn?.amount ?? 0n),
+        basePriority: l.basePriority,
+        grants: [...(existing?.grants ?? []), ...grants],
+      });
+    }
+  }
+  return [...entries.values()];
+}
+
+/** The limit ids whose usage is durable (snapshotted to Postgres): quota and budget, including key sub-limits. */
+export function durableLimitIds(config: AccountConfig): string[] {
+  const ids = new Set<string>();
+  for (const sub of config.subscriptions) {
+    const plan = config.plans.get(sub.planId)?.spec;
+    if (!plan) continue;
+    for (const l of plan.limits) {
+      if (l.kind !== "quota" && l.kind !== "budget") continue;
+      if (l.scope === "key") {
+        for (const k of config.keys) if (k.subscriptionId === sub.id) ids.add(limitId("key", k.id, l.name));
+      } else {
+        ids.add(limitId(l.scope, sub.id, l.name));
+        for (const k of config.keys) {
+          if (k.subscriptionId === sub.id && k.subLimits[l.name] !== undefined) ids.add(limitId("key", k.id, `sub:${l.name}`));
+        }
+      }
+    }
+  }
+  return [...ids];
+}
+
+/** Spend in micro-USD of a call under the plan's pricing: per call plus per unit of each priced meter. */
+export function priceOf(plan: PlanSpec, meters: Record<string, bigint>, calls: bigint): bigint {
+  if (!plan.pricing) return 0n;
+  let spend = calls * parseDecimalMicros("pricing.perCall", plan.pricing.perCall);
+  for (const [meter, price] of Object.entries(plan.pricing.perMeter)) {
+    spend += (meters[meter] ?? 0n) * parseDecimalMicros(`pricing.perMeter.${meter}`, price);
+  }
+  return spend;
+}
+
+/** The current monthly billing cycle of a subscription. */
+export function cycleOf(sub: SubscriptionRecord, now: number) {
+  return monthlyCycle(sub.startsAt.getTime(), now);
+}

@@ -1,0 +1,174 @@
+/**
+ * Ports of the core besides the CounterStore: the source of truth (Postgres behind MikroORM), the clock, and the
+ * change bus that invalidates caches on every replica. Records are plain data; money and units are bigint.
+ */
+import type { PlanSpec } from "./plan.ts";
+import type { StateSnapshot } from "./counter-store.ts";
+
+export interface Clock {
+  now(): number;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };
+
+export interface AccountRecord {
+  id: string;
+  name: string;
+  createdAt: Date;
+  capacityVersion: number;
+  capacitySynced: number;
+}
+
+export interface PlanRecord {
+  id: string;
+  name: string;
+  version: number;
+  spec: PlanSpec;
+}
+
+export type SubscriptionStatus = "active" | "cancelled";
+
+export interface SubscriptionRecord {
+  id: string;
+  accountId: string;
+  planId: string;
+  startsAt: Date;
+  endsAt: Date | null;
+  accessBlocks: string[];
+  /** limit name -> add-on package id */
+  addOns: Record<string, string>;
+  status: SubscriptionStatus;
+  createdAt: Date;
+}
+
+export type KeyStatus = "active" | "revoked";
+
+export interface KeyRecord {
+  id: string;
+  accountId: string;
+  subscriptionId: string;
+  name: string;
+  secretHash: string;
+  status: KeyStatus;
+  owner: boolean;
+  overage: boolean;
+  /** limit name -> units */
+  subLimits: Record<string, bigint>;
+  expiresAt: Date | null;
+  createdAt: Date;
+}
+
+export type WalletKind = "prepaid" | "credit";
+
+export interface WalletRecord {
+  accountId: string;
+  kind: WalletKind;
+  balance: bigint;
+  totalDeposited: bigint;
+}
+
+export interface GrantRecord {
+  id: string;
+  accountId: string;
+  subscriptionId: string;
+  limitName: string;
+  product: string;
+  amount: bigint;
+  priority: number;
+  validFrom: Date;
+  validUntil: Date | null;
+  source: "topup" | "adjustment";
+  transactionId: string;
+  createdAt: Date;
+}
+
+export interface PostingRecord {
+  ledgerAccount: string;
+  currency: string;
+  amount: bigint;
+}
+
+export type TransactionType = "deposit" | "quota_purchase" | "addon_change" | "adjustment" | "usage";
+
+export interface TransactionRecord {
+  id: string;
+  accountId: string;
+  type: TransactionType;
+  createdAt: Date;
+  externalReference: string | null;
+  description: string;
+  postings: PostingRecord[];
+}
+
+export interface IdempotencyRecord {
+  scope: string;
+  key: string;
+  requestHash: string;
+  response: unknown;
+}
+
+/** Everything about one account that limits and capacity are derived from. */
+export interface AccountConfig {
+  account: AccountRecord;
+  subscriptions: SubscriptionRecord[];
+  plans: Map<string, PlanRecord>;
+  keys: KeyRecord[];
+  /** Grants that have not expired (valid_until null or in the future relative to the query's `now`). */
+  grants: GrantRecord[];
+  wallets: WalletRecord[];
+}
+
+/** Operations inside one database transaction. */
+export interface UnitOfWork {
+  getAccount(id: string): Promise<AccountRecord | null>;
+  getSubscription(id: string): Promise<SubscriptionRecord | null>;
+  listSubscriptions(accountId: string): Promise<SubscriptionRecord[]>;
+  getPlan(id: string): Promise<PlanRecord | null>;
+  getKey(id: string): Promise<KeyRecord | null>;
+  /** Locks the wallet row (SELECT ... FOR UPDATE) for the rest of the transaction; creates it at zero if absent. */
+  lockWallet(accountId: string, kind: WalletKind): Promise<WalletRecord>;
+  saveWallet(wallet: WalletRecord): Promise<void>;
+  insertAccount(a: AccountRecord): Promise<void>;
+  upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord>;
+  insertSubscription(s: SubscriptionRecord): Promise<void>;
+  saveSubscription(s: SubscriptionRecord): Promise<void>;
+  insertKey(k: KeyRecord): Promise<void>;
+  saveKey(k: KeyRecord): Promise<void>;
+  insertGrant(g: GrantRecord): Promise<void>;
+  /** Grants of a subscription not yet expired at `now`. */
+  listActiveGrants(subscriptionId: string, now: Date): Promise<GrantRecord[]>;
+  /** Inserts a transaction and its postings; the postings must sum to zero per currency (checked here too). */
+  insertTransaction(t: TransactionRecord): Promise<void>;
+  findTransactionByReference(reference: string): Promise<TransactionRecord | null>;
+  getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null>;
+  putIdempotency(r: IdempotencyRecord): Promise<void>;
+  /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
+  bumpCapacityVersion(accountId: string): Promise<number>;
+}
+
+export interface Database {
+  /** Runs `work` in one transaction (READ COMMITTED; wallet rows locked explicitly). */
+  transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;
+  /** Reads outside a transaction. */
+  read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;
+  loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null>;
+  listAccounts(): Promise<AccountRecord[]>;
+  listPlans(): Promise<PlanRecord[]>;
+  listKeys(accountId: string): Promise<KeyRecord[]>;
+  listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }): Promise<TransactionRecord[]>;
+  /** Sum of all postings per (ledger account, currency) — for audits and tests. */
+  postingTotals(): Promise<Array<{ ledgerAccount: string; currency: string; total: bigint }>>;
+  saveUsageSnapshot(accountId: string, states: StateSnapshot): Promise<void>;
+  loadUsageSnapshot(accountId: string): Promise<StateSnapshot>;
+  markCapacitySynced(accountId: string, version: number): Promise<void>;
+  listCapacityStale(limit: number): Promise<AccountRecord[]>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Tells every replica that an account's configuration changed (keys, plan, add-ons, grants, wallets). */
+export interface ChangeBus {
+  publish(accountId: string): Promise<void>;
+  subscribe(listener: (accountId: string) => void): void;
+  close(): Promise<void>;
+}

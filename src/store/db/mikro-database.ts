@@ -1,0 +1,330 @@
+/**
+ * MikroDatabase: the Database port on MikroORM (Postgres or PGlite). One EntityManager fork per unit of work; no
+ * global EntityManager. Entities are mapped to the plain records of src/core/ports.ts at this boundary.
+ */
+import { LockMode } from "@mikro-orm/core";
+import type { SqlEntityManager as EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import { FailedPreconditionError } from "../../core/errors.ts";
+import type {
+  AccountConfig,
+  AccountRecord,
+  Database,
+  GrantRecord,
+  IdempotencyRecord,
+  KeyRecord,
+  PlanRecord,
+  SubscriptionRecord,
+  TransactionRecord,
+  UnitOfWork,
+  WalletKind,
+  WalletRecord,
+} from "../../core/ports.ts";
+import type { PlanSpec } from "../../core/plan.ts";
+import type { StateSnapshot } from "../../core/counter-store.ts";
+import { newId } from "../../core/ids.ts";
+import {
+  AccountEntity,
+  ApiKeyEntity,
+  GrantEntity,
+  IdempotencyEntity,
+  LedgerPostingEntity,
+  LedgerTransactionEntity,
+  PlanEntity,
+  SubscriptionEntity,
+  UsageSnapshotEntity,
+  WalletEntity,
+} from "./entities.ts";
+
+type AnyRow = Record<string, unknown>;
+
+const toAccount = (e: AnyRow): AccountRecord => ({
+  id: e.id as string,
+  name: e.name as string,
+  createdAt: e.createdAt as Date,
+  capacityVersion: e.capacityVersion as number,
+  capacitySynced: e.capacitySynced as number,
+});
+const toPlan = (e: AnyRow): PlanRecord => ({ id: e.id as string, name: e.name as string, version: e.version as number, spec: e.spec as PlanSpec });
+const toSubscription = (e: AnyRow): SubscriptionRecord => ({
+  id: e.id as string,
+  accountId: e.accountId as string,
+  planId: e.planId as string,
+  startsAt: e.startsAt as Date,
+  endsAt: (e.endsAt as Date | null | undefined) ?? null,
+  accessBlocks: e.accessBlocks as string[],
+  addOns: e.addOns as Record<string, string>,
+  status: e.status as SubscriptionRecord["status"],
+  createdAt: e.createdAt as Date,
+});
+const toKey = (e: AnyRow): KeyRecord => ({
+  id: e.id as string,
+  accountId: e.accountId as string,
+  subscriptionId: e.subscriptionId as string,
+  name: e.name as string,
+  secretHash: e.secretHash as string,
+  status: e.status as KeyRecord["status"],
+  owner: e.owner as boolean,
+  overage: e.overage as boolean,
+  subLimits: Object.fromEntries(Object.entries(e.subLimits as Record<string, string>).map(([k, v]) => [k, BigInt(v)])),
+  expiresAt: (e.expiresAt as Date | null | undefined) ?? null,
+  createdAt: e.createdAt as Date,
+});
+const toWallet = (e: AnyRow): WalletRecord => ({
+  accountId: e.accountId as string,
+  kind: e.kind as WalletKind,
+  balance: e.balance as bigint,
+  totalDeposited: e.totalDeposited as bigint,
+});
+const toGrant = (e: AnyRow): GrantRecord => ({
+  id: e.id as string,
+  accountId: e.accountId as string,
+  subscriptionId: e.subscriptionId as string,
+  limitName: e.limitName as string,
+  product: e.product as string,
+  amount: e.amount as bigint,
+  priority: e.priority as number,
+  validFrom: e.validFrom as Date,
+  validUntil: (e.validUntil as Date | null | undefined) ?? null,
+  source: e.source as GrantRecord["source"],
+  transactionId: e.transactionId as string,
+  createdAt: e.createdAt as Date,
+});
+
+class MikroUnitOfWork implements UnitOfWork {
+  readonly #em: EntityManager;
+  constructor(em: EntityManager) {
+    this.#em = em;
+  }
+
+  async getAccount(id: string) {
+    const e = await this.#em.findOne(AccountEntity, { id });
+    return e ? toAccount(e as AnyRow) : null;
+  }
+  async getSubscription(id: string) {
+    const e = await this.#em.findOne(SubscriptionEntity, { id });
+    return e ? toSubscription(e as AnyRow) : null;
+  }
+  async listSubscriptions(accountId: string) {
+    return (await this.#em.find(SubscriptionEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } })).map((e) => toSubscription(e as AnyRow));
+  }
+  async getPlan(id: string) {
+    const e = await this.#em.findOne(PlanEntity, { id });
+    return e ? toPlan(e as AnyRow) : null;
+  }
+  async getKey(id: string) {
+    const e = await this.#em.findOne(ApiKeyEntity, { id });
+    return e ? toKey(e as AnyRow) : null;
+  }
+  async lockWallet(accountId: string, kind: WalletKind): Promise<WalletRecord> {
+    // Create-if-absent first (a no-op when it exists), then lock the row for the rest of the transaction.
+    await this.#em.execute(
+      `insert into wallets (account_id, kind, balance, total_deposited) values (?, ?, 0, 0) on conflict do nothing`,
+      [accountId, kind],
+    );
+    const e = await this.#em.findOneOrFail(WalletEntity, { accountId, kind }, { lockMode: LockMode.PESSIMISTIC_WRITE, refresh: true });
+    return toWallet(e as AnyRow);
+  }
+  async saveWallet(w: WalletRecord) {
+    await this.#em.nativeUpdate(WalletEntity, { accountId: w.accountId, kind: w.kind }, { balance: w.balance, totalDeposited: w.totalDeposited, updatedAt: new Date() });
+  }
+  async insertAccount(a: AccountRecord) {
+    await this.#em.insert(AccountEntity, { ...a });
+  }
+  async upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord> {
+    const existing = await this.#em.findOne(PlanEntity, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+    if (existing) {
+      const version = (existing as AnyRow).version as number;
+      const same = JSON.stringify((existing as AnyRow).spec) === JSON.stringify(p.spec) && (existing as AnyRow).name === p.name;
+      if (same) return toPlan(existing as AnyRow);
+      await this.#em.nativeUpdate(PlanEntity, { id: p.id }, { name: p.name, spec: p.spec, version: version + 1, updatedAt: new Date() });
+      return { id: p.id, name: p.name, spec: p.spec, version: version + 1 };
+    }
+    await this.#em.insert(PlanEntity, { id: p.id, name: p.name, spec: p.spec, version: 1 });
+    return { id: p.id, name: p.name, spec: p.spec, version: 1 };
+  }
+  async insertSubscription(s: SubscriptionRecord) {
+    await this.#em.insert(SubscriptionEntity, { ...s });
+  }
+  async saveSubscription(s: SubscriptionRecord) {
+    await this.#em.nativeUpdate(SubscriptionEntity, { id: s.id }, { endsAt: s.endsAt, addOns: s.addOns, accessBlocks: s.accessBlocks, status: s.status });
+  }
+  async insertKey(k: KeyRecord) {
+    await this.#em.insert(ApiKeyEntity, { ...k, subLimits: stringMap(k.subLimits) });
+  }
+  async saveKey(k: KeyRecord) {
+    await this.#em.nativeUpdate(
+      ApiKeyEntity,
+      { id: k.id },
+      { status: k.status, revokedAt: k.status === "revoked" ? new Date() : null, subLimits: stringMap(k.subLimits), overage: k.overage, expiresAt: k.expiresAt },
+    );
+  }
+  async insertGrant(g: GrantRecord) {
+    await this.#em.insert(GrantEntity, { ...g });
+  }
+  async listActiveGrants(subscriptionId: string, now: Date) {
+    const rows = await this.#em.find(GrantEntity, { subscriptionId, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { orderBy: { createdAt: "asc", id: "asc" } });
+    return rows.map((g) => toGrant(g as AnyRow));
+  }
+  async insertTransaction(t: TransactionRecord) {
+    const sums = new Map<string, bigint>();
+    for (const p of t.postings) sums.set(p.currency, (sums.get(p.currency) ?? 0n) + p.amount);
+    for (const [currency, sum] of sums) {
+      if (sum !== 0n) throw new FailedPreconditionError("UNBALANCED_TRANSACTION", `postings of ${t.id} sum to ${sum} ${currency}, not zero`);
+    }
+    await this.#em.insert(LedgerTransactionEntity, {
+      id: t.id,
+      accountId: t.accountId,
+      type: t.type,
+      createdAt: t.createdAt,
+      externalReference: t.externalReference,
+      description: t.description,
+    });
+    for (const p of t.postings) {
+      await this.#em.insert(LedgerPostingEntity, { id: newId("pst"), transactionId: t.id, ledgerAccount: p.ledgerAccount, currency: p.currency, amount: p.amount });
+    }
+  }
+  async findTransactionByReference(reference: string) {
+    const t = await this.#em.findOne(LedgerTransactionEntity, { externalReference: reference });
+    if (!t) return null;
+    return (await loadPostings(this.#em, [t as AnyRow]))[0]!;
+  }
+  async getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null> {
+    const e = await this.#em.findOne(IdempotencyEntity, { scope, key });
+    return e ? { scope, key, requestHash: (e as AnyRow).requestHash as string, response: (e as AnyRow).response } : null;
+  }
+  async putIdempotency(r: IdempotencyRecord) {
+    await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
+  }
+  async bumpCapacityVersion(accountId: string): Promise<number> {
+    const rows = await this.#em.execute<Array<{ v: number }>>(
+      `update accounts set capacity_version = capacity_version + 1 where id = ? returning capacity_version as v`,
+      [accountId],
+    );
+    return Number(rows[0]?.v ?? 0);
+  }
+}
+
+function stringMap(m: Record<string, bigint>): Record<string, string> {
+  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, String(v)]));
+}
+
+async function loadPostings(em: EntityManager, txs: AnyRow[]): Promise<TransactionRecord[]> {
+  if (txs.length === 0) return [];
+  const postings = await em.find(LedgerPostingEntity, { transactionId: { $in: txs.map((t) => t.id as string) } }, { orderBy: { id: "asc" } });
+  const byTx = new Map<string, TransactionRecord["postings"]>();
+  for (const p of postings as AnyRow[]) {
+    const list = byTx.get(p.transactionId as string) ?? [];
+    list.push({ ledgerAccount: p.ledgerAccount as string, currency: p.currency as string, amount: p.amount as bigint });
+    byTx.set(p.transactionId as string, list);
+  }
+  return txs.map((t) => ({
+    id: t.id as string,
+    accountId: t.accountId as string,
+    type: t.type as TransactionRecord["type"],
+    createdAt: t.createdAt as Date,
+    externalReference: (t.externalReference as string | null | undefined) ?? null,
+    description: t.description as string,
+    postings: byTx.get(t.id as string) ?? [],
+  }));
+}
+
+export class MikroDatabase implements Database {
+  readonly #orm: MikroORM;
+  constructor(orm: MikroORM) {
+    this.#orm = orm;
+  }
+
+  get orm(): MikroORM {
+    return this.#orm;
+  }
+
+  transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    return this.#orm.em.fork().transactional((em) => work(new MikroUnitOfWork(em)));
+  }
+
+  read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    return work(new MikroUnitOfWork(this.#orm.em.fork()));
+  }
+
+  async loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null> {
+    const em = this.#orm.em.fork();
+    const account = await em.findOne(AccountEntity, { id: accountId });
+    if (!account) return null;
+    const [subs, keys, grants, wallets] = await Promise.all([
+      em.find(SubscriptionEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(ApiKeyEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(GrantEntity, { accountId, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(WalletEntity, { accountId }),
+    ]);
+    const planIds = [...new Set(subs.map((s) => (s as AnyRow).planId as string))];
+    const plans = planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : [];
+    return {
+      account: toAccount(account as AnyRow),
+      subscriptions: subs.map((s) => toSubscription(s as AnyRow)),
+      plans: new Map(plans.map((p) => [(p as AnyRow).id as string, toPlan(p as AnyRow)])),
+      keys: keys.map((k) => toKey(k as AnyRow)),
+      grants: grants.map((g) => toGrant(g as AnyRow)),
+      wallets: wallets.map((w) => toWallet(w as AnyRow)),
+    };
+  }
+
+  async listAccounts() {
+    return (await this.#orm.em.fork().find(AccountEntity, {}, { orderBy: { createdAt: "asc" } })).map((a) => toAccount(a as AnyRow));
+  }
+
+  async listPlans() {
+    return (await this.#orm.em.fork().find(PlanEntity, {}, { orderBy: { id: "asc" } })).map((p) => toPlan(p as AnyRow));
+  }
+
+  async listKeys(accountId: string) {
+    return (await this.#orm.em.fork().find(ApiKeyEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } })).map((k) => toKey(k as AnyRow));
+  }
+
+  async listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }) {
+    const em = this.#orm.em.fork();
+    const where: AnyRow = {};
+    if (q.accountId) where.accountId = q.accountId;
+    if (q.before) where.$or = [{ createdAt: { $lt: q.before.createdAt } }, { createdAt: q.before.createdAt, id: { $lt: q.before.id } }];
+    const txs = await em.find(LedgerTransactionEntity, where as never, { orderBy: { createdAt: "desc", id: "desc" }, limit: q.limit });
+    return loadPostings(em, txs as AnyRow[]);
+  }
+
+  async postingTotals() {
+    const rows = await this.#orm.em.fork().execute<Array<{ ledger_account: string; currency: string; total: string }>>(
+      `select ledger_account, currency, sum(amount)::text as total from ledger_postings group by ledger_account, currency order by 1, 2`,
+    );
+    return rows.map((r) => ({ ledgerAccount: r.ledger_account, currency: r.currency, total: BigInt(r.total) }));
+  }
+
+  async saveUsageSnapshot(accountId: string, states: StateSnapshot) {
+    const em = this.#orm.em.fork();
+    for (const [limitId, state] of Object.entries(states)) {
+      await em.upsert(UsageSnapshotEntity, { accountId, limitId, state, updatedAt: new Date() });
+    }
+  }
+
+  async loadUsageSnapshot(accountId: string): Promise<StateSnapshot> {
+    const rows = await this.#orm.em.fork().find(UsageSnapshotEntity, { accountId });
+    return Object.fromEntries(rows.map((r: AnyRow) => [(r as AnyRow).limitId as string, (r as AnyRow).state as Record<string, string>]));
+  }
+
+  async markCapacitySynced(accountId: string, version: number) {
+    await this.#orm.em.fork().execute(`update accounts set capacity_synced = greatest(capacity_synced, ?) where id = ?`, [version, accountId]);
+  }
+
+  async listCapacityStale(limit: number) {
+    return (await this.#orm.em.fork().execute<AnyRow[]>(
+      `select id from accounts where capacity_synced < capacity_version order by id limit ?`,
+      [limit],
+    )).map((r) => ({ id: r.id as string, name: "", createdAt: new Date(0), capacityVersion: 0, capacitySynced: 0 }));
+  }
+
+  async ping() {
+    await this.#orm.em.fork().execute("select 1");
+  }
+
+  async close() {
+    await this.#orm.close(true);
+  }
+}
+
