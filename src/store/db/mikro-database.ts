@@ -19,7 +19,7 @@ import type {
   WalletKind,
   WalletRecord,
 } from "../../core/ports.ts";
-import type { PlanSpec } from "../../core/plan.ts";
+import { parsePlan, type PlanSpec } from "../../core/plan.ts";
 import type { StateSnapshot } from "../../core/counter-store.ts";
 import { newId } from "../../core/ids.ts";
 import {
@@ -44,7 +44,9 @@ const toAccount = (e: AnyRow): AccountRecord => ({
   capacityVersion: e.capacityVersion as number,
   capacitySynced: e.capacitySynced as number,
 });
-const toPlan = (e: AnyRow): PlanRecord => ({ id: e.id as string, name: e.name as string, version: e.version as number, spec: e.spec as PlanSpec });
+const toPlan = (e: AnyRow): PlanRecord => ({ id: e.id as string, name: e.name as string, version: e.version as number, spec: parsePlan(e.spec, `plans.${String(e.id)}`) });
+/** Plans are stored as JSON with counts as decimal strings (bigint has no JSON form); parsePlan reads them back. */
+const planJson = (spec: PlanSpec): PlanSpec => JSON.parse(JSON.stringify(spec, (_k, v) => (typeof v === "bigint" ? String(v) : v))) as PlanSpec;
 const toSubscription = (e: AnyRow): SubscriptionRecord => ({
   id: e.id as string,
   accountId: e.accountId as string,
@@ -134,12 +136,12 @@ class MikroUnitOfWork implements UnitOfWork {
     const existing = await this.#em.findOne(PlanEntity, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
     if (existing) {
       const version = (existing as AnyRow).version as number;
-      const same = JSON.stringify((existing as AnyRow).spec) === JSON.stringify(p.spec) && (existing as AnyRow).name === p.name;
+      const same = JSON.stringify((existing as AnyRow).spec) === JSON.stringify(planJson(p.spec)) && (existing as AnyRow).name === p.name;
       if (same) return toPlan(existing as AnyRow);
-      await this.#em.nativeUpdate(PlanEntity, { id: p.id }, { name: p.name, spec: p.spec, version: version + 1, updatedAt: new Date() });
+      await this.#em.nativeUpdate(PlanEntity, { id: p.id }, { name: p.name, spec: planJson(p.spec), version: version + 1, updatedAt: new Date() });
       return { id: p.id, name: p.name, spec: p.spec, version: version + 1 };
     }
-    await this.#em.insert(PlanEntity, { id: p.id, name: p.name, spec: p.spec, version: 1 });
+    await this.#em.insert(PlanEntity, { id: p.id, name: p.name, spec: planJson(p.spec), version: 1 });
     return { id: p.id, name: p.name, spec: p.spec, version: 1 };
   }
   async insertSubscription(s: SubscriptionRecord) {

@@ -1,0 +1,115 @@
+/**
+ * One zod schema for all configuration: environment variables, optionally overlaid on a YAML/JSON file
+ * (QUOTA_CONFIG_FILE). Read once at start-up, validated, frozen. Every problem is listed at once; unknown keys in
+ * the file are errors (typos caught); secrets are redacted whenever the config is printed.
+ */
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+const schema = z.strictObject({
+  /** Address to bind. Sidecar mode binds loopback by default. */
+  host: z.string().min(1).default("127.0.0.1"),
+  grpcPort: z.coerce.number().int().min(0).max(65535).default(50051),
+  httpPort: z.coerce.number().int().min(0).max(65535).default(8080),
+  /** postgresql://...; empty = embedded PGlite in dataDir. */
+  databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgresql:// URL").or(z.literal("")).default(""),
+  /** redis://...; empty = in-process counter store. */
+  redisUrl: z.string().regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL").or(z.literal("")).default(""),
+  redisKeyPrefix: z.string().max(64).default("qa:"),
+  dataDir: z.string().min(1).default("./data"),
+  migrateOnStart: z.stringbool().default(true),
+  /** Data-plane bearer token; empty = none required (only sensible on loopback). */
+  serviceToken: z.string().default(""),
+  /** Admin bearer token; empty = one is generated at start-up and logged once. */
+  adminToken: z.string().default(""),
+  allowedOrigins: z.string().default("").transform((s) => s.split(",").map((x) => x.trim()).filter(Boolean)),
+  /** Counter-store deadline per call (ms): past it, the plan's failure mode answers. */
+  storeDeadlineMs: z.coerce.number().int().min(1).max(10_000).default(50),
+  /** How often usage is flushed from the counter store to Postgres (ms). */
+  flushIntervalMs: z.coerce.number().int().min(100).max(600_000).default(2_000),
+  reconcileIntervalMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
+  maxMessageBytes: z.coerce.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+  /** Admin API calls per minute per credential. */
+  adminRatePerMinute: z.coerce.number().int().min(1).default(600),
+  shutdownGraceMs: z.coerce.number().int().min(0).max(120_000).default(10_000),
+  logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+  tlsKeyFile: z.string().default(""),
+  tlsCertFile: z.string().default(""),
+  tlsClientCaFile: z.string().default(""),
+  /** Seed a demo plan, account, subscription, funded wallet and key, and print a ready-to-paste call. */
+  demo: z.stringbool().default(false),
+  /** Plans file applied at start-up. */
+  plansFile: z.string().default(""),
+});
+
+export type Config = Readonly<z.infer<typeof schema>>;
+
+const ENV: Record<string, keyof z.infer<typeof schema>> = {
+  QUOTA_HOST: "host",
+  QUOTA_GRPC_PORT: "grpcPort",
+  QUOTA_HTTP_PORT: "httpPort",
+  DATABASE_URL: "databaseUrl",
+  REDIS_URL: "redisUrl",
+  QUOTA_REDIS_KEY_PREFIX: "redisKeyPrefix",
+  QUOTA_DATA_DIR: "dataDir",
+  QUOTA_MIGRATE_ON_START: "migrateOnStart",
+  QUOTA_SERVICE_TOKEN: "serviceToken",
+  QUOTA_ADMIN_TOKEN: "adminToken",
+  QUOTA_ALLOWED_ORIGINS: "allowedOrigins",
+  QUOTA_STORE_DEADLINE_MS: "storeDeadlineMs",
+  QUOTA_FLUSH_INTERVAL_MS: "flushIntervalMs",
+  QUOTA_RECONCILE_INTERVAL_MS: "reconcileIntervalMs",
+  QUOTA_MAX_MESSAGE_BYTES: "maxMessageBytes",
+  QUOTA_ADMIN_RATE_PER_MINUTE: "adminRatePerMinute",
+  QUOTA_SHUTDOWN_GRACE_MS: "shutdownGraceMs",
+  QUOTA_LOG_LEVEL: "logLevel",
+  QUOTA_TLS_KEY_FILE: "tlsKeyFile",
+  QUOTA_TLS_CERT_FILE: "tlsCertFile",
+  QUOTA_TLS_CLIENT_CA_FILE: "tlsClientCaFile",
+  QUOTA_DEMO: "demo",
+  QUOTA_PLANS_FILE: "plansFile",
+};
+
+export const ENV_VARS = ENV;
+const SECRET_KEYS = new Set(["serviceToken", "adminToken", "databaseUrl", "redisUrl"]);
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
+    this.problems = problems;
+  }
+}
+
+/** Builds the frozen config from the environment, a config file (QUOTA_CONFIG_FILE or `file`) and overrides. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<string, unknown>> = {}, file = env.QUOTA_CONFIG_FILE): Config {
+  let fromFile: Record<string, unknown> = {};
+  if (file) {
+    try {
+      const parsed = parseYaml(readFileSync(file, "utf8")) as unknown;
+      if (parsed !== null && typeof parsed !== "object") throw new Error("not a mapping");
+      fromFile = (parsed ?? {}) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError([`${file}: ${(e as Error).message.split("\n")[0]}`]);
+    }
+  }
+  const fromEnv: Record<string, unknown> = {};
+  for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined) fromEnv[key] = env[name];
+  const r = schema.safeParse({ ...fromFile, ...fromEnv, ...overrides });
+  if (!r.success) {
+    const reverse = Object.fromEntries(Object.entries(ENV).map(([k, v]) => [v, k]));
+    throw new ConfigError(r.error.issues.map((i) => {
+      const key = String(i.path[0] ?? "");
+      return `${key}${reverse[key] ? ` (${reverse[key]})` : ""}: ${i.message}`;
+    }));
+  }
+  return Object.freeze(r.data);
+}
+
+/** The config with secrets replaced, for logs. */
+export function redact(config: Config): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(config).map(([k, v]) => [k, SECRET_KEYS.has(k) && v ? (typeof v === "string" && /:\/\//.test(v) ? v.replace(/\/\/[^@/]*@/, "//***@") : "***") : v]),
+  );
+}

@@ -1,0 +1,151 @@
+/**
+ * The gRPC port (@grpc/grpc-js): the per-request path for backends. Serves QuotaService and QuotaAdminService from
+ * the protobuf-es descriptors, plus grpc.health.v1 and server reflection (grpcurl / `buf curl` can list and call).
+ *
+ * Requests are decoded inside the handler (not by grpc-js) so malformed bytes answer INVALID_ARGUMENT, not INTERNAL.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import type { DescFile } from "@bufbuild/protobuf";
+import { HealthImplementation } from "grpc-health-check";
+import { ReflectionService } from "@grpc/reflection";
+import { QuotaAdminService, file_quota_v1_admin } from "../../gen/quota/v1/admin_pb.ts";
+import { QuotaService, file_quota_v1_quota } from "../../gen/quota/v1/quota_pb.ts";
+import { InvalidArgumentError } from "../../core/errors.ts";
+import type { Api, CallContext } from "../api.ts";
+import { mapError } from "../errors.ts";
+
+export interface GrpcServerOptions {
+  api: Api;
+  host: string;
+  port: number;
+  maxMessageBytes: number;
+  /** TLS: key/cert (PEM) and, for mTLS, the CA that signs client certificates. */
+  tls?: { key: Buffer; cert: Buffer; clientCa?: Buffer; requireClientCert: boolean };
+  onError?: (method: string, err: unknown) => void;
+  /** Counts calls for metrics: method, status code name, seconds. */
+  onCall?: (method: string, code: string, seconds: number) => void;
+}
+
+export interface RunningGrpcServer {
+  port: number;
+  health: HealthImplementation;
+  /** Stops accepting, lets in-flight calls finish (up to `graceMs`), then forces. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+type Handler = (req: never, ctx: CallContext) => Promise<unknown>;
+
+function allFiles(files: DescFile[]): DescFile[] {
+  const seen = new Map<string, DescFile>();
+  const visit = (f: DescFile) => {
+    if (seen.has(f.name)) return;
+    for (const d of f.dependencies) visit(d);
+    seen.set(f.name, f);
+  };
+  files.forEach(visit);
+  return [...seen.values()];
+}
+
+function service(desc: DescService, impl: Record<string, Handler>, opts: GrpcServerOptions): [grpc.ServiceDefinition, grpc.UntypedServiceImplementation] {
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const implementation: grpc.UntypedServiceImplementation = {};
+  for (const m of desc.methods) {
+    const input = m.input as DescMessage;
+    const output = m.output as DescMessage;
+    definition[m.localName] = {
+      path: `/${desc.typeName}/${m.name}`,
+      requestStream: false,
+      responseStream: false,
+      originalName: m.localName,
+      requestSerialize: (msg: unknown) => Buffer.from(toBinary(input, msg as never)),
+      requestDeserialize: (buf: Buffer) => buf,
+      responseSerialize: (msg: unknown) => Buffer.from(toBinary(output, msg as never)),
+      responseDeserialize: (buf: Buffer) => fromBinary(output, buf),
+    };
+    const handler = impl[m.localName]!;
+    implementation[m.localName] = (call: grpc.ServerUnaryCall<Buffer, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      const started = process.hrtime.bigint();
+      const finish = (code: string) => opts.onCall?.(m.name, code, Number(process.hrtime.bigint() - started) / 1e9);
+      let request: unknown;
+      try {
+        request = fromBinary(input, call.request);
+      } catch (e) {
+        const err = new InvalidArgumentError("request", `not a valid ${input.typeName}: ${(e as Error).message}`);
+        finish("INVALID_ARGUMENT");
+        callback({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
+        return;
+      }
+      const md = call.metadata;
+      const peerCert = (call as unknown as { getAuthContext?: () => { sslPeerCertificate?: unknown } }).getAuthContext?.()?.sslPeerCertificate;
+      const ctx: CallContext = {
+        header: (name) => {
+          const v = md.get(name)[0];
+          return v === undefined ? undefined : String(v);
+        },
+        peerVerified: Boolean(opts.tls?.requireClientCert && peerCert),
+      };
+      (handler as (r: unknown, c: CallContext) => Promise<unknown>)(request, ctx).then(
+        (res) => {
+          finish("OK");
+          callback(null, res);
+        },
+        (e: unknown) => {
+          const mapped = mapError(e);
+          if (mapped.cause !== undefined) opts.onError?.(m.name, mapped.cause);
+          finish(mapped.code);
+          const meta = new grpc.Metadata();
+          meta.set("x-error-reason", mapped.reason);
+          callback({ code: mapped.grpc, details: mapped.message, metadata: meta });
+        },
+      );
+    };
+  }
+  return [definition as grpc.ServiceDefinition, implementation];
+}
+
+export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": opts.maxMessageBytes,
+    "grpc.max_send_message_length": 16 * 1024 * 1024,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  const q = opts.api.quota as unknown as Record<string, Handler>;
+  const a = opts.api.admin as unknown as Record<string, Handler>;
+  server.addService(...service(QuotaService, q, opts));
+  server.addService(...service(QuotaAdminService, a, opts));
+
+  const health = new HealthImplementation({
+    "": "SERVING",
+    [QuotaService.typeName]: "SERVING",
+    [QuotaAdminService.typeName]: "SERVING",
+  });
+  health.addToServer(server);
+  const files = allFiles([file_quota_v1_quota, file_quota_v1_admin]);
+  new ReflectionService({
+    "quota.v1": { fileDescriptorProtos: files.map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto))) },
+  } as never).addToServer(server);
+
+  const credentials = opts.tls
+    ? grpc.ServerCredentials.createSsl(opts.tls.clientCa ?? null, [{ private_key: opts.tls.key, cert_chain: opts.tls.cert }], opts.tls.requireClientCert)
+    : grpc.ServerCredentials.createInsecure();
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${opts.host}:${opts.port}`, credentials, (err, p) => (err ? reject(err) : resolve(p)));
+  });
+  return {
+    port,
+    health,
+    shutdown: (graceMs) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      }),
+  };
+}
