@@ -1,0 +1,91 @@
+/**
+ * Starts the whole service in-process for integration tests: its own Postgres database (created here, dropped on
+ * stop), its own Redis key prefix, ports chosen by the OS, and a clock the test controls.
+ */
+import pg from "pg";
+import pino from "pino";
+import { loadConfig } from "../../src/config/config.ts";
+import { startApp, type App } from "../../src/main.ts";
+import { ManualClock, TEST_DATABASE_URL, TEST_REDIS_URL, uniqueId } from "./env.ts";
+import { Redis } from "ioredis";
+
+export interface TestApp {
+  app: App;
+  clock: ManualClock;
+  databaseUrl: string;
+  redisPrefix: string;
+  stop(): Promise<void>;
+}
+
+export async function createTestDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = uniqueId("qa_test_").toLowerCase().replace(/[^a-z0-9_]/g, "_");
+  const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const url = new URL(TEST_DATABASE_URL);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    drop: async () => {
+      const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+      await c.connect();
+      await c.query(`drop database if exists ${name} with (force)`);
+      await c.end();
+    },
+  };
+}
+
+export async function deleteRedisPrefix(prefix: string): Promise<void> {
+  const redis = new Redis(TEST_REDIS_URL);
+  let cursor = "0";
+  do {
+    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+    cursor = next;
+    if (keys.length > 0) await redis.del(...keys);
+  } while (cursor !== "0");
+  redis.disconnect();
+}
+
+export interface TestAppOptions {
+  /** Use real Redis (default) or the in-memory store. */
+  redis?: boolean;
+  /** Use real Postgres (default) or PGlite in memory. */
+  postgres?: boolean;
+  env?: Record<string, string>;
+  clock?: ManualClock | false;
+}
+
+export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const clock = options.clock === false ? undefined : (options.clock ?? new ManualClock(Date.now()));
+  const db = options.postgres === false ? undefined : await createTestDatabase();
+  const redisPrefix = `qa-test:${uniqueId("")}:`;
+  const config = loadConfig(
+    {
+      QUOTA_HOST: "127.0.0.1",
+      QUOTA_GRPC_PORT: "0",
+      QUOTA_HTTP_PORT: "0",
+      QUOTA_DATA_DIR: "memory://",
+      QUOTA_ADMIN_TOKEN: "test-admin-token",
+      QUOTA_LOG_LEVEL: "silent",
+      QUOTA_STORE_DEADLINE_MS: "2000",
+      ...(db ? { DATABASE_URL: db.url } : {}),
+      ...(options.redis === false ? {} : { REDIS_URL: TEST_REDIS_URL, QUOTA_REDIS_KEY_PREFIX: redisPrefix }),
+      ...options.env,
+    },
+    {},
+    undefined,
+  );
+  const app = await startApp(config, { ...(clock ? { clock } : {}), logger: pino({ level: "silent" }) });
+  return {
+    app,
+    clock: clock ?? new ManualClock(),
+    databaseUrl: db?.url ?? "",
+    redisPrefix,
+    stop: async () => {
+      await app.stop();
+      if (options.redis !== false) await deleteRedisPrefix(redisPrefix);
+      await db?.drop();
+    },
+  };
+}
