@@ -91,7 +91,10 @@ export interface LimitState {
   used: bigint;
   remaining: bigint;
   resetAt?: number;
+  /** Overage in the current window. */
   overage: bigint;
+  /** QUOTA: overage units ever charged on this limit (never resets; billed later). */
+  overageTotal?: bigint;
   exceeded: boolean;
   sources?: SourceState[];
 }

@@ -24,14 +24,15 @@ export function newKeyId(): string {
   return base32(randomBytes(16));
 }
 
-/** Reservation ids carry the account id so Release finds the account's shard without a lookup. */
-export function newReservationId(accountId: string): string {
-  return `r~${accountId}~${randomBytes(16).toString("base64url")}`;
+/** Reservation ids carry the account id (Release finds the account's shard without a lookup) and the key id (its
+ * plan prices the actual meters), plus 128 random bits. */
+export function newReservationId(accountId: string, keyId: string): string {
+  return `r~${accountId}~${keyId}~${randomBytes(16).toString("base64url")}`;
 }
 
-export function accountOfReservation(reservationId: string): string | undefined {
-  const m = /^r~([a-z0-9_-]{1,64})~[A-Za-z0-9_-]{22}$/.exec(reservationId);
-  return m?.[1];
+export function parseReservationId(reservationId: string): { accountId: string; keyId: string } | undefined {
+  const m = /^r~([a-z0-9_-]{1,64})~([a-z2-7]{16})~[A-Za-z0-9_-]{22}$/.exec(reservationId);
+  return m ? { accountId: m[1]!, keyId: m[2]! } : undefined;
 }
 
 export interface ParsedApiKey {

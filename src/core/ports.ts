@@ -65,6 +65,8 @@ export interface WalletRecord {
   kind: WalletKind;
   balance: bigint;
   totalDeposited: bigint;
+  /** Credit wallets: spend already posted to the ledger (usage transactions). */
+  spentPosted: bigint;
 }
 
 export interface GrantRecord {

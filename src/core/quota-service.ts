@@ -10,7 +10,7 @@ import type { CounterStore, DenyReasonName, LimitState, Mode, ReleaseState } fro
 import { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, QuotaError, UnavailableError } from "./errors.ts";
 import { buildHeaders } from "./headers.ts";
-import { accountOfReservation, newId, newReservationId, parseApiKey, secretMatches } from "./ids.ts";
+import { newId, newReservationId, parseApiKey, parseReservationId, secretMatches } from "./ids.ts";
 import { KeyCache, type KeyContext } from "./key-cache.ts";
 import { activeAddOn, capacityOf, cycleOf, gatesFor, limitsForCall, priceOf, type AppliedLimit, type LimitInfo } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, parseDecimalMicros, type MoneyParts } from "./money.ts";
@@ -26,6 +26,7 @@ export interface LimitStatusOut extends LimitInfo {
   remaining: bigint;
   resetAt?: number;
   overage: bigint;
+  overageTotal: bigint;
   exceeded: boolean;
   sources: Array<{ kind: string; id: string; amount: bigint; used: bigint; expiresAt?: number; priority: number; product: string }>;
 }
@@ -302,7 +303,7 @@ export class QuotaService {
     const accountId = ctx.key.accountId;
     const cmd = {
       accountId,
-      reservationId: newReservationId(accountId),
+      reservationId: newReservationId(accountId, ctx.key.id),
       mode: req.mode,
       ttlMs: ttl ?? parseTtl(plan),
       product: req.product,
@@ -372,14 +373,20 @@ export class QuotaService {
 
   async release(req: ReleaseRequest): Promise<ReleaseAnswer> {
     if (!req.reservationId) throw new InvalidArgumentError("reservation_id", "is required");
-    const accountId = accountOfReservation(req.reservationId);
-    if (!accountId) throw new InvalidArgumentError("reservation_id", "is not a reservation id");
+    const parsed = parseReservationId(req.reservationId);
+    if (!parsed) throw new InvalidArgumentError("reservation_id", "is not a reservation id");
+    const { accountId } = parsed;
     checkAmount("actual_cost", req.actualCost, 0n);
     checkAmount("actual_spend_micros", req.actualSpendMicros, 0n);
     checkMeters("actual_meters", req.actualMeters);
     const actual: Record<string, bigint> = { ...req.actualMeters };
     if (req.actualCost !== undefined) actual.units = req.actualCost;
     if (req.actualSpendMicros !== undefined) actual.spend = req.actualSpendMicros;
+    else if (Object.keys(req.actualMeters).length > 0) {
+      // Spend follows the actual meters at the key's plan prices (the key comes from the cache: no Postgres).
+      const ctx = await this.#d.keys.get(parsed.keyId).catch(() => null);
+      if (ctx?.plan.spec.pricing) actual.spend = priceOf(ctx.plan.spec, req.actualMeters, 1n);
+    }
     let r;
     try {
       r = await withDeadline(
@@ -770,6 +777,7 @@ export function toStatus(a: AppliedLimit, s: LimitState | undefined): LimitStatu
     used: s?.used ?? 0n,
     remaining: s?.remaining ?? 0n,
     overage: s?.overage ?? 0n,
+    overageTotal: s?.overageTotal ?? 0n,
     exceeded: s?.exceeded ?? false,
     sources: (s?.sources ?? []).map((x) => {
       const src: LimitStatusOut["sources"][number] = {
@@ -845,8 +853,8 @@ export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, pack
     sub.addOns = { ...sub.addOns, [spec.name]: pkg.id };
     description = `add-on ${previous ? `changed from ${previous} to` : "bought:"} ${pkg.id} (+${pkg.amount} ${spec.name}) at ${formatMicros(price)} USD per month`;
     if (price > 0n) {
-      postings.push({ ledgerAccount: `receivable:${sub.accountId}`, currency: "USD", amount: price });
-      postings.push({ ledgerAccount: "revenue:addons", currency: "USD", amount: -price });
+      postings.push({ ledgerAccount: `receivable:${sub.accountId}`, currency: "USD", amount: -price });
+      postings.push({ ledgerAccount: "revenue:addons", currency: "USD", amount: price });
     }
   }
   await uow.saveSubscription(sub);

@@ -5,8 +5,9 @@
  * atomic script, so replicas writing the same account cannot double-count.
  */
 import type { CounterStore } from "./counter-store.ts";
-import { durableLimitIds } from "./limits.ts";
-import type { Clock, Database } from "./ports.ts";
+import { newId } from "./ids.ts";
+import { durableLimitIds, limitId } from "./limits.ts";
+import type { AccountConfig, Clock, Database } from "./ports.ts";
 
 export class UsageFlusher {
   readonly #db: Database;
@@ -38,6 +39,7 @@ export class UsageFlusher {
           if (!config) continue;
           const states = await this.#store.exportState(accountId, durableLimitIds(config));
           await this.#db.saveUsageSnapshot(accountId, states);
+          await this.#postCreditSpend(config);
         } catch {
           this.#dirty.add(accountId);
         }
@@ -46,6 +48,59 @@ export class UsageFlusher {
       this.#running = undefined;
     });
     return this.#running;
+  }
+
+  /**
+   * Posts credit spend to the ledger: the live spend is in the counters; the ledger and the credit wallet's balance
+   * follow it here, as "usage" transactions for the change since the last post (a refund after a post reverses).
+   * Spend beyond the balance (an actual cost above the estimate at the very end of a budget) becomes a receivable.
+   */
+  async #postCreditSpend(config: AccountConfig): Promise<void> {
+    const budgets = new Set<string>();
+    for (const sub of config.subscriptions) {
+      for (const l of config.plans.get(sub.planId)?.spec.limits ?? []) if (l.kind === "budget") budgets.add(limitId("account", "", l.name));
+    }
+    if (budgets.size === 0) return;
+    const accountId = config.account.id;
+    const peek = await this.#store.reserve({
+      accountId,
+      reservationId: "flush",
+      mode: "CHECK_ONLY",
+      ttlMs: 1000,
+      product: "",
+      expiryPolicy: "charge",
+      gates: [],
+      limits: [...budgets].map((id) => ({ id, kind: "BUDGET" as const, meter: "spend", amount: 0n, period: { type: "none" as const } })),
+    });
+    if (peek.outcome === "NEED_RESTORE") return;
+    const spent = peek.states.reduce((sum, s) => sum + s.used, 0n);
+    await this.#db.transaction(async (uow) => {
+      const w = await uow.lockWallet(accountId, "credit");
+      const delta = spent - w.spentPosted;
+      if (delta === 0n) return;
+      const postings = [];
+      if (delta > 0n) {
+        const fromBalance = delta < w.balance ? delta : w.balance;
+        if (fromBalance > 0n) postings.push({ ledgerAccount: `wallet:${accountId}:credit`, currency: "USD", amount: -fromBalance });
+        if (delta > fromBalance) postings.push({ ledgerAccount: `receivable:${accountId}`, currency: "USD", amount: -(delta - fromBalance) });
+        w.balance -= fromBalance;
+      } else {
+        postings.push({ ledgerAccount: `wallet:${accountId}:credit`, currency: "USD", amount: -delta });
+        w.balance += -delta;
+      }
+      postings.push({ ledgerAccount: "revenue:usage", currency: "USD", amount: delta });
+      w.spentPosted = spent;
+      await uow.saveWallet(w);
+      await uow.insertTransaction({
+        id: newId("tx"),
+        accountId,
+        type: "usage",
+        createdAt: new Date(this.#clock.now()),
+        externalReference: null,
+        description: `credit usage posted: spend ${spent} micro-USD in total (${delta > 0n ? "+" : ""}${delta})`,
+        postings,
+      });
+    });
   }
 
   get pending(): number {

@@ -152,6 +152,7 @@ function limitStatus(l: LimitStatusOut): LimitStatus {
     resetsAt: ts(l.resetAt),
     window: dur(l.windowMs),
     overage: l.overage,
+    overageTotal: l.overageTotal,
     exceeded: l.exceeded,
     product: l.product,
     sources: l.sources.map((s) => ({

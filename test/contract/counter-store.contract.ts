@@ -222,6 +222,12 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect(strict).toMatchObject({ outcome: "DENIED", reason: "QUOTA_EXHAUSTED" });
       const settled = await store.release({ accountId: account, reservationId: over.reservationId!, outcome: "COMMIT", actual: { units: 6n } });
       expect(settled.overage).toBe(1n);
+      const after = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(after.states[0]).toMatchObject({ overage: 1n, overageTotal: 1n });
+      // the billing total survives the window: a new period resets `overage`, not `overageTotal`
+      clock.advance(DAY);
+      const nextWindow = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(nextWindow.states[0]).toMatchObject({ used: 0n, overage: 0n, overageTotal: 1n });
     });
 
     it("counts a rolling window in buckets and forgets usage once its bucket leaves the window", async () => {

@@ -76,6 +76,8 @@ export const WalletEntity = defineEntity({
     /** Cached balance in micro-USD, maintained in the same transaction as the postings; never negative. */
     balance: p.bigint().check("balance >= 0"),
     totalDeposited: p.bigint().default(0),
+    /** Credit wallets: spend already posted to the ledger by the usage flusher (live spend is in the counters). */
+    spentPosted: p.bigint().default(0),
     updatedAt: p.datetime().defaultRaw("now()"),
   },
   primaryKeys: ["accountId", "kind"],

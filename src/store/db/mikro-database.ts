@@ -76,6 +76,7 @@ const toWallet = (e: AnyRow): WalletRecord => ({
   kind: e.kind as WalletKind,
   balance: e.balance as bigint,
   totalDeposited: e.totalDeposited as bigint,
+  spentPosted: e.spentPosted as bigint,
 });
 const toGrant = (e: AnyRow): GrantRecord => ({
   id: e.id as string,
@@ -120,14 +121,14 @@ class MikroUnitOfWork implements UnitOfWork {
   async lockWallet(accountId: string, kind: WalletKind): Promise<WalletRecord> {
     // Create-if-absent first (a no-op when it exists), then lock the row for the rest of the transaction.
     await this.#em.execute(
-      `insert into wallets (account_id, kind, balance, total_deposited) values (?, ?, 0, 0) on conflict do nothing`,
+      `insert into wallets (account_id, kind, balance, total_deposited, spent_posted) values (?, ?, 0, 0, 0) on conflict do nothing`,
       [accountId, kind],
     );
     const e = await this.#em.findOneOrFail(WalletEntity, { accountId, kind }, { lockMode: LockMode.PESSIMISTIC_WRITE, refresh: true });
     return toWallet(e as AnyRow);
   }
   async saveWallet(w: WalletRecord) {
-    await this.#em.nativeUpdate(WalletEntity, { accountId: w.accountId, kind: w.kind }, { balance: w.balance, totalDeposited: w.totalDeposited, updatedAt: new Date() });
+    await this.#em.nativeUpdate(WalletEntity, { accountId: w.accountId, kind: w.kind }, { balance: w.balance, totalDeposited: w.totalDeposited, spentPosted: w.spentPosted, updatedAt: new Date() });
   }
   async insertAccount(a: AccountRecord) {
     await this.#em.insert(AccountEntity, { ...a });

@@ -388,6 +388,7 @@ export class InMemoryCounterStore implements CounterStore {
       const horizon = now - period.windowMs - period.bucketMs;
       let oldest: number | undefined;
       for (const [f, v] of hash) {
+        if (!f.startsWith("b:") && !f.startsWith("o:")) continue;
         const start = Number(f.slice(2));
         if (start <= horizon) {
           hash.delete(f);
@@ -452,7 +453,7 @@ export class InMemoryCounterStore implements CounterStore {
     }
 
     const pass = limit.amount <= remaining || (limit.kind === "QUOTA" && limit.overage === true);
-    const state: LimitState = { limit: total, used, remaining, overage, exceeded: false, sources: sources.map(publicSource) };
+    const state: LimitState = { limit: total, used, remaining, overage, overageTotal: BigInt(hash.get("ot") ?? "0"), exceeded: false, sources: sources.map(publicSource) };
     if (resetAt !== undefined) state.resetAt = resetAt;
     const ev: Evaluation = { pass, state, sources, hash, overageField, win, rolling };
     if (usageField) ev.usageField = usageField;
@@ -507,7 +508,9 @@ export class InMemoryCounterStore implements CounterStore {
       }
     }
     if (take > 0n) {
+      // "ot" never resets: overage units ever charged on this limit, for billing.
       incr(hash, ev.overageField!, take);
+      incr(hash, "ot", take);
       parts.push([ev.overageField!, take]);
     }
     return parts;
@@ -532,7 +535,10 @@ export class InMemoryCounterStore implements CounterStore {
           const [field, amount] = parts[i]!;
           const back = amount < refund ? amount : refund;
           refund -= back;
-          if (field.startsWith("o")) entryOverage -= back;
+          if (field.startsWith("o")) {
+            entryOverage -= back;
+            incr(hash, "ot", -back);
+          }
           // A part of a window that has since rolled over is not refunded: that window's usage is history.
           if (!hash.has(field) || ((field === "b" || field === "o") && hash.get("win") !== win)) continue;
           incr(hash, field, -back);

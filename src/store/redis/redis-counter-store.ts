@@ -194,8 +194,8 @@ function encodeCapacity(e: CapacityEntry): Record<string, unknown> {
 }
 
 function decodeState(raw: unknown[]): LimitState {
-  const [limit, used, remaining, reset, overage, exceeded, sources] = raw as [
-    number, number, number, number, number, number, Array<[string, number, number, number, number, string]>,
+  const [limit, used, remaining, reset, overage, exceeded, sources, overageTotal] = raw as [
+    number, number, number, number, number, number, Array<[string, number, number, number, number, string]>, number,
   ];
   const state: LimitState = {
     limit: BigInt(limit),
@@ -206,6 +206,7 @@ function decodeState(raw: unknown[]): LimitState {
   };
   if (reset >= 0) state.resetAt = reset;
   if (sources.length > 0) {
+    state.overageTotal = BigInt(overageTotal);
     state.sources = sources.map(([id, amount, u, priority, expires, product]): SourceState => {
       const s: SourceState = { id, amount: BigInt(amount), used: BigInt(u), priority, product };
       if (expires >= 0) s.expiresAt = expires;

@@ -135,12 +135,15 @@ local function evaluate(l, product, now)
     local oldest = nil
     for k = 1, #all, 2 do
       local f, v = all[k], tonumber(all[k + 1])
-      local start = tonumber(string.sub(f, 3))
-      if start <= horizon then
-        redis.call('HDEL', key, f)
-      elseif string.sub(f, 1, 2) == 'b:' then
-        used = used + v
-        if v > 0 and (oldest == nil or start < oldest) then oldest = start end
+      local p = string.sub(f, 1, 2)
+      if p == 'b:' or p == 'o:' then
+        local start = tonumber(string.sub(f, 3))
+        if start <= horizon then
+          redis.call('HDEL', key, f)
+        elseif p == 'b:' then
+          used = used + v
+          if v > 0 and (oldest == nil or start < oldest) then oldest = start end
+        end
       end
     end
     ev.ufield = 'b:' .. fmt(bucket)
@@ -196,6 +199,7 @@ local function evaluate(l, product, now)
 
   ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
   ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
+  ev.overage_total = hget_num(key, 'ot')
   ev.sources, ev.win, ev.rolling = sources, win, rolling
   if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
   return ev
@@ -231,7 +235,9 @@ local function consume(ev, amount)
     end
   end
   if take > 0 then
+    -- 'ot' never resets: overage units ever charged on this limit, for billing.
     redis.call('HINCRBY', key, ev.ofield, fmt(take))
+    redis.call('HINCRBY', key, 'ot', fmt(take))
     table.insert(parts, { ev.ofield, fmt(take) })
   end
   return parts
@@ -270,7 +276,10 @@ local function settle(id, r, state, actual, now)
           local f, a = en.pa[i][1], tonumber(en.pa[i][2])
           local back = math.min(a, refund)
           refund = refund - back
-          if is_overage_field(f) then entry_over = entry_over - back end
+          if is_overage_field(f) then
+            entry_over = entry_over - back
+            redis.call('HINCRBY', key, 'ot', fmt(-back))
+          end
           -- A part charged in a window that has since rolled over is not refunded: that window is history.
           local stale = (f == 'b' or f == 'o') and win ~= en.w
           if redis.call('HEXISTS', key, f) == 1 and not stale then
@@ -323,5 +332,5 @@ local function reply_state(ev, exceeded)
   for _, s in ipairs(ev.sources or {}) do
     table.insert(sources, { s.id, s.amount, s.used, s.priority, s.expires or -1, s.product })
   end
-  return { ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage, exceeded and 1 or 0, sources }
+  return { ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage, exceeded and 1 or 0, sources, ev.overage_total or 0 }
 end
