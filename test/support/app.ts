@@ -54,6 +54,8 @@ export interface TestAppOptions {
   postgres?: boolean;
   env?: Record<string, string>;
   clock?: ManualClock | false;
+  /** Rewrites the test database URL the app uses (e.g. to go through a TcpProxy). */
+  wrapDatabaseUrl?: (url: string) => string;
 }
 
 export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
@@ -69,7 +71,7 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
       QUOTA_ADMIN_TOKEN: "test-admin-token",
       QUOTA_LOG_LEVEL: "silent",
       QUOTA_STORE_DEADLINE_MS: "2000",
-      ...(db ? { DATABASE_URL: db.url } : {}),
+      ...(db ? { DATABASE_URL: options.wrapDatabaseUrl ? options.wrapDatabaseUrl(db.url) : db.url } : {}),
       ...(options.redis === false ? {} : { REDIS_URL: TEST_REDIS_URL, QUOTA_REDIS_KEY_PREFIX: redisPrefix }),
       ...options.env,
     },

@@ -15,6 +15,8 @@ export class RedisChangeBus implements ChangeBus {
     this.#pub = pub;
     this.#sub = pub.duplicate();
     this.#channel = channel;
+    // Errors are reported by the main connection; the subscriber just reconnects.
+    this.#sub.on("error", () => {});
     this.#sub.on("message", (_ch: string, accountId: string) => {
       for (const l of this.#listeners) l(accountId);
     });
