@@ -8,8 +8,8 @@ import type { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
 import { formatApiKey, hashSecret, newId, newKeyId, newSecret } from "./ids.ts";
 import { cycleOf } from "./limits.ts";
-import { MAX_AMOUNT, moneyToMicros, type MoneyParts } from "./money.ts";
-import { parseDuration, parsePlansDocument, type PlanSpec } from "./plan.ts";
+import { MAX_AMOUNT, formatMicros, moneyToMicros, type MoneyParts } from "./money.ts";
+import { addOnMonthlyPrice, parseDuration, parsePlansDocument, type PlanSpec } from "./plan.ts";
 import type { AccountRecord, ChangeBus, Clock, Database, GrantRecord, KeyRecord, PlanRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
 import { changeAddOn, isUniqueViolation, mapDbError, type QuotaService, type TopUpAnswer } from "./quota-service.ts";
 
@@ -150,6 +150,24 @@ export class AdminService {
           createdAt: new Date(now),
         };
         await uow.insertSubscription(s);
+        // Add-ons chosen at subscription time are purchases too: one ledger transaction each, at the monthly price.
+        for (const [limit, pkgId] of Object.entries(req.addOns)) {
+          const l = spec.limits.find((x) => x.name === limit)!;
+          const pkg = l.addOns!.find((p) => p.id === pkgId)!;
+          const price = addOnMonthlyPrice(l, pkg);
+          await uow.insertTransaction({
+            id: newId("tx"),
+            accountId: req.accountId,
+            type: "addon_change",
+            createdAt: new Date(now),
+            externalReference: null,
+            description: `add-on bought with subscription ${s.id}: ${pkg.id} (+${pkg.amount} ${l.name}) at ${formatMicros(price)} USD per month`,
+            postings: price > 0n ? [
+              { ledgerAccount: `receivable:${req.accountId}`, currency: "USD", amount: -price },
+              { ledgerAccount: "revenue:addons", currency: "USD", amount: price },
+            ] : [],
+          });
+        }
         await uow.bumpCapacityVersion(req.accountId);
         endsAt = undefined;
         return s;

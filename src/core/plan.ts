@@ -11,8 +11,20 @@ import { parseDecimalMicros } from "./money.ts";
 const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const name = z.string().regex(NAME, "must be 1-63 characters of a-z 0-9 _ . - starting with a letter or digit");
 const money = z.string().regex(/^\d{1,12}(\.\d{1,6})?$/, "must be a decimal amount in USD with at most 6 decimals, e.g. \"1.50\"");
-const count = z.union([z.number().int().positive().max(1e15), z.string().regex(/^\d{1,16}$/)]).transform((v) => BigInt(v));
-const duration = z.string().regex(/^\d+(ms|s|m|h|d)$/, "must be a duration like 500ms, 1s, 1m, 1h, 1d");
+/** A whole count 1..1e15 (numbers or decimal strings; above 1e15 Redis' doubles would lose precision). */
+const count = z
+  .union([z.number().int(), z.string().regex(/^\d{1,16}$/, "must be a whole number")])
+  .transform((v) => BigInt(v))
+  .refine((v) => v >= 1n && v <= 1_000_000_000_000_000n, "must be between 1 and 1e15");
+/** Like count, but 0 is allowed (a quota whose capacity comes only from grants). */
+const countOrZero = z
+  .union([z.number().int(), z.string().regex(/^\d{1,16}$/, "must be a whole number")])
+  .transform((v) => BigInt(v))
+  .refine((v) => v >= 0n && v <= 1_000_000_000_000_000n, "must be between 0 and 1e15");
+const duration = z
+  .string()
+  .regex(/^\d+(ms|s|m|h|d)$/, "must be a duration like 500ms, 1s, 1m, 1h, 1d")
+  .refine((t) => parseDuration(t) > 0, "must be longer than zero");
 
 export function parseDuration(text: string): number {
   const m = /^(\d+)(ms|s|m|h|d)$/.exec(text)!;
@@ -35,8 +47,8 @@ const limitSpec = z
     scope: z.enum(["key", "subscription", "account"]).default("subscription"),
     /** What is counted: requests (1 per call), units (method weights), spend (micro-USD), or a custom meter. */
     meter: z.string().regex(/^[a-z][a-z0-9_]{0,31}$/).optional(),
-    /** rate/concurrency: the maximum; quota: the plan base per period; budget: not used (deposits are the budget). */
-    limit: count.optional(),
+    /** rate/concurrency: the maximum; quota: the plan base per period (0 allowed: grants only); budget: not used. */
+    limit: countOrZero.optional(),
     /** rate: the sliding window, e.g. 1s, 1m. */
     window: duration.optional(),
     /** quota: daily and monthly reset on the subscription anniversary; rolling-24h is a sliding day; never. */
@@ -54,6 +66,20 @@ const limitSpec = z
     const need = (field: keyof typeof l, why: string) => {
       if (l[field] === undefined) ctx.addIssue({ code: "custom", path: [field], message: `is required for ${why}` });
     };
+    const forbid = (field: keyof typeof l, why: string) => {
+      if (l[field] !== undefined) ctx.addIssue({ code: "custom", path: [field], message: `does not apply to ${why}` });
+    };
+    if (l.kind !== "quota") {
+      forbid("period", `${l.kind} limits`);
+      forbid("addOns", `${l.kind} limits`);
+      forbid("addOnPrice", `${l.kind} limits`);
+    }
+    if (l.kind !== "rate") forbid("window", `${l.kind} limits`);
+    if (l.kind === "rate" || l.kind === "concurrency" || l.kind === "budget") forbid("meter", `${l.kind} limits (they count ${l.kind === "budget" ? "spend" : "calls"})`);
+    if (l.kind === "budget") forbid("limit", "budget limits (the credit deposits are the budget)");
+    if ((l.kind === "rate" || l.kind === "concurrency") && l.limit === 0n) {
+      ctx.addIssue({ code: "custom", path: ["limit"], message: "must be at least 1 (0 would deny every call)" });
+    }
     if (l.kind === "rate") {
       need("limit", "rate limits");
       need("window", "rate limits");
@@ -88,8 +114,9 @@ const planSpec = z
       .strictObject({
         limit: name,
         increment: count.default(1n),
-        /** `units` per `amount` USD, e.g. { units: 100, amount: "1.00" } = 100 requests per $1. */
-        price: z.strictObject({ units: count, amount: money }).optional(),
+        /** `units` per `amount` USD, e.g. { units: 100, amount: "1.00" } = 100 requests per $1. Required: a top-up
+         * without a price would be free; operators grant free quota with the admin Adjust call instead. */
+        price: z.strictObject({ units: count, amount: money }),
         /** Grants burn after the base by default. */
         priority: z.number().int().min(-1000).max(1000).default(0),
       })
@@ -135,6 +162,16 @@ const planSpec = z
     if (p.limits.some((l) => l.kind === "budget") && !p.pricing) {
       ctx.addIssue({ code: "custom", path: ["pricing"], message: "is required when the plan has a budget limit" });
     }
+    if (p.topUp) {
+      const perMicros = parseDecimalMicros("topUp.price.amount", p.topUp.price.amount);
+      if (perMicros <= 0n) ctx.addIssue({ code: "custom", path: ["topUp", "price", "amount"], message: "must be greater than zero" });
+      else if ((p.topUp.increment * perMicros) % p.topUp.price.units !== 0n) {
+        ctx.addIssue({ code: "custom", path: ["topUp", "increment"], message: "an increment must cost a whole number of micro-dollars at this price" });
+      }
+    }
+    if (p.accessBlocks && p.accessBlocks.min > p.accessBlocks.max) {
+      ctx.addIssue({ code: "custom", path: ["accessBlocks", "min"], message: "must not be greater than max" });
+    }
     if (p.accessBlocks) {
       for (const [n, [s, e]] of Object.entries(p.accessBlocks.blocks)) {
         if (e <= s) ctx.addIssue({ code: "custom", path: ["accessBlocks", "blocks", n], message: "end hour must be after start hour" });
@@ -173,11 +210,11 @@ export function parsePlansDocument(text: string, source = "plans"): PlanSpec[] {
 }
 
 function toInvalid(error: z.ZodError, root: string): InvalidArgumentError {
-  const problems = error.issues.map((i) => `${[root, ...i.path].map((p, n) => (typeof p === "number" ? `[${p}]` : n === 0 ? String(p) : `.${String(p)}`)).join("")}: ${i.message}`);
+  const pathOf = (path: PropertyKey[]) => path.map((p, n) => (typeof p === "number" ? `[${p}]` : n === 0 ? String(p) : `.${String(p)}`)).join("");
   const first = error.issues[0]!;
-  const field = [root, ...first.path].map((p, n) => (typeof p === "number" ? `[${p}]` : n === 0 ? String(p) : `.${String(p)}`)).join("");
-  const err = new InvalidArgumentError(field, problems.length === 1 ? first.message : `${first.message} (and ${problems.length - 1} more problems)`);
-  err.message = problems.join("; ");
+  const err = new InvalidArgumentError(pathOf(first.path) || root, first.message);
+  // Every problem at once, each with its field path: "plans.yaml: plans[0].limits[1].window: must be ...".
+  err.message = `${root}: ${error.issues.map((i) => `${pathOf(i.path) || "(document)"}: ${i.message}`).join("; ")}`;
   return err;
 }
 

@@ -537,7 +537,6 @@ export class QuotaService {
         let cost = 0n;
         if (line.amount && units !== 0n) throw new InvalidArgumentError(f, "give either units or amount, not both");
         if (line.amount) {
-          if (!price) throw new InvalidArgumentError(`${f}.amount`, `plan ${plan.id} has no top-up price; give units`);
           cost = moneyToMicros(`${f}.amount`, line.amount);
           const perMicros = parseDecimalMicros("price.amount", price.amount);
           if ((cost * price.units) % perMicros !== 0n) throw new InvalidArgumentError(`${f}.amount`, "does not buy a whole number of units at the plan's price");
@@ -545,11 +544,9 @@ export class QuotaService {
         } else {
           if (units <= 0n) throw new InvalidArgumentError(`${f}.units`, "must be greater than zero");
           if (units > MAX_AMOUNT) throw new InvalidArgumentError(`${f}.units`, "is too large");
-          if (price) {
-            const perMicros = parseDecimalMicros("price.amount", price.amount);
-            if ((units * perMicros) % price.units !== 0n) throw new InvalidArgumentError(`${f}.units`, "does not cost a whole number of micro-dollars");
-            cost = (units * perMicros) / price.units;
-          }
+          const perMicros = parseDecimalMicros("price.amount", price.amount);
+          if ((units * perMicros) % price.units !== 0n) throw new InvalidArgumentError(`${f}.units`, "does not cost a whole number of micro-dollars");
+          cost = (units * perMicros) / price.units;
         }
         if (units % plan.topUp!.increment !== 0n) throw new InvalidArgumentError(`${f}.units`, `must be a multiple of ${plan.topUp!.increment}`);
         total += cost;
@@ -573,14 +570,13 @@ export class QuotaService {
       if (funding.case === "external") {
         if (externalAmount !== total) throw new InvalidArgumentError("external.amount", `must equal the price ${formatMicros(total)} USD`);
         postings.push({ ledgerAccount: `external:${funding.provider || "payment"}`, currency: "USD", amount: -total });
-      } else if (total > 0n) {
+      } else {
+        // Wallet funding is the default for quota purchases.
         await debitPrepaid(total);
-      } else if (funding.case === undefined && !plan.topUp.price) {
-        throw new InvalidArgumentError("funding", "is required");
       }
       if (total > 0n) postings.push({ ledgerAccount: "revenue:quota", currency: "USD", amount: total });
       for (const g of grants) await uow.insertGrant(g);
-      const config = { subscriptions: [sub], plans: new Map([[plan.id, { id: plan.id, name: plan.name, version: 0, spec: plan }]]), grants: [...(await uow.listActiveGrants(sub.id, new Date(now))), ...grants] };
+      const config = { subscriptions: [sub], plans: new Map([[plan.id, { id: plan.id, name: plan.name, version: 0, spec: plan }]]), grants: await uow.listActiveGrants(sub.id, new Date(now)) };
       newLimit = capacityTotal(config, sub, grants[0]!.limitName, grants[0]!.product, now);
     } else if (t.case === "wallet" || t.case === "credit") {
       const kind: WalletKind = t.case === "wallet" ? "prepaid" : "credit";

@@ -44,8 +44,9 @@ plans:
       err = e as InvalidArgumentError;
     }
     expect(err).toBeInstanceOf(InvalidArgumentError);
-    expect(err!.message).toContain("file.yaml.plans[0].limits[0].limit");
-    expect(err!.message).toContain("file.yaml.plans[0].limits[1]");
+    expect(err!.message).toMatch(/^file\.yaml: /);
+    expect(err!.message).toContain("plans[0].limits[0].limit: must be between 0 and 1e15");
+    expect(err!.message).toContain("plans[0].limits[1]");
     expect(err!.message).toMatch(/windw/);
   });
 
