@@ -54,6 +54,8 @@ export interface TestAppOptions {
   postgres?: boolean;
   env?: Record<string, string>;
   clock?: ManualClock | false;
+  /** Where the app logs (default: silent). */
+  logger?: import("pino").Logger;
   /** Rewrites the test database URL the app uses (e.g. to go through a TcpProxy). */
   wrapDatabaseUrl?: (url: string) => string;
 }
@@ -78,7 +80,7 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
     {},
     undefined,
   );
-  const app = await startApp(config, { ...(clock ? { clock } : {}), logger: pino({ level: "silent" }) });
+  const app = await startApp(config, { ...(clock ? { clock } : {}), logger: options.logger ?? pino({ level: "silent" }) });
   return {
     app,
     clock: clock ?? new ManualClock(),
