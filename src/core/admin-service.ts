@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import type { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
-import { formatApiKey, hashSecret, newId, newKeyId, newSecret } from "./ids.ts";
+import { formatApiKey, hashSecret, newId, newKeyId, newSecret, newSortableId } from "./ids.ts";
 import { cycleOf } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, type MoneyParts } from "./money.ts";
 import { addOnMonthlyPrice, parseDuration, parsePlansDocument, type PlanSpec } from "./plan.ts";
@@ -156,7 +156,7 @@ export class AdminService {
           const pkg = l.addOns!.find((p) => p.id === pkgId)!;
           const price = addOnMonthlyPrice(l, pkg);
           await uow.insertTransaction({
-            id: newId("tx"),
+            id: newSortableId("tx"),
             accountId: req.accountId,
             type: "addon_change",
             createdAt: new Date(now),
@@ -205,7 +205,7 @@ export class AdminService {
         const sub = await uow.getSubscription(req.subscriptionId);
         if (!sub) throw new NotFoundError("subscription", req.subscriptionId);
         const change = await changeAddOn(uow, sub, req.packageId, req.limit, "add_on");
-        const txId = newId("tx");
+        const txId = newSortableId("tx");
         await uow.insertTransaction({
           id: txId,
           accountId: sub.accountId,
@@ -349,7 +349,7 @@ export class AdminService {
       req,
       async (uow) => {
         if (!(await uow.getAccount(req.accountId))) throw new NotFoundError("account", req.accountId);
-        const txId = newId("tx");
+        const txId = newSortableId("tx");
         const tx: TransactionRecord = { id: txId, accountId: req.accountId, type: "adjustment", createdAt: new Date(now), externalReference: null, description: req.reason, postings: [] };
         const out: { transactionId: string; grant?: GrantRecord; balance?: bigint } = { transactionId: txId };
         if (t.case === "quota") {
@@ -409,7 +409,7 @@ export class AdminService {
     if (size < 1 || size > 500) throw new InvalidArgumentError("page_size", "must be between 1 and 500");
     let before: { createdAt: Date; id: string } | undefined;
     if (req.pageToken) {
-      const m = /^(\d{1,15})~(tx_[a-z2-7]{16})$/.exec(Buffer.from(req.pageToken, "base64url").toString());
+      const m = /^(\d{1,15})~(tx_[0-9a-z]{26})$/.exec(Buffer.from(req.pageToken, "base64url").toString());
       if (!m) throw new InvalidArgumentError("page_token", "is not a token from a previous page");
       before = { createdAt: new Date(Number(m[1])), id: m[2]! };
     }

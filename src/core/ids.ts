@@ -20,6 +20,26 @@ export function newId(prefix: string): string {
   return `${prefix}_${base32(randomBytes(16))}`;
 }
 
+const SORTABLE = "0123456789abcdefghjkmnpqrstvwxyz"; // Crockford base32: ASCII order = numeric order
+let lastMs = 0;
+let counter = 0;
+
+/** Ids that sort by creation order (wall-clock ms, then a per-process counter), then 60 random bits: ledger rows
+ * created in the same millisecond still list in the order they were made. */
+export function newSortableId(prefix: string): string {
+  const ms = Date.now();
+  counter = ms === lastMs ? counter + 1 : 0;
+  lastMs = ms;
+  let time = "";
+  for (let v = ms, i = 0; i < 10; i++, v = Math.floor(v / 32)) time = SORTABLE[v % 32]! + time;
+  let seq = "";
+  for (let v = counter, i = 0; i < 4; i++, v = Math.floor(v / 32)) seq = SORTABLE[v % 32]! + seq;
+  const rnd = randomBytes(12);
+  let tail = "";
+  for (const b of rnd) tail += SORTABLE[b & 31];
+  return `${prefix}_${time}${seq}${tail}`;
+}
+
 export function newKeyId(): string {
   return base32(randomBytes(16));
 }

@@ -10,7 +10,7 @@ import type { CounterStore, DenyReasonName, LimitState, Mode, ReleaseState } fro
 import { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, QuotaError, UnavailableError } from "./errors.ts";
 import { buildHeaders } from "./headers.ts";
-import { newId, newReservationId, parseApiKey, parseReservationId, secretMatches } from "./ids.ts";
+import { newId, newSortableId, newReservationId, parseApiKey, parseReservationId, secretMatches } from "./ids.ts";
 import { KeyCache, type KeyContext } from "./key-cache.ts";
 import { activeAddOn, capacityOf, cycleOf, gatesFor, limitsForCall, priceOf, type AppliedLimit, type LimitInfo } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, parseDecimalMicros, type MoneyParts } from "./money.ts";
@@ -489,7 +489,7 @@ export class QuotaService {
   }
 
   async #applyTopUp(uow: UnitOfWork, accountId: string, key: KeyRecord | undefined, req: TopUpRequest, now: number): Promise<TopUpAnswer> {
-    const txId = newId("tx");
+    const txId = newSortableId("tx");
     const t = req.target;
     const postings: TransactionRecord["postings"] = [];
     const grants: GrantRecord[] = [];

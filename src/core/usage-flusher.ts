@@ -5,7 +5,7 @@
  * atomic script, so replicas writing the same account cannot double-count.
  */
 import type { CounterStore } from "./counter-store.ts";
-import { newId } from "./ids.ts";
+import { newSortableId } from "./ids.ts";
 import { durableLimitIds, limitId } from "./limits.ts";
 import type { AccountConfig, Clock, Database } from "./ports.ts";
 
@@ -92,7 +92,7 @@ export class UsageFlusher {
       w.spentPosted = spent;
       await uow.saveWallet(w);
       await uow.insertTransaction({
-        id: newId("tx"),
+        id: newSortableId("tx"),
         accountId,
         type: "usage",
         createdAt: new Date(this.#clock.now()),

@@ -21,7 +21,6 @@ import type {
 } from "../../core/ports.ts";
 import { parsePlan, type PlanSpec } from "../../core/plan.ts";
 import type { StateSnapshot } from "../../core/counter-store.ts";
-import { newId } from "../../core/ids.ts";
 import {
   AccountEntity,
   ApiKeyEntity,
@@ -182,8 +181,9 @@ class MikroUnitOfWork implements UnitOfWork {
       externalReference: t.externalReference,
       description: t.description,
     });
-    for (const p of t.postings) {
-      await this.#em.insert(LedgerPostingEntity, { id: newId("pst"), transactionId: t.id, ledgerAccount: p.ledgerAccount, currency: p.currency, amount: p.amount });
+    // Posting ids are "<transaction>.<index>", so they list in the order they were written.
+    for (const [i, p] of t.postings.entries()) {
+      await this.#em.insert(LedgerPostingEntity, { id: `${t.id}.${String(i).padStart(3, "0")}`, transactionId: t.id, ledgerAccount: p.ledgerAccount, currency: p.currency, amount: p.amount });
     }
   }
   async findTransactionByReference(reference: string) {
