@@ -14,6 +14,20 @@ import type { AccountRecord, ChangeBus, Clock, Database, GrantRecord, KeyRecord,
 import { changeAddOn, isUniqueViolation, mapDbError, type QuotaService, type TopUpAnswer } from "./quota-service.ts";
 
 const ACCOUNT_ID = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const ID_FORMATS = {
+  account_id: [ACCOUNT_ID, "an account id (1-64 characters of a-z 0-9 _ -)"],
+  id: [ACCOUNT_ID, "an account id (1-64 characters of a-z 0-9 _ -)"],
+  plan_id: [/^[a-z0-9][a-z0-9_.-]{0,62}$/, "a plan id"],
+  subscription_id: [/^sub_[a-z2-7]{16}$/, "a subscription id (sub_...)"],
+  key_id: [/^[a-z2-7]{16}$/, "a key id (16 characters of a-z 2-7)"],
+} as const;
+
+/** Ids are checked for shape before they reach the database: a malformed id is INVALID_ARGUMENT naming it. */
+function checkId(field: keyof typeof ID_FORMATS, value: string, path: string = field): void {
+  if (!value) throw new InvalidArgumentError(path, "is required");
+  const [re, what] = ID_FORMATS[field];
+  if (!re.test(value)) throw new InvalidArgumentError(path, `is not ${what}`);
+}
 const REQUEST_ID = /^[A-Za-z0-9_.:~-]{1,128}$/;
 
 export interface AdminServiceDeps {
@@ -62,7 +76,7 @@ export class AdminService {
 
   async createAccount(req: { id: string; name: string; requestId: string }): Promise<AccountRecord> {
     if (req.id && !ACCOUNT_ID.test(req.id)) throw new InvalidArgumentError("id", "must be 1-64 characters of a-z 0-9 _ - starting with a letter or digit");
-    if (!req.name || req.name.length > 200) throw new InvalidArgumentError("name", "is required, at most 200 characters");
+    if (!req.name || req.name.length > 200 || /[\u0000-\u001f]/.test(req.name)) throw new InvalidArgumentError("name", "is required, at most 200 characters, no control characters");
     const id = req.id || newId("acc");
     return this.#idempotent(
       "create-account",
@@ -82,7 +96,7 @@ export class AdminService {
   }
 
   async getAccount(id: string): Promise<AccountRecord> {
-    if (!id) throw new InvalidArgumentError("id", "is required");
+    checkId("id", id);
     const a = await this.#d.db.read((uow) => uow.getAccount(id));
     if (!a) throw new NotFoundError("account", id);
     return a;
@@ -118,8 +132,8 @@ export class AdminService {
     addOns: Record<string, string>;
     requestId: string;
   }): Promise<SubscriptionRecord> {
-    if (!req.accountId) throw new InvalidArgumentError("account_id", "is required");
-    if (!req.planId) throw new InvalidArgumentError("plan_id", "is required");
+    checkId("account_id", req.accountId);
+    checkId("plan_id", req.planId);
     const now = this.#d.clock.now();
     const sub = await this.#idempotent(
       "create-subscription",
@@ -180,7 +194,7 @@ export class AdminService {
   }
 
   async cancelSubscription(id: string): Promise<SubscriptionRecord> {
-    if (!id) throw new InvalidArgumentError("subscription_id", "is required");
+    checkId("subscription_id", id);
     const sub = await this.#d.db.transaction(async (uow) => {
       const s = await uow.getSubscription(id);
       if (!s) throw new NotFoundError("subscription", id);
@@ -196,7 +210,9 @@ export class AdminService {
   }
 
   async setAddOn(req: { subscriptionId: string; packageId: string; limit: string; requestId: string }) {
-    if (!req.subscriptionId) throw new InvalidArgumentError("subscription_id", "is required");
+    checkId("subscription_id", req.subscriptionId);
+    if (req.packageId && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(req.packageId)) throw new InvalidArgumentError("package_id", "is not a package id");
+    if (req.limit && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(req.limit)) throw new InvalidArgumentError("limit", "is not a limit name");
     const result = await this.#idempotent(
       "set-add-on",
       req.requestId,
@@ -238,10 +254,11 @@ export class AdminService {
     expiresAt?: number;
     requestId: string;
   }): Promise<{ key: KeyRecord; apiKey: string }> {
-    if (!req.accountId) throw new InvalidArgumentError("account_id", "is required");
-    if (!req.subscriptionId) throw new InvalidArgumentError("subscription_id", "is required");
-    if (req.name.length > 200) throw new InvalidArgumentError("name", "at most 200 characters");
+    checkId("account_id", req.accountId);
+    checkId("subscription_id", req.subscriptionId);
+    if (req.name.length > 200 || /[\u0000-\u001f]/.test(req.name)) throw new InvalidArgumentError("name", "at most 200 characters, no control characters");
     for (const [name, v] of Object.entries(req.subLimits)) {
+      if (!/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(name)) throw new InvalidArgumentError("sub_limits", `${JSON.stringify(name.slice(0, 64))} is not a limit name`);
       if (v <= 0n || v > MAX_AMOUNT) throw new InvalidArgumentError(`sub_limits[${name}]`, "must be between 1 and 1e15");
     }
     const secret = newSecret();
@@ -292,7 +309,7 @@ export class AdminService {
   }
 
   async revokeApiKey(keyId: string): Promise<KeyRecord> {
-    if (!keyId) throw new InvalidArgumentError("key_id", "is required");
+    checkId("key_id", keyId);
     const key = await this.#d.db.transaction(async (uow) => {
       const k = await uow.getKey(keyId);
       if (!k) throw new NotFoundError("api key", keyId);
@@ -307,11 +324,12 @@ export class AdminService {
   }
 
   async listApiKeys(accountId: string): Promise<KeyRecord[]> {
-    if (!accountId) throw new InvalidArgumentError("account_id", "is required");
+    checkId("account_id", accountId);
     return this.#d.db.listKeys(accountId);
   }
 
   async deposit(req: { accountId: string; wallet: string; reference: string; amount?: MoneyParts; provider: string }): Promise<TopUpAnswer & { balance: bigint }> {
+    checkId("account_id", req.accountId);
     if (req.wallet !== "prepaid" && req.wallet !== "credit") throw new InvalidArgumentError("wallet", 'must be "prepaid" or "credit"');
     if (!req.reference) throw new InvalidArgumentError("payment.reference", "is required");
     const answer = await this.#d.quota.topUp(
@@ -337,8 +355,8 @@ export class AdminService {
       | { case: "wallet"; wallet: string; amount?: MoneyParts }
       | { case: undefined };
   }): Promise<{ transactionId: string; grant?: GrantRecord; balance?: bigint }> {
-    if (!req.accountId) throw new InvalidArgumentError("account_id", "is required");
-    if (!req.reason || req.reason.length > 500) throw new InvalidArgumentError("reason", "is required, at most 500 characters");
+    checkId("account_id", req.accountId);
+    if (!req.reason || req.reason.length > 500 || req.reason.includes("\u0000")) throw new InvalidArgumentError("reason", "is required, at most 500 characters");
     if (!req.requestId) throw new InvalidArgumentError("request_id", "is required");
     const t = req.target;
     if (t.case === undefined) throw new InvalidArgumentError("target", "is required (quota or wallet)");
@@ -353,7 +371,9 @@ export class AdminService {
         const tx: TransactionRecord = { id: txId, accountId: req.accountId, type: "adjustment", createdAt: new Date(now), externalReference: null, description: req.reason, postings: [] };
         const out: { transactionId: string; grant?: GrantRecord; balance?: bigint } = { transactionId: txId };
         if (t.case === "quota") {
+          checkId("subscription_id", t.subscriptionId, "quota.subscription_id");
           if (t.units === 0n || t.units > MAX_AMOUNT || t.units < -MAX_AMOUNT) throw new InvalidArgumentError("quota.units", "must be non-zero, at most 1e15");
+          if (t.product && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(t.product)) throw new InvalidArgumentError("quota.product", "is not a product name");
           const sub = await uow.getSubscription(t.subscriptionId);
           if (!sub || sub.accountId !== req.accountId) throw new NotFoundError("subscription", t.subscriptionId);
           const plan = (await uow.getPlan(sub.planId))!.spec;
@@ -405,6 +425,7 @@ export class AdminService {
   }
 
   async listLedger(req: { accountId: string; pageSize: number; pageToken: string }) {
+    if (req.accountId) checkId("account_id", req.accountId);
     const size = req.pageSize === 0 ? 100 : req.pageSize;
     if (size < 1 || size > 500) throw new InvalidArgumentError("page_size", "must be between 1 and 500");
     let before: { createdAt: Date; id: string } | undefined;

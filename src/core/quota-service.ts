@@ -186,6 +186,7 @@ export interface QuotaServiceDeps {
 const METHOD_RE = /^[A-Za-z0-9_.:/-]{1,128}$/;
 const PRODUCT_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const ID_RE = /^[A-Za-z0-9_.:~-]{1,128}$/;
+const ACCOUNT_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const METER_RE = /^[a-z][a-z0-9_]{0,31}$/;
 const DEFAULT_TTL_MS = 30_000;
 
@@ -417,6 +418,18 @@ export class QuotaService {
     if (!req.idempotencyKey) throw new InvalidArgumentError("idempotency_key", "is required");
     if (!ID_RE.test(req.idempotencyKey)) throw new InvalidArgumentError("idempotency_key", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
     if (req.target.case === undefined) throw new InvalidArgumentError("target", "is required (quota, wallet, credit or add_on)");
+    if (req.subscriptionId && !/^sub_[a-z2-7]{16}$/.test(req.subscriptionId)) throw new InvalidArgumentError("subscription_id", "is not a subscription id");
+    if (req.target.case === "addOn") {
+      if (req.target.packageId && !PRODUCT_RE.test(req.target.packageId)) throw new InvalidArgumentError("add_on.package_id", "is not a package id");
+      if (req.target.limit && !PRODUCT_RE.test(req.target.limit)) throw new InvalidArgumentError("add_on.limit", "is not a limit name");
+    }
+    if (req.funding.case === "external") this.#externalPayment(req.funding);
+    if (req.target.case === "addOn" && req.funding.case !== undefined) throw new InvalidArgumentError("funding", "add-ons are invoiced monthly: give no funding");
+    if (req.target.case === "quota") {
+      req.target.lines.forEach((l, i) => {
+        if (l.limit && !PRODUCT_RE.test(l.limit)) throw new InvalidArgumentError(`quota.lines[${i}].limit`, "is not a limit name");
+      });
+    }
 
     let accountId: string;
     let key: KeyRecord | undefined;
@@ -429,6 +442,7 @@ export class QuotaService {
     } else {
       if (caller.kind === "browser") throw new PermissionDeniedError("browser callers must present their api_key");
       if (!req.accountId) throw new InvalidArgumentError("account_id", "is required (or api_key)");
+      if (!ACCOUNT_RE.test(req.accountId)) throw new InvalidArgumentError("account_id", "is not an account id");
       accountId = req.accountId;
     }
     if (caller.kind === "browser" && !(req.target.case === "quota" && req.funding.case === "fromWallet")) {
@@ -672,7 +686,7 @@ export class QuotaService {
       if (!ctx || denial === "KEY_INVALID") throw new QuotaError("NOT_FOUND", "KEY_NOT_FOUND", "api key not found");
       key = ctx.key;
       accountId = ctx.key.accountId;
-    } else if (!/^[a-z0-9_-]{1,64}$/.test(accountId)) {
+    } else if (!ACCOUNT_RE.test(accountId)) {
       throw new InvalidArgumentError("account_id", "is not an account id");
     }
     const now = this.#d.clock.now();

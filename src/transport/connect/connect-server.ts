@@ -8,6 +8,7 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import * as net from "node:net";
+import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { cors as connectCors } from "@connectrpc/connect";
@@ -37,6 +38,78 @@ export interface RunningConnectServer {
 
 /** Paths a browser may call (CORS is answered only for these). */
 const BROWSER_PATHS = new Set([`/${QuotaService.typeName}/GetLimits`, `/${QuotaService.typeName}/TopUp`]);
+
+/** Input schema of every method, by path. */
+const INPUTS = new Map<string, DescMessage>(
+  [QuotaService, QuotaAdminService].flatMap((svc) => svc.methods.map((m) => [`/${svc.typeName}/${m.name}`, m.input as DescMessage] as const)),
+);
+
+type BinaryProtocol = "connect" | "grpc-web" | "grpc";
+
+function binaryProtocolOf(contentType: string | undefined): BinaryProtocol | undefined {
+  const ct = (contentType ?? "").split(";")[0]!.trim().toLowerCase();
+  if (ct === "application/proto") return "connect";
+  if (ct === "application/grpc-web" || ct === "application/grpc-web+proto") return "grpc-web";
+  if (ct === "application/grpc" || ct === "application/grpc+proto") return "grpc";
+  return undefined;
+}
+
+/** Writes an error the way each protocol expects (Connect: JSON body; gRPC-Web and gRPC: trailers-only). */
+function writeProtocolError(res: http.ServerResponse, protocol: BinaryProtocol, code: "invalid_argument" | "resource_exhausted", message: string): void {
+  if (protocol === "connect") {
+    res.writeHead(code === "invalid_argument" ? 400 : 429, { "content-type": "application/json" });
+    res.end(JSON.stringify({ code, message }));
+    return;
+  }
+  res.writeHead(200, {
+    "content-type": protocol === "grpc" ? "application/grpc+proto" : "application/grpc-web+proto",
+    "grpc-status": code === "invalid_argument" ? "3" : "8",
+    "grpc-message": encodeURIComponent(message),
+  });
+  res.end();
+}
+
+/**
+ * connect-node answers a binary message it cannot parse with INTERNAL; a malformed request is the caller's
+ * problem, so binary bodies are decoded here first and answered INVALID_ARGUMENT naming the message type. Bodies
+ * that decode are handed on unchanged (the adapter reads them from the request's async iterator).
+ */
+async function precheckBinary(req: http.IncomingMessage, res: http.ServerResponse, maxBytes: number): Promise<boolean> {
+  const input = INPUTS.get((req.url ?? "").split("?")[0]!);
+  const protocol = binaryProtocolOf(req.headers["content-type"]);
+  if (req.method !== "POST" || !input || !protocol) return true;
+  const encoding = req.headers[protocol === "connect" ? "content-encoding" : "grpc-encoding"];
+  if (encoding && encoding !== "identity") return true; // compressed: the adapter decompresses and limits it
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes + 5) {
+      writeProtocolError(res, protocol, "resource_exhausted", `message is larger than ${maxBytes} bytes`);
+      return false;
+    }
+    chunks.push(chunk);
+  }
+  const body = Buffer.concat(chunks);
+  let message: Uint8Array = body;
+  if (protocol !== "connect") {
+    // Length-prefixed frames: flag byte, 4-byte length, message. Only the first (unary) frame is checked.
+    if (body.length >= 5 && (body[0]! & 1) === 0) message = body.subarray(5, 5 + body.readUInt32BE(1));
+    else message = new Uint8Array();
+  }
+  try {
+    fromBinary(input, message);
+  } catch (e) {
+    writeProtocolError(res, protocol, "invalid_argument", `request: not a valid ${input.typeName}: ${(e as Error).message}`);
+    return false;
+  }
+  Object.defineProperty(req, Symbol.asyncIterator, {
+    value: async function* () {
+      yield body;
+    },
+  });
+  return true;
+}
 
 function wrap(impl: object, opts: ConnectServerOptions): never {
   const out: Record<string, unknown> = {};
@@ -126,7 +199,15 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
         res.setHeader("vary", "Origin");
       }
     }
-    (adapter as (a: typeof req, b: typeof res) => void)(req, res);
+    precheckBinary(req, res, opts.maxMessageBytes).then(
+      (pass) => {
+        if (pass) (adapter as (a: typeof req, b: typeof res) => void)(req, res);
+      },
+      () => {
+        if (!res.headersSent) res.writeHead(400);
+        res.end();
+      },
+    );
   };
 
   let listener: net.Server;
