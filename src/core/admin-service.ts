@@ -220,7 +220,7 @@ export class AdminService {
       async (uow) => {
         const sub = await uow.getSubscription(req.subscriptionId);
         if (!sub) throw new NotFoundError("subscription", req.subscriptionId);
-        const change = await changeAddOn(uow, sub, req.packageId, req.limit, "add_on");
+        const change = await changeAddOn(uow, sub, req.packageId, req.limit, "");
         const txId = newSortableId("tx");
         await uow.insertTransaction({
           id: txId,
@@ -325,13 +325,18 @@ export class AdminService {
 
   async listApiKeys(accountId: string): Promise<KeyRecord[]> {
     checkId("account_id", accountId);
+    if (!(await this.#d.db.read((uow) => uow.getAccount(accountId)))) throw new NotFoundError("account", accountId);
     return this.#d.db.listKeys(accountId);
   }
 
   async deposit(req: { accountId: string; wallet: string; reference: string; amount?: MoneyParts; provider: string }): Promise<TopUpAnswer & { balance: bigint }> {
     checkId("account_id", req.accountId);
     if (req.wallet !== "prepaid" && req.wallet !== "credit") throw new InvalidArgumentError("wallet", 'must be "prepaid" or "credit"');
+    // Validated here under this request's field names (the TopUp it delegates to calls them external.*).
     if (!req.reference) throw new InvalidArgumentError("payment.reference", "is required");
+    if (req.reference.length > 256 || !/^[\x21-\x7e]+$/.test(req.reference)) throw new InvalidArgumentError("payment.reference", "must be 1-256 printable ASCII characters");
+    if (req.provider && !/^[a-z0-9_.-]{1,64}$/.test(req.provider)) throw new InvalidArgumentError("payment.provider", "must be 1-64 characters of a-z 0-9 _ . -");
+    moneyToMicros("payment.amount", req.amount);
     const answer = await this.#d.quota.topUp(
       { kind: "admin" },
       {
@@ -378,6 +383,8 @@ export class AdminService {
           if (!sub || sub.accountId !== req.accountId) throw new NotFoundError("subscription", t.subscriptionId);
           const plan = (await uow.getPlan(sub.planId))!.spec;
           if (!plan.limits.some((l) => l.name === t.limit && l.kind === "quota" && l.scope !== "key")) throw new InvalidArgumentError("quota.limit", `plan ${plan.id} has no shared quota limit ${JSON.stringify(t.limit)}`);
+          if (t.product && plan.products?.length && !plan.products.includes(t.product)) throw new InvalidArgumentError("quota.product", `plan ${plan.id} does not include product ${JSON.stringify(t.product)}`);
+          if (t.validUntil !== undefined && t.validUntil <= now) throw new InvalidArgumentError("quota.valid_until", "must be in the future");
           const g: GrantRecord = {
             id: newId("gr"),
             accountId: req.accountId,
@@ -425,7 +432,10 @@ export class AdminService {
   }
 
   async listLedger(req: { accountId: string; pageSize: number; pageToken: string }) {
-    if (req.accountId) checkId("account_id", req.accountId);
+    if (req.accountId) {
+      checkId("account_id", req.accountId);
+      if (!(await this.#d.db.read((uow) => uow.getAccount(req.accountId)))) throw new NotFoundError("account", req.accountId);
+    }
     const size = req.pageSize === 0 ? 100 : req.pageSize;
     if (size < 1 || size > 500) throw new InvalidArgumentError("page_size", "must be between 1 and 500");
     let before: { createdAt: Date; id: string } | undefined;

@@ -458,6 +458,8 @@ export class QuotaService {
     let answer: TopUpAnswer;
     try {
       answer = await this.#d.db.transaction(async (uow) => {
+        const account = await uow.getAccount(accountId);
+        if (!account) throw new QuotaError("NOT_FOUND", "ACCOUNT_NOT_FOUND", `account ${JSON.stringify(accountId)} not found`);
         const earlier = await uow.getIdempotency(scope, req.idempotencyKey);
         if (earlier) {
           if (earlier.requestHash !== requestHash) throw new InvalidArgumentError("idempotency_key", "was already used for a different request");
@@ -465,14 +467,13 @@ export class QuotaService {
         }
         if (req.funding.case === "external") {
           const prior = await uow.getIdempotency("payment", req.funding.reference);
-          if (prior) return { ...decodeTopUp(prior.response), replayed: true };
+          if (prior) return replayPayment(prior.response, accountId);
         }
-        const account = await uow.getAccount(accountId);
-        if (!account) throw new QuotaError("NOT_FOUND", "ACCOUNT_NOT_FOUND", `account ${JSON.stringify(accountId)} not found`);
         const result = await this.#applyTopUp(uow, accountId, key, req, now);
         await uow.putIdempotency({ scope, key: req.idempotencyKey, requestHash, response: encodeTopUp(result) });
         if (req.funding.case === "external") {
-          await uow.putIdempotency({ scope: "payment", key: req.funding.reference, requestHash, response: encodeTopUp(result) });
+          // The payment record names its account: a reference can never be replayed to, or credited by, another one.
+          await uow.putIdempotency({ scope: "payment", key: req.funding.reference, requestHash, response: { ...(encodeTopUp(result) as object), accountId } });
         }
         await uow.bumpCapacityVersion(accountId);
         return result;
@@ -487,7 +488,7 @@ export class QuotaService {
         );
         if (prior) {
           if (prior.scope === scope && prior.requestHash !== requestHash) throw new InvalidArgumentError("idempotency_key", "was already used for a different request");
-          return { ...decodeTopUp(prior.response), replayed: true };
+          return prior.scope === "payment" ? replayPayment(prior.response, accountId) : { ...decodeTopUp(prior.response), replayed: true };
         }
       }
       throw mapDbError(e);
@@ -837,13 +838,15 @@ function capacityTotal(config: Pick<AccountConfig, "subscriptions" | "plans" | "
   return total;
 }
 
+const fieldPath = (parent: string, name: string) => (parent ? `${parent}.${name}` : name);
+
 /** Buys, changes or removes a subscription's add-on; returns the ledger postings (monthly price, invoiced). */
 export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, packageId: string, limitName: string, field: string) {
   const plan = (await uow.getPlan(sub.planId))!.spec;
   const candidates = plan.limits.filter((l) => l.addOns && l.addOns.length > 0);
   const spec = limitName ? candidates.find((l) => l.name === limitName) : candidates.length === 1 ? candidates[0] : undefined;
   if (!spec) {
-    throw new InvalidArgumentError(`${field}.limit`, limitName ? `plan ${plan.id} has no add-ons for limit ${JSON.stringify(limitName)}` : `plan ${plan.id} has ${candidates.length} limits with add-ons; name one`);
+    throw new InvalidArgumentError(fieldPath(field, "limit"), limitName ? `plan ${plan.id} has no add-ons for limit ${JSON.stringify(limitName)}` : `plan ${plan.id} has ${candidates.length} limits with add-ons; name one`);
   }
   const postings: TransactionRecord["postings"] = [];
   let description: string;
@@ -856,7 +859,7 @@ export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, pack
     const pkg = spec.addOns!.find((p) => p.id === packageId);
     if (!pkg) {
       const largest = spec.addOns!.reduce((m, p) => (p.amount > m ? p.amount : m), 0n);
-      throw new InvalidArgumentError(`${field}.package_id`, `unknown add-on package ${JSON.stringify(packageId)} for ${spec.name}; packages: ${spec.addOns!.map((p) => p.id).join(", ")} (largest +${largest})`);
+      throw new InvalidArgumentError(fieldPath(field, "package_id"), `unknown add-on package ${JSON.stringify(packageId)} for ${spec.name}; packages: ${spec.addOns!.map((p) => p.id).join(", ")} (largest +${largest})`);
     }
     if (previous === pkg.id) throw new FailedPreconditionError("ADD_ON_ALREADY_ACTIVE", `${pkg.id} is already active on ${spec.name}`);
     const price = addOnMonthlyPrice(spec, pkg);
@@ -898,6 +901,15 @@ export function keyView(k: KeyRecord): KeyViewOut {
     subLimits: k.subLimits,
     createdAt: k.createdAt.getTime(),
   };
+}
+
+/** A payment reference seen before: the first answer for the same account, ALREADY_EXISTS for any other. */
+function replayPayment(raw: unknown, accountId: string): TopUpAnswer {
+  const owner = (raw as { accountId?: string }).accountId;
+  if (owner !== accountId) {
+    throw new QuotaError("ALREADY_EXISTS", "PAYMENT_REFERENCE_USED", "external.reference was already credited to another account");
+  }
+  return { ...decodeTopUp(raw), replayed: true };
 }
 
 function encodeTopUp(a: TopUpAnswer): unknown {

@@ -238,32 +238,46 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
   }
   void https;
   const sockets = new Set<net.Socket>();
-  listener.on("connection", (s: net.Socket) => {
-    sockets.add(s);
-    s.on("close", () => sockets.delete(s));
+  listener.on("connection", (sock: net.Socket) => {
+    sockets.add(sock);
+    sock.on("close", () => sockets.delete(sock));
   });
+  // HTTP/2 sessions (h2c here, h2 with TLS): tracked so shutdown can close them gracefully (GOAWAY, then drain).
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const trackSession = (session: http2.ServerHttp2Session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+  };
+  h2.on("session", trackSession);
+  listener.on("session", trackSession);
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
     listener.listen(opts.port, opts.host, () => resolve());
   });
+  // The HTTP/1.1 server never listens itself (the net server hands it sockets), so tell it it is serving: that starts
+  // its connection tracking (headers/request timeouts, closeIdleConnections).
+  h1.emit("listening");
   const port = (listener.address() as net.AddressInfo).port;
   return {
     port,
     shutdown: (graceMs) =>
       new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
-          for (const s of sockets) s.destroy();
+          for (const sock of sockets) sock.destroy();
           resolve();
         }, graceMs);
+        timer.unref();
         listener.close(() => {
           clearTimeout(timer);
           resolve();
         });
-        h1.closeIdleConnections?.();
-        for (const s of sockets) {
-          // Idle keep-alive connections would hold close() open; in-flight requests finish first.
-          if ((s as unknown as { _httpMessage?: unknown })._httpMessage === undefined) s.end();
+        // In-flight requests finish; idle keep-alive connections close now; HTTP/2 sessions get GOAWAY and drain.
+        h1.closeIdleConnections();
+        for (const sock of sockets) {
+          const message = (sock as unknown as { _httpMessage?: unknown })._httpMessage;
+          if (message === null) sock.end();
         }
+        for (const session of sessions) session.close();
       }),
   };
 }
