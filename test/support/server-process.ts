@@ -72,14 +72,26 @@ export class ServerProcess {
   #child: ChildProcess | undefined;
   #exited: Promise<Exit> | undefined;
   #exit: Exit | undefined;
+  #sibling = false;
 
-  private constructor(ports: { grpc: number; http: number }, db: { url: string; drop: () => Promise<void> }, options: ServerProcessOptions) {
+  private constructor(ports: { grpc: number; http: number }, db: { url: string; drop: () => Promise<void> }, options: ServerProcessOptions, redisPrefix?: string) {
     this.grpcPort = ports.grpc;
     this.httpPort = ports.http;
     this.databaseUrl = db.url;
     this.#dropDatabase = db.drop;
-    this.redisPrefix = `qa-e2e:${uniqueId("")}:`;
+    this.redisPrefix = redisPrefix ?? `qa-e2e:${uniqueId("")}:`;
     this.#options = options;
+  }
+
+  /** A second replica of `other`: its own ports, the same database and Redis key prefix (cleanup leaves them to
+   * `other`). */
+  static async sibling(other: ServerProcess, options: ServerProcessOptions = {}): Promise<ServerProcess> {
+    const grpc = await freePort();
+    let http = await freePort();
+    while (http === grpc || http === other.httpPort || http === other.grpcPort) http = await freePort();
+    const s = new ServerProcess({ grpc, http }, { url: other.databaseUrl, drop: async () => {} }, { ...other.#options, ...options }, other.redisPrefix);
+    s.#sibling = true;
+    return s;
   }
 
   /** Picks two free ports and creates a fresh database; does not start the process. */
@@ -225,8 +237,15 @@ export class ServerProcess {
   /** Kills the process if it is still running, drops the database and deletes the Redis keys. */
   async cleanup(): Promise<void> {
     if (this.running) await this.kill().catch(() => {});
-    await deleteRedisPrefix(this.redisPrefix);
-    await this.#dropDatabase();
+    if (this.#owner) {
+      await deleteRedisPrefix(this.redisPrefix);
+      await this.#dropDatabase();
+    }
+  }
+
+  /** False for siblings: the first replica owns the database and the Redis keys. */
+  get #owner(): boolean {
+    return !this.#sibling;
   }
 }
 
