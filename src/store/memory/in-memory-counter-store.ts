@@ -50,6 +50,8 @@ interface AccountState {
   idempotency: Map<string, string>;
   /** Expiry index: "r:<id>" reservation TTL, "d:<id>" settled retention, "i:<id>" idempotency retention. */
   expiry: ZSet;
+  /** A lower bound of the smallest score in `expiry` (Infinity when empty). */
+  nextDue: number;
   hashes: Map<string, Hash>;
   zsets: Map<string, ZSet>;
 }
@@ -179,13 +181,14 @@ export class InMemoryCounterStore implements CounterStore {
       });
     }
     acct.reservations.set(cmd.reservationId, reservation);
-    acct.expiry.set(`r:${cmd.reservationId}`, reservation.expiresAt);
+    setExpiry(acct, `r:${cmd.reservationId}`, reservation.expiresAt);
     if (cmd.idempotencyId) {
       acct.idempotency.set(cmd.idempotencyId, cmd.reservationId);
-      acct.expiry.set(`i:${cmd.idempotencyId}`, reservation.expiresAt + SETTLED_RETENTION_MS);
+      setExpiry(acct, `i:${cmd.idempotencyId}`, reservation.expiresAt + SETTLED_RETENTION_MS);
     }
     base.reservationId = cmd.reservationId;
-    base.states = denial ? evals.map((e) => e.state) : cmd.limits.map((l) => this.#evaluate(acct, { ...l, amount: 0n }, cmd.product, now).state);
+    // #apply and #consume keep `evals` current, so the answer needs no second evaluation.
+    base.states = evals.map((e) => e.state);
     if (denial) base.states.forEach((s, i) => (s.exceeded = cmd.limits[i]!.id === denial.limitId));
     return base;
   }
@@ -258,6 +261,7 @@ export class InMemoryCounterStore implements CounterStore {
         settled: new Map(),
         idempotency: new Map(),
         expiry: new Map(),
+        nextDue: Infinity,
         hashes: new Map(),
         zsets: new Map(),
       };
@@ -279,6 +283,8 @@ export class InMemoryCounterStore implements CounterStore {
   }
 
   #sweep(acct: AccountState, now: number, max: number): number {
+    // nextDue is a lower bound of the earliest expiry: most calls skip the scan entirely.
+    if (now < acct.nextDue) return 0;
     const due = [...acct.expiry.entries()]
       .filter(([, score]) => score <= now)
       .sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1))
@@ -299,6 +305,9 @@ export class InMemoryCounterStore implements CounterStore {
         acct.idempotency.delete(id);
       }
     }
+    let min = Infinity;
+    for (const score of acct.expiry.values()) if (score < min) min = score;
+    acct.nextDue = min;
     return settled;
   }
 
@@ -325,11 +334,15 @@ export class InMemoryCounterStore implements CounterStore {
       case "RATE": {
         const z = this.#zset(acct, limit.id);
         const windowMs = limit.windowMs!;
-        for (const [m, score] of z) if (score <= now - windowMs) z.delete(m);
+        // Calls are appended in time order (Map keeps insertion order): prune from the front; the first is the oldest.
+        for (const [m, score] of z) {
+          if (score > now - windowMs) break;
+          z.delete(m);
+        }
         const count = BigInt(z.size);
         const max = limit.limit!;
         const pass = count + limit.amount <= max;
-        const oldest = z.size > 0 ? Math.min(...z.values()) : undefined;
+        const oldest: number | undefined = z.values().next().value;
         const used = count;
         const state: LimitState = {
           limit: max,
@@ -469,9 +482,12 @@ export class InMemoryCounterStore implements CounterStore {
         return [];
       case "RATE":
         this.#zset(acct, limit.id).set(reservationId, now);
+        bump(ev.state);
+        if (ev.state.used === 1n) ev.state.resetAt = now + limit.windowMs!;
         return [];
       case "CONCURRENCY":
         this.#zset(acct, limit.id).set(reservationId, expiresAt);
+        bump(ev.state);
         return [["slot", 1n]];
       default:
         return this.#consume(ev, limit.amount);
@@ -513,6 +529,14 @@ export class InMemoryCounterStore implements CounterStore {
       incr(hash, "ot", take);
       parts.push([ev.overageField!, take]);
     }
+    // Keep the evaluation current, so the answer reports the state after this call without evaluating again.
+    const within = amount - take;
+    const st = ev.state;
+    st.used += within;
+    st.remaining = st.remaining > within ? st.remaining - within : 0n;
+    st.overage += take;
+    st.overageTotal = (st.overageTotal ?? 0n) + take;
+    if (st.sources && ev.sources) st.sources = ev.sources.map(publicSource);
     return parts;
   }
 
@@ -554,9 +578,19 @@ export class InMemoryCounterStore implements CounterStore {
     acct.expiry.delete(`r:${id}`);
     const settled: Settled = { state, reserved: { ...r.meters }, charged, overage };
     acct.settled.set(id, settled);
-    acct.expiry.set(`d:${id}`, now + SETTLED_RETENTION_MS);
+    setExpiry(acct, `d:${id}`, now + SETTLED_RETENTION_MS);
     return settled;
   }
+}
+
+function setExpiry(acct: AccountState, member: string, score: number): void {
+  acct.expiry.set(member, score);
+  if (score < acct.nextDue) acct.nextDue = score;
+}
+
+function bump(state: LimitState): void {
+  state.used += 1n;
+  state.remaining = state.remaining > 0n ? state.remaining - 1n : 0n;
 }
 
 function incr(hash: Hash, field: string, by: bigint): void {

@@ -240,6 +240,12 @@ local function consume(ev, amount)
     redis.call('HINCRBY', key, 'ot', fmt(take))
     table.insert(parts, { ev.ofield, fmt(take) })
   end
+  -- Keep the evaluation current, so the answer reports the state after this call without evaluating again.
+  local within = amount - take
+  ev.used = ev.used + within
+  ev.remaining = math.max(0, ev.remaining - within)
+  ev.overage = ev.overage + take
+  ev.overage_total = (ev.overage_total or 0) + take
   return parts
 end
 

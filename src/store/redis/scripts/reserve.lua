@@ -106,9 +106,12 @@ else
       if l.kind == 'RATE' then
         redis.call('ZADD', ev.key, now, cmd.reservationId)
         redis.call('PEXPIRE', ev.key, tonumber(l.windowMs))
+        ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
+        if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
       elseif l.kind == 'CONCURRENCY' then
         redis.call('ZADD', ev.key, expires, cmd.reservationId)
         table.insert(parts, { 'slot', '1' })
+        ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
       elseif l.kind == 'QUOTA' or l.kind == 'BUDGET' then
         parts = consume(ev, amount)
         for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
@@ -126,6 +129,5 @@ if cmd.idempotencyId ~= '' then
   redis.call('HSET', KEYS[2], 'i:' .. cmd.idempotencyId, cmd.reservationId)
   redis.call('ZADD', KEYS[3], expires + SETTLED_RETENTION_MS, 'i:' .. cmd.idempotencyId)
 end
-local states
-if shadow ~= '' then states = states_of(evals) else states = zero_states() end
-return { 0, '', denied_id, retry, available, cmd.reservationId, overage, 0, now, shadow, states }
+-- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
+return { 0, '', denied_id, retry, available, cmd.reservationId, overage, 0, now, shadow, states_of(evals) }
