@@ -1,0 +1,45 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, redact } from "../../src/config/config.ts";
+
+describe("configuration", () => {
+  it("has working defaults: loopback, embedded stores", () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({ host: "127.0.0.1", grpcPort: 50051, httpPort: 8080, databaseUrl: "", redisUrl: "", storeDeadlineMs: 50 });
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it("lists every problem at once, naming the variable", () => {
+    let err: ConfigError | undefined;
+    try {
+      loadConfig({ QUOTA_GRPC_PORT: "70000", DATABASE_URL: "mysql://x", QUOTA_LOG_LEVEL: "loud" });
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect(err!.problems).toHaveLength(3);
+    expect(err!.message).toContain("grpcPort (QUOTA_GRPC_PORT)");
+    expect(err!.message).toContain("databaseUrl (DATABASE_URL)");
+    expect(err!.message).toContain("logLevel (QUOTA_LOG_LEVEL)");
+  });
+
+  it("rejects unknown keys in a config file (typos), and the environment overrides the file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "qa-config-"));
+    const bad = join(dir, "bad.yaml");
+    writeFileSync(bad, "grpcPrt: 1\n");
+    expect(() => loadConfig({}, {}, bad)).toThrow(/grpcPrt/);
+    const good = join(dir, "good.yaml");
+    writeFileSync(good, "grpcPort: 6000\nhttpPort: 6001\n");
+    expect(loadConfig({ QUOTA_HTTP_PORT: "7001" }, {}, good)).toMatchObject({ grpcPort: 6000, httpPort: 7001 });
+  });
+
+  it("redacts secrets and URL credentials when printed", () => {
+    const c = loadConfig({ QUOTA_ADMIN_TOKEN: "s3cret", DATABASE_URL: "postgresql://user:pw@db:5432/q", REDIS_URL: "redis://:pw@r:6379" });
+    const shown = JSON.stringify(redact(c));
+    expect(shown).not.toContain("s3cret");
+    expect(shown).not.toContain("pw@");
+    expect(shown).toContain("postgresql://***@db:5432/q");
+  });
+});
