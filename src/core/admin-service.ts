@@ -106,15 +106,17 @@ export class AdminService {
     if (!document) throw new InvalidArgumentError(source, "is required");
     if (document.length > 1_000_000) throw new InvalidArgumentError(source, "is larger than 1 MB");
     const plans = parsePlansDocument(document, source);
-    const stored = await this.#d.db.transaction(async (uow) => {
-      const out: PlanRecord[] = [];
-      for (const p of plans) out.push(await uow.upsertPlan({ id: p.id, name: p.name, spec: p }));
-      return out;
-    }).catch((e) => {
-      throw mapDbError(e);
-    });
-    // Plan changes reach every account on the plan: refresh capacity of affected accounts and every cache.
-    for (const a of await this.#d.db.listAccounts()) await this.#d.capacity.sync(a.id).catch(() => {});
+    const { stored, affected } = await this.#d.db
+      .transaction(async (uow) => {
+        const out: PlanRecord[] = [];
+        for (const p of plans) out.push(await uow.upsertPlan({ id: p.id, name: p.name, spec: p }));
+        // Capacity of every account on a plan follows it: marked stale here (the reconciler repairs a lost sync).
+        return { stored: out, affected: await uow.bumpCapacityVersionForPlans(out.map((p) => p.id)) };
+      })
+      .catch((e) => {
+        throw mapDbError(e);
+      });
+    for (const accountId of affected) await this.#d.capacity.sync(accountId).catch(() => {});
     await this.#d.bus.publish("*");
     return stored;
   }

@@ -146,6 +146,8 @@ export interface UnitOfWork {
   putIdempotency(r: IdempotencyRecord): Promise<void>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
   bumpCapacityVersion(accountId: string): Promise<number>;
+  /** The same for every account subscribed to one of these plans; returns those accounts. */
+  bumpCapacityVersionForPlans(planIds: string[]): Promise<string[]>;
 }
 
 export interface Database {

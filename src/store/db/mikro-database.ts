@@ -136,7 +136,8 @@ class MikroUnitOfWork implements UnitOfWork {
     const existing = await this.#em.findOne(PlanEntity, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
     if (existing) {
       const version = (existing as AnyRow).version as number;
-      const same = JSON.stringify((existing as AnyRow).spec) === JSON.stringify(planJson(p.spec)) && (existing as AnyRow).name === p.name;
+      // jsonb does not keep key order: compare canonical forms.
+      const same = canonical((existing as AnyRow).spec) === canonical(planJson(p.spec)) && (existing as AnyRow).name === p.name;
       if (same) return toPlan(existing as AnyRow);
       await this.#em.nativeUpdate(PlanEntity, { id: p.id }, { name: p.name, spec: planJson(p.spec), version: version + 1, updatedAt: new Date() });
       return { id: p.id, name: p.name, spec: p.spec, version: version + 1 };
@@ -198,6 +199,16 @@ class MikroUnitOfWork implements UnitOfWork {
   async putIdempotency(r: IdempotencyRecord) {
     await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
   }
+  async bumpCapacityVersionForPlans(planIds: string[]): Promise<string[]> {
+    if (planIds.length === 0) return [];
+    const rows = await this.#em.execute<Array<{ id: string }>>(
+      `update accounts set capacity_version = capacity_version + 1
+        where id in (select account_id from subscriptions where plan_id in (${planIds.map(() => "?").join(", ")}))
+        returning id`,
+      planIds,
+    );
+    return rows.map((r) => r.id);
+  }
   async bumpCapacityVersion(accountId: string): Promise<number> {
     const rows = await this.#em.execute<Array<{ v: number }>>(
       `update accounts set capacity_version = capacity_version + 1 where id = ? returning capacity_version as v`,
@@ -205,6 +216,12 @@ class MikroUnitOfWork implements UnitOfWork {
     );
     return Number(rows[0]?.v ?? 0);
   }
+}
+
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, x) =>
+    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.keys(x).sort().map((k) => [k, (x as Record<string, unknown>)[k]])) : x,
+  );
 }
 
 function stringMap(m: Record<string, bigint>): Record<string, string> {
