@@ -168,9 +168,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     (stopping ??= (async () => {
       logger.info("shutting down: NOT_SERVING, draining");
       ready = false;
-      grpc.health.setStatus("", "NOT_SERVING");
+      for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService"]) grpc.health.setStatus(service, "NOT_SERVING");
       for (const t of timers) clearInterval(t);
-      await Promise.all([grpc.shutdown(config.shutdownGraceMs), http.shutdown(config.shutdownGraceMs)]);
+      // Keep serving while health checkers and load balancers see NOT_SERVING / 503 and move traffic away.
+      const delay = Math.min(config.shutdownDelayMs, config.shutdownGraceMs);
+      await new Promise((r) => setTimeout(r, delay));
+      await Promise.all([grpc.shutdown(config.shutdownGraceMs - delay), http.shutdown(config.shutdownGraceMs - delay)]);
       await flusher.flush().catch((e) => logger.warn({ err: String(e) }, "final usage flush failed"));
       await bus.close();
       await store.close();

@@ -33,6 +33,8 @@ const schema = z.strictObject({
   /** Admin API calls per minute per credential. */
   adminRatePerMinute: z.coerce.number().int().min(1).default(600),
   shutdownGraceMs: z.coerce.number().int().min(0).max(120_000).default(10_000),
+  /** On SIGTERM, keep serving this long after health turns NOT_SERVING, so probes and load balancers move away. */
+  shutdownDelayMs: z.coerce.number().int().min(0).max(120_000).default(1_000),
   logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
   tlsKeyFile: z.string().default(""),
   tlsCertFile: z.string().default(""),
@@ -63,6 +65,7 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_MAX_MESSAGE_BYTES: "maxMessageBytes",
   QUOTA_ADMIN_RATE_PER_MINUTE: "adminRatePerMinute",
   QUOTA_SHUTDOWN_GRACE_MS: "shutdownGraceMs",
+  QUOTA_SHUTDOWN_DELAY_MS: "shutdownDelayMs",
   QUOTA_LOG_LEVEL: "logLevel",
   QUOTA_TLS_KEY_FILE: "tlsKeyFile",
   QUOTA_TLS_CERT_FILE: "tlsCertFile",

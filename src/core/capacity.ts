@@ -30,7 +30,7 @@ export class CapacitySync {
   async sync(accountId: string): Promise<void> {
     const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
     if (!config) return;
-    await this.#store.setCapacity(accountId, capacityOf(config));
+    await this.#store.setCapacity(accountId, capacityOf(config), config.account.capacityVersion);
     await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
   }
 
@@ -41,7 +41,7 @@ export class CapacitySync {
       p = (async () => {
         const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
         const snapshot = await this.#db.loadUsageSnapshot(accountId);
-        await this.#store.restore(accountId, config ? capacityOf(config) : [], snapshot);
+        await this.#store.restore(accountId, config ? capacityOf(config) : [], snapshot, config?.account.capacityVersion ?? 0);
         if (config) await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
       })().finally(() => this.#restoring.delete(accountId));
       this.#restoring.set(accountId, p);

@@ -290,6 +290,15 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect(rel.outcome).toBe("SETTLED");
     });
 
+    it("ignores a capacity write older than the one stored (racing syncs)", async () => {
+      expect(await store.setCapacity(account, [cap("s:1:q", 7n)], 5)).toBe(true);
+      expect(await store.setCapacity(account, [cap("s:1:q", 3n)], 4)).toBe(false);
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.limit).toBe(7n);
+      expect(await store.setCapacity(account, [cap("s:1:q", 9n)], 5)).toBe(true);
+      expect((await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }))).states[0]!.limit).toBe(9n);
+    });
+
     it("round-trips usage through export and restore after losing all hot state", async () => {
       await store.setCapacity(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])]);
       await store.reserve(cmd([quota("s:1:q", 13n)]));

@@ -277,27 +277,40 @@ export const HEALTH_STATUS = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKN
 export async function healthCheck(address: string, service = "", timeoutMs = 5000): Promise<string> {
   const client = new grpc.Client(address, grpc.credentials.createInsecure());
   try {
-    return await new Promise<string>((resolve, reject) => {
-      client.makeUnaryRequest(
-        "/grpc.health.v1.Health/Check",
-        (name: string) => Buffer.from(new BinaryWriter().tag(1, 2).string(name).finish()),
-        (buf: Buffer) => {
-          const r = new BinaryReader(buf);
-          let status = 0;
-          while (r.pos < r.len) {
-            const [field, wire] = r.tag();
-            if (field === 1) status = r.int32();
-            else r.skip(wire);
-          }
-          return status;
-        },
-        service,
-        new grpc.Metadata(),
-        { deadline: Date.now() + timeoutMs },
-        (err, status) => (err ? reject(err) : resolve(HEALTH_STATUS[status ?? 0] ?? String(status))),
-      );
-    });
+    return await checkOn(client, service, timeoutMs);
   } finally {
     client.close();
   }
+}
+
+/**
+ * A grpc.health.v1 client that keeps its channel (one HTTP/2 connection) open between checks, the way a client-side
+ * load balancer or a sidecar prober watches a server; `healthCheck` opens a new channel for every check instead.
+ */
+export function healthClient(address: string): { check(service?: string, timeoutMs?: number): Promise<string>; close(): void } {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  return { check: (service = "", timeoutMs = 5000) => checkOn(client, service, timeoutMs), close: () => client.close() };
+}
+
+function checkOn(client: grpc.Client, service: string, timeoutMs: number): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    client.makeUnaryRequest(
+      "/grpc.health.v1.Health/Check",
+      (name: string) => Buffer.from(new BinaryWriter().tag(1, 2).string(name).finish()),
+      (buf: Buffer) => {
+        const r = new BinaryReader(buf);
+        let status = 0;
+        while (r.pos < r.len) {
+          const [field, wire] = r.tag();
+          if (field === 1) status = r.int32();
+          else r.skip(wire);
+        }
+        return status;
+      },
+      service,
+      new grpc.Metadata(),
+      { deadline: Date.now() + timeoutMs },
+      (err, status) => (err ? reject(err) : resolve(HEALTH_STATUS[status ?? 0] ?? String(status))),
+    );
+  });
 }

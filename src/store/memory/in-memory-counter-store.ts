@@ -44,6 +44,7 @@ interface Settled {
 
 interface AccountState {
   present: boolean;
+  capacityVersion: number;
   cap: Map<string, CapacityEntry>;
   reservations: Map<string, Reservation>;
   settled: Map<string, Settled>;
@@ -207,19 +208,22 @@ export class InMemoryCounterStore implements CounterStore {
     return { outcome: "SETTLED", ...settled };
   }
 
-  async setCapacity(accountId: string, entries: readonly CapacityEntry[]): Promise<void> {
+  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
     const acct = this.#account(accountId);
+    if (acct.present && acct.capacityVersion > version) return false;
     acct.cap = new Map(entries.map((e) => [e.limitId, structuredClone(e)]));
+    acct.capacityVersion = version;
     acct.present = true;
+    return true;
   }
 
-  async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot): Promise<void> {
+  async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
     const acct = this.#account(accountId);
     for (const [limitId, fields] of Object.entries(states)) {
       if (acct.hashes.has(limitId)) continue;
       acct.hashes.set(limitId, new Map(Object.entries(fields)));
     }
-    await this.setCapacity(accountId, entries);
+    return this.setCapacity(accountId, entries, version);
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
@@ -256,6 +260,7 @@ export class InMemoryCounterStore implements CounterStore {
     if (!acct) {
       acct = {
         present: false,
+        capacityVersion: 0,
         cap: new Map(),
         reservations: new Map(),
         settled: new Map(),

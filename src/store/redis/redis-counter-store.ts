@@ -120,14 +120,15 @@ export class RedisCounterStore implements CounterStore {
     };
   }
 
-  async setCapacity(accountId: string, entries: readonly CapacityEntry[]): Promise<void> {
-    await this.restore(accountId, entries, {});
+  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
+    return this.restore(accountId, entries, {}, version);
   }
 
-  async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot): Promise<void> {
+  async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
     const tag = this.#tag(accountId);
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states));
+    const r = await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version));
+    return r !== -1;
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {

@@ -151,7 +151,10 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
 
   const allowHeaders = [...connectCors.allowedHeaders, "Authorization"].join(", ");
   const exposeHeaders = [...connectCors.exposedHeaders, "x-error-reason"].join(", ");
+  let closing = false;
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    // Draining: answer, then close the HTTP/1.1 connection (a keep-alive client must reconnect elsewhere).
+    if (closing && req.httpVersionMajor < 2) res.setHeader("connection", "close");
     const url = req.url ?? "/";
     if (req.method === "GET" && (url === "/healthz" || url === "/readyz")) {
       const h = opts.health();
@@ -272,10 +275,13 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
           resolve();
         });
         // In-flight requests finish; idle keep-alive connections close now; HTTP/2 sessions get GOAWAY and drain.
+        closing = true;
         h1.closeIdleConnections();
         for (const sock of sockets) {
-          const message = (sock as unknown as { _httpMessage?: unknown })._httpMessage;
+          const message = (sock as unknown as { _httpMessage?: http.ServerResponse | null })._httpMessage;
           if (message === null) sock.end();
+          else if (message && !message.headersSent) message.setHeader("connection", "close");
+          else if (message) message.once("finish", () => sock.end());
         }
         for (const session of sessions) session.close();
       }),
