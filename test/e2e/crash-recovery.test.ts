@@ -33,6 +33,7 @@ import { ADMIN, clients, codeOf, type Clients, type QuotaClient } from "../suppo
 import { TEST_REDIS_URL } from "../support/env.ts";
 import { deposit, seedAccount, type Seeded } from "../support/fixtures.ts";
 import { ServerProcess } from "../support/server-process.ts";
+import { sleep, within } from "../support/time.ts";
 
 const PRODUCT = "crash-api";
 const PLAN_BASE = 100_000n;
@@ -124,19 +125,7 @@ function nameOf(e: object, v: number): string {
   return Object.entries(e).find(([, x]) => x === v)?.[0] ?? String(v);
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
-/** Rejects if `p` has not settled within `ms` (a hanging call must fail the test, not the runner). */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Polls `read` until `done(value)` or the deadline; returns the last value either way. */
 async function until<T>(read: () => Promise<T>, done: (v: T) => boolean, ms: number, every = 50): Promise<T> {

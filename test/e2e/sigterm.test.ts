@@ -29,6 +29,7 @@ import { Decision } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, clients, codeOf, type Clients, type QuotaClient } from "../support/clients.ts";
 import { seedAccount, type Seeded } from "../support/fixtures.ts";
 import { ServerProcess, healthCheck, healthClient } from "../support/server-process.ts";
+import { sleep, within } from "../support/time.ts";
 
 const PRODUCT = "sigterm-api";
 const PLANS = `
@@ -67,18 +68,7 @@ interface Probe {
   result: string;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const codeName = (e: unknown) => {
   const code = codeOf(e);

@@ -7,7 +7,9 @@ import pino from "pino";
 import { loadConfig } from "../../src/config/config.ts";
 import { startApp, type App } from "../../src/main.ts";
 import { ManualClock, TEST_DATABASE_URL, TEST_REDIS_URL, uniqueId } from "./env.ts";
-import { Redis } from "ioredis";
+import { deleteRedisPrefix } from "./redis.ts";
+
+export { deleteRedisPrefix };
 
 export interface TestApp {
   app: App;
@@ -34,17 +36,6 @@ export async function createTestDatabase(): Promise<{ url: string; drop: () => P
       await c.end();
     },
   };
-}
-
-export async function deleteRedisPrefix(prefix: string): Promise<void> {
-  const redis = new Redis(TEST_REDIS_URL);
-  let cursor = "0";
-  do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.del(...keys);
-  } while (cursor !== "0");
-  redis.disconnect();
 }
 
 export interface TestAppOptions {
