@@ -744,7 +744,7 @@ export class QuotaService {
         return { kind, balance: w?.balance ?? 0n, totalDeposited: w?.totalDeposited ?? 0n };
       }),
       grants: config.grants.filter((g) => subIds.has(g.subscriptionId)).map(grantOut),
-      keys: (key ? [key] : config.keys).map(keyView),
+      keys: (key ? [key] : config.keys).map((k) => keyView(k, now)),
       credit: { totalToppedUp, spent, remaining: totalToppedUp > spent ? totalToppedUp - spent : 0n, creditKeys },
       asOf,
     };
@@ -890,12 +890,12 @@ function grantOut(g: GrantRecord): GrantOut {
   return out;
 }
 
-export function keyView(k: KeyRecord): KeyViewOut {
+export function keyView(k: KeyRecord, now: number): KeyViewOut {
   return {
     id: k.id,
     name: k.name,
     subscriptionId: k.subscriptionId,
-    status: k.status === "revoked" ? "revoked" : k.expiresAt && k.expiresAt.getTime() <= Date.now() ? "expired" : "active",
+    status: k.status === "revoked" ? "revoked" : k.expiresAt && k.expiresAt.getTime() <= now ? "expired" : "active",
     overageEnabled: k.overage,
     owner: k.owner,
     subLimits: k.subLimits,

@@ -210,7 +210,8 @@ function grant(g: GrantOut | GrantRecord) {
 }
 
 function keyMessage(k: KeyViewOut | KeyRecord) {
-  const v = "secretHash" in k ? keyView(k) : k;
+  // Admin listings: "expired" is judged by this process's clock (the data plane uses the injected one).
+  const v = "secretHash" in k ? keyView(k, Date.now()) : k;
   return create(KeyViewSchema, { ...v, createdAt: ts(v.createdAt) });
 }
 
