@@ -174,7 +174,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const delay = Math.min(config.shutdownDelayMs, config.shutdownGraceMs);
       await new Promise((r) => setTimeout(r, delay));
       await Promise.all([grpc.shutdown(config.shutdownGraceMs - delay), http.shutdown(config.shutdownGraceMs - delay)]);
-      await flusher.flush().catch((e) => logger.warn({ err: String(e) }, "final usage flush failed"));
+      await flusher.flushAll().catch((e) => logger.warn({ err: String(e) }, "final usage flush failed"));
       await bus.close();
       await store.close();
       redis?.disconnect();

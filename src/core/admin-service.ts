@@ -379,7 +379,8 @@ export class AdminService {
         const out: { transactionId: string; grant?: GrantRecord; balance?: bigint } = { transactionId: txId };
         if (t.case === "quota") {
           checkId("subscription_id", t.subscriptionId, "quota.subscription_id");
-          if (t.units === 0n || t.units > MAX_AMOUNT || t.units < -MAX_AMOUNT) throw new InvalidArgumentError("quota.units", "must be non-zero, at most 1e15");
+          // Grants only add: a negative grant would lower the total without lowering what remains to be spent.
+          if (t.units <= 0n || t.units > MAX_AMOUNT) throw new InvalidArgumentError("quota.units", "must be between 1 and 1e15");
           if (t.product && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(t.product)) throw new InvalidArgumentError("quota.product", "is not a product name");
           const sub = await uow.getSubscription(t.subscriptionId);
           if (!sub || sub.accountId !== req.accountId) throw new NotFoundError("subscription", t.subscriptionId);

@@ -165,11 +165,13 @@ export type StateSnapshot = Record<string, Record<string, string>>;
 export interface CounterStore {
   reserve(cmd: ReserveCommand): Promise<ReserveResult>;
   release(cmd: ReleaseCommand): Promise<ReleaseResult>;
-  /** Replaces every capacity entry of the account (not the usage) and marks the account present. `version` is the
-   * account's capacity version in Postgres: a write older than the one already stored is ignored (two syncs racing
-   * can never leave the older capacity last). Returns false when ignored. */
+  /** Replaces every capacity entry of a present account (not the usage). `version` is the account's capacity version
+   * in Postgres: a write older than the one already stored is ignored (two syncs racing can never leave the older
+   * capacity last). An absent account is left absent — its next call restores it with its usage. Returns false when
+   * nothing was written. */
   setCapacity(accountId: string, entries: readonly CapacityEntry[], version?: number): Promise<boolean>;
-  /** Sets capacity (as setCapacity) and, for each limit whose state is absent, the snapshot state. */
+  /** Restores, for each limit whose state is absent, the snapshot state; sets capacity (unless an equal or newer
+   * version is stored) and marks the account present. */
   restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version?: number): Promise<boolean>;
   /** Reads the durable part of usage (QUOTA/BUDGET states) of the given limits. */
   exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot>;

@@ -33,6 +33,8 @@ export class KeyCache {
   readonly #ttl: number;
   readonly #negativeTtl: number;
   readonly #max: number;
+  /** Bumped by every invalidation: a load that started before one must not cache what it read. */
+  #generation = 0;
 
   constructor(db: Database, clock: Clock, options: KeyCacheOptions = {}) {
     this.#db = db;
@@ -62,6 +64,7 @@ export class KeyCache {
 
   /** Drops every cached key of an account ("*" = everything, e.g. after a plan changed). */
   invalidate(accountId: string): void {
+    this.#generation++;
     if (accountId === "*") {
       this.#entries.clear();
       this.#byAccount.clear();
@@ -72,6 +75,7 @@ export class KeyCache {
   }
 
   async #load(keyId: string): Promise<KeyContext | null> {
+    const generation = this.#generation;
     const ctx = await this.#db.read(async (uow) => {
       const key = await uow.getKey(keyId);
       if (!key) return null;
@@ -79,6 +83,8 @@ export class KeyCache {
       const plan = subscription ? await uow.getPlan(subscription.planId) : null;
       return subscription && plan ? { key, subscription, plan } : null;
     });
+    // A change was announced while this load ran: what it read may predate the change, so use it once, not cache it.
+    if (generation !== this.#generation) return ctx;
     if (this.#entries.size >= this.#max) {
       const oldest = this.#entries.keys().next().value;
       if (oldest !== undefined) this.#entries.delete(oldest);

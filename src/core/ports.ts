@@ -130,6 +130,8 @@ export interface UnitOfWork {
   /** Locks the wallet row (SELECT ... FOR UPDATE) for the rest of the transaction; creates it at zero if absent. */
   lockWallet(accountId: string, kind: WalletKind): Promise<WalletRecord>;
   saveWallet(wallet: WalletRecord): Promise<void>;
+  /** Reads a wallet without locking it (zero if absent). */
+  getWallet(accountId: string, kind: WalletKind): Promise<WalletRecord>;
   insertAccount(a: AccountRecord): Promise<void>;
   upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord>;
   insertSubscription(s: SubscriptionRecord): Promise<void>;

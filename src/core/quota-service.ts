@@ -299,6 +299,7 @@ export class QuotaService {
 
     const units = req.cost ?? BigInt(plan.methods.costs[req.method] ?? plan.methods.default);
     const spend = req.estimatedSpendMicros ?? priceOf(plan, req.meters, 1n);
+    if (spend > MAX_AMOUNT) throw new InvalidArgumentError("meters", "the priced spend of these meters is too large (at most 1e15 micro-USD)");
     const now = this.#d.clock.now();
     const applied = limitsForCall(plan, ctx.subscription, ctx.key, req.product, { units, spend, meters: req.meters }, now);
     const accountId = ctx.key.accountId;
@@ -324,8 +325,10 @@ export class QuotaService {
       if (result.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
     } catch (e) {
       if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
-      // Counter store unreachable or too slow: the plan decides (DESIGN §6). Never half-applied: a script either
-      // ran whole or not at all.
+      // Counter store unreachable or too slow: the plan decides (DESIGN §6). A script runs whole or not at all, but a
+      // slow one may still run after the deadline: cancel its reservation, best effort (same connection, so the
+      // cancel is applied after it; if Redis is down both are lost together).
+      this.#d.store.release({ accountId, reservationId: cmd.reservationId, outcome: "CANCEL", actual: {} }).catch(() => {});
       const open = plan.failureMode === "open";
       return this.#report(
         { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units },
@@ -384,9 +387,18 @@ export class QuotaService {
     if (req.actualCost !== undefined) actual.units = req.actualCost;
     if (req.actualSpendMicros !== undefined) actual.spend = req.actualSpendMicros;
     else if (Object.keys(req.actualMeters).length > 0) {
-      // Spend follows the actual meters at the key's plan prices (the key comes from the cache: no Postgres).
-      const ctx = await this.#d.keys.get(parsed.keyId).catch(() => null);
-      if (ctx?.plan.spec.pricing) actual.spend = priceOf(ctx.plan.spec, req.actualMeters, 1n);
+      // Spend follows the actual meters at the key's current plan prices (the key comes from the cache: no
+      // Postgres). Meters not named are priced at zero: send every priced meter, or actual_spend_micros.
+      let ctx: KeyContext | null;
+      try {
+        ctx = await this.#d.keys.get(parsed.keyId);
+      } catch (e) {
+        throw new UnavailableError("cannot price the actual meters: key store unreachable; retry, or give actual_spend_micros", { cause: e });
+      }
+      if (ctx?.plan.spec.pricing) {
+        actual.spend = priceOf(ctx.plan.spec, req.actualMeters, 1n);
+        if (actual.spend > MAX_AMOUNT) throw new InvalidArgumentError("actual_meters", "the priced spend of these meters is too large (at most 1e15 micro-USD)");
+      }
     }
     let r;
     try {
@@ -556,6 +568,7 @@ export class QuotaService {
           const perMicros = parseDecimalMicros("price.amount", price.amount);
           if ((cost * price.units) % perMicros !== 0n) throw new InvalidArgumentError(`${f}.amount`, "does not buy a whole number of units at the plan's price");
           units = (cost * price.units) / perMicros;
+          if (units > MAX_AMOUNT) throw new InvalidArgumentError(`${f}.amount`, "buys too many units (at most 1e15)");
         } else {
           if (units <= 0n) throw new InvalidArgumentError(`${f}.units`, "must be greater than zero");
           if (units > MAX_AMOUNT) throw new InvalidArgumentError(`${f}.units`, "is too large");
@@ -628,8 +641,10 @@ export class QuotaService {
       description,
       postings,
     });
-    const prepaid = await uow.lockWallet(accountId, "prepaid");
-    const credit = await uow.lockWallet(accountId, "credit");
+    // Read, not locked: locking the other wallet here would take two row locks in different orders in different
+    // top-ups (deadlock). The wallet this top-up changed is already locked and read back with our own write.
+    const prepaid = await uow.getWallet(accountId, "prepaid");
+    const credit = await uow.getWallet(accountId, "credit");
     return {
       transactionId: txId,
       newLimit,
@@ -658,6 +673,15 @@ export class QuotaService {
   }
 
   async #subscriptionFor(uow: UnitOfWork, accountId: string, key: KeyRecord | undefined, subscriptionId: string): Promise<SubscriptionRecord> {
+    const sub = await this.#findSubscription(uow, accountId, key, subscriptionId);
+    const now = this.#d.clock.now();
+    if (sub.status === "cancelled" || (sub.endsAt && sub.endsAt.getTime() <= now)) {
+      throw new FailedPreconditionError("SUBSCRIPTION_ENDED", `subscription ${sub.id} has ended; nothing was charged`);
+    }
+    return sub;
+  }
+
+  async #findSubscription(uow: UnitOfWork, accountId: string, key: KeyRecord | undefined, subscriptionId: string): Promise<SubscriptionRecord> {
     if (key) {
       if (subscriptionId && subscriptionId !== key.subscriptionId) throw new PermissionDeniedError("a key may only top up its own subscription");
       return (await uow.getSubscription(key.subscriptionId))!;
@@ -685,6 +709,7 @@ export class QuotaService {
     if (req.apiKey || req.keyId) {
       const { ctx, denial } = await this.#resolveKey(req.apiKey, req.keyId);
       if (!ctx || denial === "KEY_INVALID") throw new QuotaError("NOT_FOUND", "KEY_NOT_FOUND", "api key not found");
+      if (denial === "KEY_REVOKED") throw new PermissionDeniedError("api key revoked");
       key = ctx.key;
       accountId = ctx.key.accountId;
     } else if (!ACCOUNT_RE.test(accountId)) {
@@ -711,7 +736,7 @@ export class QuotaService {
       const states = await this.#peek(accountId, applied, req.product);
       asOf = states.now;
       const limits = applied.map((a, i) => explainSources(toStatus(a, states.states[i]), planRec.spec, sub));
-      for (const l of limits) if (l.kind === "BUDGET") spent = l.used;
+      for (const l of limits) if (l.kind === "BUDGET") spent = l.used + l.overage;
       const cycle = cycleOf(sub, now);
       const view: SubscriptionViewOut = {
         id: sub.id,
@@ -938,6 +963,10 @@ export function mapDbError(e: unknown): unknown {
   if (e instanceof QuotaError) return e;
   const name = (e as { constructor?: { name?: string } })?.constructor?.name ?? "";
   const msg = String((e as Error)?.message ?? "");
+  const code = (e as { code?: string })?.code ?? "";
+  if (code === "40P01" || code === "40001" || /deadlock detected|could not serialize/i.test(msg)) {
+    return new UnavailableError("concurrent update conflict; nothing was applied, retry", { cause: e });
+  }
   if (/Connection|ECONNREFUSED|ECONNRESET|terminat|timeout|57P01|08006|08001/i.test(name + msg)) {
     return new UnavailableError("database unreachable; nothing was applied", { cause: e });
   }

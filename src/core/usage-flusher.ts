@@ -37,9 +37,10 @@ export class UsageFlusher {
           await this.#store.sweep(accountId);
           const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
           if (!config) continue;
+          // Posting first, snapshot second: the snapshot then never holds less spend than the ledger posted.
+          await this.#postCreditSpend(config);
           const states = await this.#store.exportState(accountId, durableLimitIds(config));
           await this.#db.saveUsageSnapshot(accountId, states);
-          await this.#postCreditSpend(config);
         } catch {
           this.#dirty.add(accountId);
         }
@@ -62,20 +63,23 @@ export class UsageFlusher {
     }
     if (budgets.size === 0) return;
     const accountId = config.account.id;
-    const peek = await this.#store.reserve({
-      accountId,
-      reservationId: "flush",
-      mode: "CHECK_ONLY",
-      ttlMs: 1000,
-      product: "",
-      expiryPolicy: "charge",
-      gates: [],
-      limits: [...budgets].map((id) => ({ id, kind: "BUDGET" as const, meter: "spend", amount: 0n, period: { type: "none" as const } })),
-    });
-    if (peek.outcome === "NEED_RESTORE") return;
-    const spent = peek.states.reduce((sum, s) => sum + s.used, 0n);
     await this.#db.transaction(async (uow) => {
+      // The wallet row is locked before the counters are read: replicas flushing the same account post in turn, each
+      // the change since the previous post, so no delta is posted twice or reversed spuriously.
       const w = await uow.lockWallet(accountId, "credit");
+      const peek = await this.#store.reserve({
+        accountId,
+        reservationId: "flush",
+        mode: "CHECK_ONLY",
+        ttlMs: 1000,
+        product: "",
+        expiryPolicy: "charge",
+        gates: [],
+        limits: [...budgets].map((id) => ({ id, kind: "BUDGET" as const, meter: "spend", amount: 0n, period: { type: "none" as const } })),
+      });
+      if (peek.outcome === "NEED_RESTORE") return;
+      // Spend beyond the budget (an actual above the estimate at the very end) sits in the budget's overage.
+      const spent = peek.states.reduce((sum, st) => sum + st.used + st.overage, 0n);
       const delta = spent - w.spentPosted;
       if (delta === 0n) return;
       const postings = [];
@@ -101,6 +105,12 @@ export class UsageFlusher {
         postings,
       });
     });
+  }
+
+  /** Flushes everything touched so far, including accounts touched while a pass was already running (shutdown). */
+  async flushAll(): Promise<void> {
+    await this.flush();
+    if (this.#dirty.size > 0) await this.flush();
   }
 
   get pending(): number {

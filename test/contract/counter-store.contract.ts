@@ -69,14 +69,14 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     it("asks for a restore before the account's state is present, then admits", async () => {
       const first = await store.reserve(cmd([quota("s:1:q", 1n)]));
       expect(first.outcome).toBe("NEED_RESTORE");
-      await store.setCapacity(account, [cap("s:1:q", 5n)]);
+      await store.restore(account, [cap("s:1:q", 5n)], {});
       const second = await store.reserve(cmd([quota("s:1:q", 1n)]));
       expect(second.outcome).toBe("ALLOWED");
       expect(second.states[0]).toMatchObject({ limit: 5n, used: 1n, remaining: 4n });
     });
 
     it("admits exactly the quota and denies past it without counting the denial", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 3n)]);
+      await store.restore(account, [cap("s:1:q", 3n)], {});
       const outcomes = [];
       for (let i = 0; i < 5; i++) outcomes.push((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome);
       expect(outcomes).toEqual(["ALLOWED", "ALLOWED", "ALLOWED", "DENIED", "DENIED"]);
@@ -87,7 +87,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("is all or nothing across limits: a denial by one limit increments no other", async () => {
-      await store.setCapacity(account, [cap("s:1:big", 100n), cap("s:1:small", 1n)]);
+      await store.restore(account, [cap("s:1:big", 100n), cap("s:1:small", 1n)], {});
       const limits = () => [quota("s:1:big", 1n), quota("s:1:small", 1n)];
       expect((await store.reserve(cmd(limits()))).outcome).toBe("ALLOWED");
       const denied = await store.reserve(cmd(limits()));
@@ -99,7 +99,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("enforces a sliding-log rate limit with no double burst at a window edge", async () => {
-      await store.setCapacity(account, []);
+      await store.restore(account, [], {});
       const rate = (): CounterLimit => ({ id: "k:1:rps", kind: "RATE", meter: "calls", amount: 1n, limit: 3n, windowMs: 1000 });
       for (let i = 0; i < 3; i++) {
         expect((await store.reserve(cmd([rate()]))).outcome).toBe("ALLOWED");
@@ -114,7 +114,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("holds a concurrency slot until release", async () => {
-      await store.setCapacity(account, []);
+      await store.restore(account, [], {});
       const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 2n });
       const a = await store.reserve(cmd([conc()]));
       const b = await store.reserve(cmd([conc()]));
@@ -127,7 +127,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("settles expired reservations by policy: charge keeps the usage, refund gives it back; both free the slot", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 10n)]);
+      await store.restore(account, [cap("s:1:q", 10n)], {});
       const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 1n });
       const charged = await store.reserve(cmd([quota("s:1:q", 4n), conc()], { ttlMs: 1000, expiryPolicy: "charge" }));
       expect(charged.outcome).toBe("ALLOWED");
@@ -147,7 +147,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("charges the actual cost on release: lower refunds, higher charges more, cancel refunds all, once", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 100n)]);
+      await store.restore(account, [cap("s:1:q", 100n)], {});
       const r1 = await store.reserve(cmd([quota("s:1:q", 10n)]));
       const s1 = await store.release({ accountId: account, reservationId: r1.reservationId!, outcome: "COMMIT", actual: { units: 4n } });
       expect(s1).toMatchObject({ outcome: "SETTLED", state: "COMMITTED", reserved: { units: 10n }, charged: { units: 4n } });
@@ -164,7 +164,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("returns the same reservation for a repeated idempotency id and charges once", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 100n)]);
+      await store.restore(account, [cap("s:1:q", 100n)], {});
       const first = await store.reserve(cmd([quota("s:1:q", 7n)], { idempotencyId: "req-1" }));
       const second = await store.reserve(cmd([quota("s:1:q", 7n)], { idempotencyId: "req-1" }));
       expect(second).toMatchObject({ outcome: "ALLOWED", replayed: true, reservationId: first.reservationId });
@@ -172,7 +172,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("resets a fixed period when its window ends", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 2n)]);
+      await store.restore(account, [cap("s:1:q", 2n)], {});
       const bounds = [T0 - DAY, T0, T0 + DAY, T0 + 2 * DAY] as const;
       const q = () => quota("s:1:q", 1n, { period: { type: "fixed", bounds } });
       clock.set(T0 + 1000);
@@ -188,7 +188,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("burns grants by priority, then earliest expiry, then oldest; restricted grants only for their product", async () => {
-      await store.setCapacity(account, [
+      await store.restore(account, [
         cap("s:1:q", 10n, [
           { id: "late", amount: 5n, priority: 0, validFrom: T0 - 1, validUntil: T0 + 2 * DAY, seq: 1, product: "" },
           { id: "early", amount: 5n, priority: 0, validFrom: T0 - 1, validUntil: T0 + DAY, seq: 2, product: "" },
@@ -197,7 +197,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
           { id: "other-product", amount: 50n, priority: 500, validFrom: T0 - 1, seq: 5, product: "other" },
           { id: "future", amount: 50n, priority: 0, validFrom: T0 + 10, seq: 6, product: "" },
         ]),
-      ]);
+      ], {});
       const r = await store.reserve(cmd([quota("s:1:q", 22n)]));
       expect(r.outcome).toBe("ALLOWED");
       const used = Object.fromEntries(r.states[0]!.sources!.map((s) => [s.id, s.used]));
@@ -214,7 +214,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("lets an overage key go past quota, flagged and recorded; a key without overage is denied", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 5n)]);
+      await store.restore(account, [cap("s:1:q", 5n)], {});
       const over = await store.reserve(cmd([quota("s:1:q", 8n, { overage: true })]));
       expect(over).toMatchObject({ outcome: "ALLOWED", overage: true });
       expect(over.states[0]).toMatchObject({ used: 5n, remaining: 0n, overage: 3n });
@@ -231,7 +231,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("counts a rolling window in buckets and forgets usage once its bucket leaves the window", async () => {
-      await store.setCapacity(account, [cap("s:1:day", 10n)]);
+      await store.restore(account, [cap("s:1:day", 10n)], {});
       const q = (amount: bigint) => quota("s:1:day", amount, { period: { type: "rolling", windowMs: DAY, bucketMs: 3_600_000 } });
       expect((await store.reserve(cmd([q(6n)]))).outcome).toBe("ALLOWED");
       clock.advance(12 * 3_600_000);
@@ -244,9 +244,9 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("denies a budget when spend would pass it, with no period reset", async () => {
-      await store.setCapacity(account, [
+      await store.restore(account, [
         { limitId: "a:credit", base: 0n, basePriority: 0, grants: [{ id: "dep1", amount: 1_000_000n, priority: 0, validFrom: 0, seq: 1, product: "" }] },
-      ]);
+      ], {});
       const b = (amount: bigint): CounterLimit => ({ id: "a:credit", kind: "BUDGET", meter: "spend", amount, period: { type: "none" }, overage: true });
       expect((await store.reserve(cmd([b(600_000n)]))).outcome).toBe("ALLOWED");
       const denied = await store.reserve(cmd([b(500_000n)]));
@@ -256,7 +256,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("admits only inside access windows and says when the next one opens", async () => {
-      await store.setCapacity(account, []);
+      await store.restore(account, [], {});
       const w = (): CounterLimit => ({ id: "s:1:blocks", kind: "WINDOW", meter: "calls", amount: 1n, blocks: [[8 * 3_600_000, 16 * 3_600_000]] });
       const midnight = Date.UTC(2026, 0, 15);
       clock.set(midnight + 7 * 3_600_000);
@@ -269,7 +269,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("applies gates: not started, ended", async () => {
-      await store.setCapacity(account, []);
+      await store.restore(account, [], {});
       const notYet = await store.reserve(cmd([], { gates: [{ reason: "SUBSCRIPTION_NOT_STARTED", from: T0 + 500 }] }));
       expect(notYet).toMatchObject({ outcome: "DENIED", reason: "SUBSCRIPTION_NOT_STARTED", availableAt: T0 + 500 });
       const ended = await store.reserve(cmd([], { gates: [{ reason: "SUBSCRIPTION_ENDED", until: T0 }] }));
@@ -278,7 +278,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("CHECK_ONLY changes nothing; SHADOW always allows, flags the would-be denial, and still releases", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 1n)]);
+      await store.restore(account, [cap("s:1:q", 1n)], {});
       const dry = await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "CHECK_ONLY" }));
       expect(dry).toMatchObject({ outcome: "ALLOWED" });
       expect(dry.reservationId).toBeUndefined();
@@ -291,7 +291,7 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
     });
 
     it("ignores a capacity write older than the one stored (racing syncs)", async () => {
-      expect(await store.setCapacity(account, [cap("s:1:q", 7n)], 5)).toBe(true);
+      expect(await store.restore(account, [cap("s:1:q", 7n)], {}, 5)).toBe(true);
       expect(await store.setCapacity(account, [cap("s:1:q", 3n)], 4)).toBe(false);
       const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
       expect(peek.states[0]!.limit).toBe(7n);
@@ -299,8 +299,22 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect((await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }))).states[0]!.limit).toBe(9n);
     });
 
+    it("never revives a lost account with a capacity sync: usage comes back only through restore", async () => {
+      await store.restore(account, [cap("s:1:q", 10n)], {}, 1);
+      await store.reserve(cmd([quota("s:1:q", 4n)]));
+      const snap = await store.exportState(account, ["s:1:q"]);
+      await h.wipe();
+      expect(await store.setCapacity(account, [cap("s:1:q", 20n)], 2)).toBe(false); // e.g. a top-up committed now
+      expect((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome).toBe("NEED_RESTORE");
+      // the restore carries an older capacity version than a sync that raced it: usage is restored regardless
+      await store.restore(account, [cap("s:1:q", 20n)], snap, 2);
+      expect(await store.restore(account, [cap("s:1:q", 10n)], snap, 1)).toBe(false);
+      const after = await store.reserve(cmd([quota("s:1:q", 1n)]));
+      expect(after.states[0]).toMatchObject({ limit: 20n, used: 5n });
+    });
+
     it("round-trips usage through export and restore after losing all hot state", async () => {
-      await store.setCapacity(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])]);
+      await store.restore(account, [cap("s:1:q", 10n, [{ id: "g1", amount: 10n, priority: 0, validFrom: 0, seq: 1, product: "" }])], {});
       await store.reserve(cmd([quota("s:1:q", 13n)]));
       const snap = await store.exportState(account, ["s:1:q", "s:1:absent"]);
       expect(Object.keys(snap)).toEqual(["s:1:q"]);

@@ -95,7 +95,7 @@ export function describeCounterStoreProperties(name: string, factory: (clock: ()
           fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 40 }), async (ops) => {
             clock.set(T0);
             const account = uniqueId("prop");
-            await store.setCapacity(account, [{ limitId: "s:p:q", base: QUOTA_CAP, basePriority: 100, grants: [] }]);
+            await store.restore(account, [{ limitId: "s:p:q", base: QUOTA_CAP, basePriority: 100, grants: [] }], {});
             const model = new Model();
             const ids: string[] = [];
             let n = 0;

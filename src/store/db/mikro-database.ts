@@ -126,6 +126,10 @@ class MikroUnitOfWork implements UnitOfWork {
     const e = await this.#em.findOneOrFail(WalletEntity, { accountId, kind }, { lockMode: LockMode.PESSIMISTIC_WRITE, refresh: true });
     return toWallet(e as AnyRow);
   }
+  async getWallet(accountId: string, kind: WalletKind): Promise<WalletRecord> {
+    const e = await this.#em.findOne(WalletEntity, { accountId, kind }, { refresh: true });
+    return e ? toWallet(e as AnyRow) : { accountId, kind, balance: 0n, totalDeposited: 0n, spentPosted: 0n };
+  }
   async saveWallet(w: WalletRecord) {
     await this.#em.nativeUpdate(WalletEntity, { accountId: w.accountId, kind: w.kind }, { balance: w.balance, totalDeposited: w.totalDeposited, spentPosted: w.spentPosted, updatedAt: new Date() });
   }

@@ -51,8 +51,8 @@ interface AccountState {
   idempotency: Map<string, string>;
   /** Expiry index: "r:<id>" reservation TTL, "d:<id>" settled retention, "i:<id>" idempotency retention. */
   expiry: ZSet;
-  /** A lower bound of the smallest score in `expiry` (Infinity when empty). */
-  nextDue: number;
+  /** Min-heap over `expiry` (lazy: may hold stale pairs). */
+  heap: Array<[number, string]>;
   hashes: Map<string, Hash>;
   zsets: Map<string, ZSet>;
 }
@@ -209,12 +209,10 @@ export class InMemoryCounterStore implements CounterStore {
   }
 
   async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
-    const acct = this.#account(accountId);
-    if (acct.present && acct.capacityVersion > version) return false;
-    acct.cap = new Map(entries.map((e) => [e.limitId, structuredClone(e)]));
-    acct.capacityVersion = version;
-    acct.present = true;
-    return true;
+    const acct = this.#accounts.get(accountId);
+    // A sync never creates the account: if its state was lost, the next call must restore usage first.
+    if (!acct?.present) return false;
+    return this.#writeCapacity(acct, entries, version);
   }
 
   async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
@@ -223,7 +221,15 @@ export class InMemoryCounterStore implements CounterStore {
       if (acct.hashes.has(limitId)) continue;
       acct.hashes.set(limitId, new Map(Object.entries(fields)));
     }
-    return this.setCapacity(accountId, entries, version);
+    return this.#writeCapacity(acct, entries, version);
+  }
+
+  #writeCapacity(acct: AccountState, entries: readonly CapacityEntry[], version: number): boolean {
+    if (acct.present && acct.capacityVersion > version) return false;
+    acct.cap = new Map(entries.map((e) => [e.limitId, structuredClone(e)]));
+    acct.capacityVersion = version;
+    acct.present = true;
+    return true;
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
@@ -266,7 +272,7 @@ export class InMemoryCounterStore implements CounterStore {
         settled: new Map(),
         idempotency: new Map(),
         expiry: new Map(),
-        nextDue: Infinity,
+        heap: [],
         hashes: new Map(),
         zsets: new Map(),
       };
@@ -288,15 +294,18 @@ export class InMemoryCounterStore implements CounterStore {
   }
 
   #sweep(acct: AccountState, now: number, max: number): number {
-    // nextDue is a lower bound of the earliest expiry: most calls skip the scan entirely.
-    if (now < acct.nextDue) return 0;
-    const due = [...acct.expiry.entries()]
-      .filter(([, score]) => score <= now)
-      .sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1))
-      .slice(0, max);
+    // The heap orders (score, member) pairs; entries whose member was removed or re-scored since are stale and
+    // skipped. Same order as Redis ZRANGEBYSCORE: score, then member.
+    const due: string[] = [];
+    while (due.length < max && acct.heap.length > 0 && acct.heap[0]![0] <= now) {
+      const [score, member] = heapPop(acct.heap);
+      if (acct.expiry.get(member) === score) {
+        acct.expiry.delete(member);
+        due.push(member);
+      }
+    }
     let settled = 0;
-    for (const [member] of due) {
-      acct.expiry.delete(member);
+    for (const member of due) {
       const id = member.slice(2);
       if (member.startsWith("r:")) {
         const r = acct.reservations.get(id);
@@ -310,11 +319,9 @@ export class InMemoryCounterStore implements CounterStore {
         acct.idempotency.delete(id);
       }
     }
-    let min = Infinity;
-    for (const score of acct.expiry.values()) if (score < min) min = score;
-    acct.nextDue = min;
     return settled;
   }
+
 
   #evaluate(acct: AccountState, limit: CounterLimit, product: string, now: number): Evaluation {
     switch (limit.kind) {
@@ -370,7 +377,9 @@ export class InMemoryCounterStore implements CounterStore {
         const state: LimitState = { limit: max, used: count, remaining: max > count ? max - count : 0n, overage: 0n, exceeded: false };
         const ev: Evaluation = { pass, state };
         if (!pass) {
-          const earliest = z.size > 0 ? Math.min(...z.values()) : now + 1000;
+          let earliest = Infinity;
+          for (const score of z.values()) if (score < earliest) earliest = score;
+          if (earliest === Infinity) earliest = now + 1000;
           ev.retryAfterMs = Math.max(1, earliest - now);
         }
         return ev;
@@ -590,7 +599,38 @@ export class InMemoryCounterStore implements CounterStore {
 
 function setExpiry(acct: AccountState, member: string, score: number): void {
   acct.expiry.set(member, score);
-  if (score < acct.nextDue) acct.nextDue = score;
+  heapPush(acct.heap, [score, member]);
+}
+
+const before = (a: [number, string], b: [number, string]) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
+
+function heapPush(h: Array<[number, string]>, item: [number, string]): void {
+  h.push(item);
+  for (let i = h.length - 1; i > 0; ) {
+    const parent = (i - 1) >> 1;
+    if (!before(h[i]!, h[parent]!)) break;
+    [h[i], h[parent]] = [h[parent]!, h[i]!];
+    i = parent;
+  }
+}
+
+function heapPop(h: Array<[number, string]>): [number, string] {
+  const top = h[0]!;
+  const last = h.pop()!;
+  if (h.length > 0) {
+    h[0] = last;
+    for (let i = 0; ; ) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < h.length && before(h[l]!, h[m]!)) m = l;
+      if (r < h.length && before(h[r]!, h[m]!)) m = r;
+      if (m === i) break;
+      [h[i], h[m]] = [h[m]!, h[i]!];
+      i = m;
+    }
+  }
+  return top;
 }
 
 function bump(state: LimitState): void {

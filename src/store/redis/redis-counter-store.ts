@@ -121,14 +121,18 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
-    return this.restore(accountId, entries, {}, version);
+    return this.#setCapacity(accountId, entries, {}, version, "sync");
   }
 
   async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
+    return this.#setCapacity(accountId, entries, states, version, "restore");
+  }
+
+  async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<boolean> {
     const tag = this.#tag(accountId);
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    const r = await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version));
-    return r !== -1;
+    const r = (await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
+    return r >= 0;
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {

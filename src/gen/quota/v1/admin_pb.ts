@@ -823,7 +823,7 @@ export type AdjustRequest = Message<"quota.v1.AdjustRequest"> & {
    */
   target: {
     /**
-     * Grant (or, negative, claw back) quota units.
+     * Grant quota units (an adjustment only adds; it cannot claw back units).
      *
      * @generated from field: quota.v1.QuotaAdjustment quota = 3;
      */
@@ -882,7 +882,7 @@ export type QuotaAdjustment = Message<"quota.v1.QuotaAdjustment"> & {
   product: string;
 
   /**
-   * Units, non-zero.
+   * Units to grant, 1..1e15.
    *
    * @generated from field: int64 units = 4;
    */
@@ -1253,7 +1253,7 @@ export const QuotaAdminService: GenService<{
     output: typeof DepositResponseSchema;
   },
   /**
-   * Grants quota units or corrects a wallet by hand, with a reason, recorded in the ledger.
+   * Grants quota units or corrects a wallet (credit or debit) by hand, with a reason, recorded in the ledger.
    *
    * @generated from rpc quota.v1.QuotaAdminService.Adjust
    */

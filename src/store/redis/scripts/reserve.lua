@@ -113,11 +113,9 @@ else
         table.insert(parts, { 'slot', '1' })
         ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
       elseif l.kind == 'QUOTA' or l.kind == 'BUDGET' then
+        -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
         parts = consume(ev, amount)
         for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
-        if ev.rolling then
-          redis.call('PEXPIRE', ev.key, tonumber(l.period.windowMs) + 2 * tonumber(l.period.bucketMs))
-        end
       end
     end
     table.insert(r.en, { l = l, pa = parts, w = ev.win or '0' })

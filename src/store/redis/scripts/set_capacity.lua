@@ -1,6 +1,7 @@
 --[==[
-set_capacity.lua: replaces every capacity entry of one account (usage is untouched) and marks the account present.
-With ARGV[3] it also restores usage state for limits whose state key is absent (rebuild after Redis lost data).
+set_capacity.lua: replaces every capacity entry of one account (usage is untouched).
+Mode "sync" (after a commit, or the reconciler) only updates an account that is present. Mode "restore" (first touch,
+or after Redis lost data) also restores usage state for limits whose state key is absent, and marks it present.
 
 KEYS[1]  {a:<id>}:cap
 ARGV[1]  clock override (unused; kept for a uniform signature)
@@ -10,22 +11,20 @@ ARGV[3]  optional JSON { limitId: { field: value } } usage snapshot to restore w
 ARGV[4]  the account's capacity version in Postgres; stored as field "v". A write whose version is lower than the
          stored one is ignored, so two racing syncs never leave the older capacity last.
 
-Returns the number of state keys restored, or -1 when the write was older than what is stored.
+ARGV[5]  "sync" | "restore"
+
+Returns the number of state keys restored; -1 when the capacity was older than what is stored (states are still
+restored); -2 for a sync of an account that is not present.
 ]==]
 
 local version = tonumber(ARGV[4] or '0') or 0
+local mode = ARGV[5] or 'sync'
 local stored = redis.call('HGET', KEYS[1], 'v')
-if stored and tonumber(stored) > version then return -1 end
-local caps = cjson.decode(ARGV[2])
-redis.call('DEL', KEYS[1])
-local args = { 'v', string.format('%d', version) }
-for id, c in pairs(caps) do
-  table.insert(args, id)
-  table.insert(args, cjson.encode(c))
-end
-redis.call('HSET', KEYS[1], unpack(args))
+-- A sync never creates the account: if Redis lost it, the next call must restore usage from the snapshot first.
+if mode == 'sync' and not stored then return -2 end
+
 local restored = 0
-if ARGV[3] and ARGV[3] ~= '' then
+if mode == 'restore' and ARGV[3] and ARGV[3] ~= '' then
   for id, fields in pairs(cjson.decode(ARGV[3])) do
     local key = state_key(id)
     if redis.call('EXISTS', key) == 0 then
@@ -38,4 +37,14 @@ if ARGV[3] and ARGV[3] ~= '' then
     end
   end
 end
+
+if stored and tonumber(stored) > version then return -1 end
+local caps = cjson.decode(ARGV[2])
+redis.call('DEL', KEYS[1])
+local args = { 'v', string.format('%d', version) }
+for id, c in pairs(caps) do
+  table.insert(args, id)
+  table.insert(args, cjson.encode(c))
+end
+redis.call('HSET', KEYS[1], unpack(args))
 return restored
