@@ -45,6 +45,24 @@ const schema = z.strictObject({
   plansFile: z.string().default(""),
 });
 
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+/** Rules across fields: TLS files come as a set; an open data plane only on loopback. */
+const checked = schema.superRefine((c, ctx) => {
+  if (Boolean(c.tlsKeyFile) !== Boolean(c.tlsCertFile)) {
+    ctx.addIssue({ code: "custom", path: [c.tlsKeyFile ? "tlsCertFile" : "tlsKeyFile"], message: "TLS needs both a key file and a certificate file" });
+  }
+  if (c.tlsClientCaFile && !(c.tlsKeyFile && c.tlsCertFile)) {
+    ctx.addIssue({ code: "custom", path: ["tlsClientCaFile"], message: "mTLS needs the server's TLS key and certificate files too" });
+  }
+  if (!LOOPBACK.test(c.host) && !c.serviceToken && !c.tlsClientCaFile) {
+    ctx.addIssue({ code: "custom", path: ["serviceToken"], message: `is required (or mTLS) when binding to a non-loopback address (${c.host})` });
+  }
+  if (c.adminToken && c.adminToken.length < 16) {
+    ctx.addIssue({ code: "custom", path: ["adminToken"], message: "must be at least 16 characters (use 32 random bytes)" });
+  }
+});
+
 export type Config = Readonly<z.infer<typeof schema>>;
 
 const ENV: Record<string, keyof z.infer<typeof schema>> = {
@@ -74,7 +92,6 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_PLANS_FILE: "plansFile",
 };
 
-export const ENV_VARS = ENV;
 const SECRET_KEYS = new Set(["serviceToken", "adminToken", "databaseUrl", "redisUrl"]);
 
 export class ConfigError extends Error {
@@ -99,7 +116,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   const fromEnv: Record<string, unknown> = {};
   for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined) fromEnv[key] = env[name];
-  const r = schema.safeParse({ ...fromFile, ...fromEnv, ...overrides });
+  const r = checked.safeParse({ ...fromFile, ...fromEnv, ...overrides });
   if (!r.success) {
     const reverse = Object.fromEntries(Object.entries(ENV).map(([k, v]) => [v, k]));
     throw new ConfigError(r.error.issues.map((i) => {

@@ -4,6 +4,7 @@
  * limits, admin rate limits, loopback by default.
  */
 import { createHash } from "node:crypto";
+import * as https from "node:https";
 import { Writable } from "node:stream";
 import * as grpc from "@grpc/grpc-js";
 import pg from "pg";
@@ -24,7 +25,7 @@ plans:
     topUp: { limit: monthly, increment: 100, price: { units: 100, amount: "1.00" } }
 `;
 const SVC = { authorization: "Bearer svc-token" };
-const ADMIN = { authorization: "Bearer admin-token" };
+const ADMIN = { authorization: "Bearer admin-token-0123456789" };
 const ORIGIN = "https://dash.example";
 
 async function seed(c: Clients) {
@@ -71,7 +72,7 @@ describe("security", () => {
     t = await startTestApp({
       clock: false,
       logger: pino({ level: "trace" }, sink),
-      env: { QUOTA_SERVICE_TOKEN: "svc-token", QUOTA_ADMIN_TOKEN: "admin-token", QUOTA_ALLOWED_ORIGINS: ORIGIN, QUOTA_MAX_MESSAGE_BYTES: "65536", QUOTA_ADMIN_RATE_PER_MINUTE: "1000" },
+      env: { QUOTA_SERVICE_TOKEN: "svc-token", QUOTA_ADMIN_TOKEN: "admin-token-0123456789", QUOTA_ALLOWED_ORIGINS: ORIGIN, QUOTA_MAX_MESSAGE_BYTES: "65536", QUOTA_ADMIN_RATE_PER_MINUTE: "1000" },
     });
     c = grpcJs();
     await c.admin.applyPlans({ document: PLANS }, ADMIN);
@@ -170,7 +171,7 @@ describe("security", () => {
     expect(logs.length).toBeGreaterThan(0);
     expect(logs).not.toContain(secret);
     expect(logs).not.toContain("svc-token");
-    expect(logs).not.toContain("admin-token");
+    expect(logs).not.toContain("admin-token-0123456789");
   });
 
   it("rejects oversized messages with RESOURCE_EXHAUSTED on both ports", async () => {
@@ -189,7 +190,7 @@ describe("security", () => {
 describe("admin rate limit", () => {
   let t: TestApp;
   beforeAll(async () => {
-    t = await startTestApp({ clock: false, redis: false, env: { QUOTA_ADMIN_TOKEN: "admin-token", QUOTA_ADMIN_RATE_PER_MINUTE: "5" } });
+    t = await startTestApp({ clock: false, redis: false, env: { QUOTA_ADMIN_TOKEN: "admin-token-0123456789", QUOTA_ADMIN_RATE_PER_MINUTE: "5" } });
   });
   afterAll(async () => t?.stop());
 
@@ -210,7 +211,7 @@ describe("mTLS", () => {
       clock: false,
       redis: false,
       env: {
-        QUOTA_ADMIN_TOKEN: "admin-token",
+        QUOTA_ADMIN_TOKEN: "admin-token-0123456789",
         QUOTA_SERVICE_TOKEN: "svc-token",
         QUOTA_TLS_CERT_FILE: pki.serverCert,
         QUOTA_TLS_KEY_FILE: pki.serverKey,
@@ -234,5 +235,32 @@ describe("mTLS", () => {
     const plain = clients("grpc-js", { grpc: t.app.grpcPort, http: t.app.httpPort });
     expect(codeOf(await plain.quota.checkAndReserve({ apiKey: s.apiKey, product: "api", method: "get" }).catch((e) => e))).toBe(grpc.status.UNAVAILABLE);
     plain.close();
+
+    // The same on the Connect port (HTTPS): a verified client certificate is enough; no certificate, no connection.
+    const post = (withCert: boolean) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = https.request(
+          {
+            host: "127.0.0.1",
+            port: t.app.httpPort,
+            path: "/quota.v1.QuotaService/CheckAndReserve",
+            method: "POST",
+            ca: pki.caCert,
+            ...(withCert ? { key: pki.clientKey, cert: pki.clientCert } : {}),
+            headers: { "content-type": "application/json" },
+          },
+          (res) => {
+            let body = "";
+            res.on("data", (d) => (body += d));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+          },
+        );
+        req.on("error", reject);
+        req.end(JSON.stringify({ apiKey: s.apiKey, product: "api", method: "get" }));
+      });
+    const viaConnect = await post(true);
+    expect(viaConnect.status, viaConnect.body).toBe(200);
+    expect(JSON.parse(viaConnect.body).decision).toBe("ALLOWED");
+    await expect(post(false)).rejects.toThrow();
   });
 });

@@ -35,8 +35,16 @@ describe("configuration", () => {
     expect(loadConfig({ QUOTA_HTTP_PORT: "7001" }, {}, good)).toMatchObject({ grpcPort: 6000, httpPort: 7001 });
   });
 
+  it("checks fields together: TLS files as a set, no open data plane off loopback, strong admin tokens", () => {
+    expect(() => loadConfig({ QUOTA_TLS_KEY_FILE: "k.pem" })).toThrow(/tlsCertFile.*both a key file and a certificate/);
+    expect(() => loadConfig({ QUOTA_TLS_CLIENT_CA_FILE: "ca.pem" })).toThrow(/tlsClientCaFile/);
+    expect(() => loadConfig({ QUOTA_HOST: "0.0.0.0" })).toThrow(/serviceToken.*non-loopback/);
+    expect(loadConfig({ QUOTA_HOST: "0.0.0.0", QUOTA_SERVICE_TOKEN: "t" }).host).toBe("0.0.0.0");
+    expect(() => loadConfig({ QUOTA_ADMIN_TOKEN: "short" })).toThrow(/adminToken.*16 characters/);
+  });
+
   it("redacts secrets and URL credentials when printed", () => {
-    const c = loadConfig({ QUOTA_ADMIN_TOKEN: "s3cret", DATABASE_URL: "postgresql://user:pw@db:5432/q", REDIS_URL: "redis://:pw@r:6379" });
+    const c = loadConfig({ QUOTA_ADMIN_TOKEN: "s3cret-s3cret-s3cret", DATABASE_URL: "postgresql://user:pw@db:5432/q", REDIS_URL: "redis://:pw@r:6379" });
     const shown = JSON.stringify(redact(c));
     expect(shown).not.toContain("s3cret");
     expect(shown).not.toContain("pw@");

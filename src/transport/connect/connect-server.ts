@@ -6,10 +6,9 @@
  */
 import * as http from "node:http";
 import * as http2 from "node:http2";
-import * as https from "node:https";
 import * as net from "node:net";
 import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { cors as connectCors } from "@connectrpc/connect";
 import { QuotaAdminService } from "../../gen/quota/v1/admin_pb.ts";
@@ -38,6 +37,9 @@ export interface RunningConnectServer {
 
 /** Paths a browser may call (CORS is answered only for these). */
 const BROWSER_PATHS = new Set([`/${QuotaService.typeName}/GetLimits`, `/${QuotaService.typeName}/TopUp`]);
+
+/** Whether the TLS layer verified the peer's client certificate (mTLS), set per request from its socket. */
+const PEER_VERIFIED = createContextKey(false, { description: "client certificate verified" });
 
 /** Input schema of every method, by path. */
 const INPUTS = new Map<string, DescMessage>(
@@ -116,10 +118,9 @@ function wrap(impl: object, opts: ConnectServerOptions): never {
   for (const [name, fn] of Object.entries(impl)) {
     out[name] = async (req: unknown, hctx: HandlerContext) => {
       const started = process.hrtime.bigint();
-      const socket = (hctx as unknown as { requestSocket?: { authorized?: boolean } }).requestSocket;
       const ctx: CallContext = {
         header: (h) => hctx.requestHeader.get(h) ?? undefined,
-        peerVerified: Boolean(opts.tls?.requireClientCert && socket?.authorized),
+        peerVerified: Boolean(opts.tls?.requireClientCert) && hctx.values.get(PEER_VERIFIED),
       };
       try {
         const res = await (fn as (r: unknown, c: CallContext) => Promise<unknown>)(req, ctx);
@@ -145,6 +146,7 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
   const adapter = connectNodeAdapter({
     routes,
     readMaxBytes: opts.maxMessageBytes,
+    contextValues: (req) => createContextValues().set(PEER_VERIFIED, (req.socket as { authorized?: boolean }).authorized === true),
     // Message decoding errors are the caller's fault: INVALID_ARGUMENT naming the problem.
     jsonOptions: { ignoreUnknownFields: false },
   });
@@ -239,7 +241,6 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
       });
     });
   }
-  void https;
   const sockets = new Set<net.Socket>();
   listener.on("connection", (sock: net.Socket) => {
     sockets.add(sock);
