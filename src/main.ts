@@ -141,7 +141,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       }
     : undefined;
   const onError = (method: string, err: unknown) => logger.error({ method, err }, "internal error");
-  const onCall = (method: string, code: string, seconds: number) => rpcDuration.observe({ method, code }, seconds);
+  const onCall = (method: string, code: string, seconds: number) => {
+    rpcDuration.observe({ method, code }, seconds);
+    // Access log at debug level: method, status and time only — requests (API keys, tokens) are never logged.
+    logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
+  };
   const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
   const http: RunningConnectServer = await startConnectServer({
     api,

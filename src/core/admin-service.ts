@@ -4,6 +4,7 @@
  * replica's cache is invalidated (ChangeBus).
  */
 import { createHash } from "node:crypto";
+import { ACCOUNT_ID_RE, KEY_ID_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import type { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
 import { formatApiKey, hashSecret, newId, newKeyId, newSecret, newSortableId } from "./ids.ts";
@@ -13,13 +14,12 @@ import { addOnMonthlyPrice, parseDuration, parsePlansDocument, type PlanSpec } f
 import type { AccountRecord, ChangeBus, Clock, Database, GrantRecord, KeyRecord, PlanRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
 import { changeAddOn, isUniqueViolation, mapDbError, type QuotaService, type TopUpAnswer } from "./quota-service.ts";
 
-const ACCOUNT_ID = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const ID_FORMATS = {
-  account_id: [ACCOUNT_ID, "an account id (1-64 characters of a-z 0-9 _ -)"],
-  id: [ACCOUNT_ID, "an account id (1-64 characters of a-z 0-9 _ -)"],
-  plan_id: [/^[a-z0-9][a-z0-9_.-]{0,62}$/, "a plan id"],
-  subscription_id: [/^sub_[a-z2-7]{16}$/, "a subscription id (sub_...)"],
-  key_id: [/^[a-z2-7]{16}$/, "a key id (16 characters of a-z 2-7)"],
+  account_id: [ACCOUNT_ID_RE, "an account id (1-64 characters of a-z 0-9 _ -)"],
+  id: [ACCOUNT_ID_RE, "an account id (1-64 characters of a-z 0-9 _ -)"],
+  plan_id: [NAME_RE, "a plan id"],
+  subscription_id: [SUBSCRIPTION_ID_RE, "a subscription id (sub_...)"],
+  key_id: [KEY_ID_RE, "a key id (16 characters of a-z 2-7)"],
 } as const;
 
 /** Ids are checked for shape before they reach the database: a malformed id is INVALID_ARGUMENT naming it. */
@@ -28,7 +28,6 @@ function checkId(field: keyof typeof ID_FORMATS, value: string, path: string = f
   const [re, what] = ID_FORMATS[field];
   if (!re.test(value)) throw new InvalidArgumentError(path, `is not ${what}`);
 }
-const REQUEST_ID = /^[A-Za-z0-9_.:~-]{1,128}$/;
 
 export interface AdminServiceDeps {
   db: Database;
@@ -36,10 +35,6 @@ export interface AdminServiceDeps {
   bus: ChangeBus;
   capacity: CapacitySync;
   quota: QuotaService;
-}
-
-function requestHash(v: unknown): string {
-  return createHash("sha256").update(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `${x}n` : x))).digest("hex");
 }
 
 export class AdminService {
@@ -50,8 +45,8 @@ export class AdminService {
 
   /** Runs a create once per request id: a retry returns the first result. */
   async #idempotent<T>(scope: string, requestId: string, request: unknown, work: (uow: UnitOfWork) => Promise<T>, encode: (t: T) => unknown, decode: (raw: unknown) => T): Promise<T> {
-    if (requestId && !REQUEST_ID.test(requestId)) throw new InvalidArgumentError("request_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
-    const hash = requestHash(request);
+    if (requestId && !REQUEST_ID_RE.test(requestId)) throw new InvalidArgumentError("request_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
+    const hash = hashRequest(request);
     try {
       return await this.#d.db.transaction(async (uow) => {
         if (requestId) {
@@ -75,7 +70,7 @@ export class AdminService {
   }
 
   async createAccount(req: { id: string; name: string; requestId: string }): Promise<AccountRecord> {
-    if (req.id && !ACCOUNT_ID.test(req.id)) throw new InvalidArgumentError("id", "must be 1-64 characters of a-z 0-9 _ - starting with a letter or digit");
+    if (req.id && !ACCOUNT_ID_RE.test(req.id)) throw new InvalidArgumentError("id", "must be 1-64 characters of a-z 0-9 _ - starting with a letter or digit");
     if (!req.name || req.name.length > 200 || /[\u0000-\u001f]/.test(req.name)) throw new InvalidArgumentError("name", "is required, at most 200 characters, no control characters");
     const id = req.id || newId("acc");
     return this.#idempotent(
@@ -147,7 +142,7 @@ export class AdminService {
         if (!plan) throw new NotFoundError("plan", req.planId);
         const spec = plan.spec;
         const startsAt = req.startsAt ?? now;
-        let endsAt = req.endsAt ?? (spec.subscriptionLength ? startsAt + parseDuration(spec.subscriptionLength) : undefined);
+        const endsAt = req.endsAt ?? (spec.subscriptionLength ? startsAt + parseDuration(spec.subscriptionLength) : undefined);
         if (endsAt !== undefined && endsAt <= startsAt) throw new InvalidArgumentError("ends_at", "must be after starts_at");
         validateBlocks(spec, req.accessBlocks);
         for (const [limit, pkg] of Object.entries(req.addOns)) {
@@ -185,7 +180,6 @@ export class AdminService {
           });
         }
         await uow.bumpCapacityVersion(req.accountId);
-        endsAt = undefined;
         return s;
       },
       encodeSub,
@@ -213,8 +207,8 @@ export class AdminService {
 
   async setAddOn(req: { subscriptionId: string; packageId: string; limit: string; requestId: string }) {
     checkId("subscription_id", req.subscriptionId);
-    if (req.packageId && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(req.packageId)) throw new InvalidArgumentError("package_id", "is not a package id");
-    if (req.limit && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(req.limit)) throw new InvalidArgumentError("limit", "is not a limit name");
+    if (req.packageId && !NAME_RE.test(req.packageId)) throw new InvalidArgumentError("package_id", "is not a package id");
+    if (req.limit && !NAME_RE.test(req.limit)) throw new InvalidArgumentError("limit", "is not a limit name");
     const result = await this.#idempotent(
       "set-add-on",
       req.requestId,
@@ -260,7 +254,7 @@ export class AdminService {
     checkId("subscription_id", req.subscriptionId);
     if (req.name.length > 200 || /[\u0000-\u001f]/.test(req.name)) throw new InvalidArgumentError("name", "at most 200 characters, no control characters");
     for (const [name, v] of Object.entries(req.subLimits)) {
-      if (!/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(name)) throw new InvalidArgumentError("sub_limits", `${JSON.stringify(name.slice(0, 64))} is not a limit name`);
+      if (!NAME_RE.test(name)) throw new InvalidArgumentError("sub_limits", `${JSON.stringify(name.slice(0, 64))} is not a limit name`);
       if (v <= 0n || v > MAX_AMOUNT) throw new InvalidArgumentError(`sub_limits[${name}]`, "must be between 1 and 1e15");
     }
     const secret = newSecret();
@@ -381,7 +375,7 @@ export class AdminService {
           checkId("subscription_id", t.subscriptionId, "quota.subscription_id");
           // Grants only add: a negative grant would lower the total without lowering what remains to be spent.
           if (t.units <= 0n || t.units > MAX_AMOUNT) throw new InvalidArgumentError("quota.units", "must be between 1 and 1e15");
-          if (t.product && !/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(t.product)) throw new InvalidArgumentError("quota.product", "is not a product name");
+          if (t.product && !NAME_RE.test(t.product)) throw new InvalidArgumentError("quota.product", "is not a product name");
           const sub = await uow.getSubscription(t.subscriptionId);
           if (!sub || sub.accountId !== req.accountId) throw new NotFoundError("subscription", t.subscriptionId);
           const plan = (await uow.getPlan(sub.planId))!.spec;

@@ -39,12 +39,6 @@ export class NotFoundError extends QuotaError {
   }
 }
 
-export class AlreadyExistsError extends QuotaError {
-  constructor(message: string) {
-    super("ALREADY_EXISTS", "ALREADY_EXISTS", message);
-  }
-}
-
 /** The request is valid but the state does not allow it (e.g. INSUFFICIENT_BALANCE). Nothing was changed. */
 export class FailedPreconditionError extends QuotaError {
   constructor(reason: string, message: string) {

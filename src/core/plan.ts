@@ -7,9 +7,9 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { InvalidArgumentError } from "./errors.ts";
 import { parseDecimalMicros } from "./money.ts";
+import { NAME_RE } from "./validation.ts";
 
-const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
-const name = z.string().regex(NAME, "must be 1-63 characters of a-z 0-9 _ . - starting with a letter or digit");
+const name = z.string().regex(NAME_RE, "must be 1-63 characters of a-z 0-9 _ . - starting with a letter or digit");
 const money = z.string().regex(/^\d{1,12}(\.\d{1,6})?$/, "must be a decimal amount in USD with at most 6 decimals, e.g. \"1.50\"");
 /** A whole count 1..1e15 (numbers or decimal strings; above 1e15 Redis' doubles would lose precision). */
 const count = z

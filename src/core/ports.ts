@@ -143,7 +143,6 @@ export interface UnitOfWork {
   listActiveGrants(subscriptionId: string, now: Date): Promise<GrantRecord[]>;
   /** Inserts a transaction and its postings; the postings must sum to zero per currency (checked here too). */
   insertTransaction(t: TransactionRecord): Promise<void>;
-  findTransactionByReference(reference: string): Promise<TransactionRecord | null>;
   getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null>;
   putIdempotency(r: IdempotencyRecord): Promise<void>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */

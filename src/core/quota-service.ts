@@ -5,7 +5,6 @@
  * from one CounterStore call. Postgres is read only on a cache miss and on first touch of an account whose hot
  * state is absent (restore).
  */
-import { createHash } from "node:crypto";
 import type { CounterStore, DenyReasonName, LimitState, Mode, ReleaseState } from "./counter-store.ts";
 import { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, QuotaError, UnavailableError } from "./errors.ts";
@@ -13,8 +12,9 @@ import { buildHeaders } from "./headers.ts";
 import { newId, newSortableId, newReservationId, parseApiKey, parseReservationId, secretMatches } from "./ids.ts";
 import { KeyCache, type KeyContext } from "./key-cache.ts";
 import { activeAddOn, capacityOf, cycleOf, gatesFor, limitsForCall, priceOf, type AppliedLimit, type LimitInfo } from "./limits.ts";
+import { ACCOUNT_ID_RE, KEY_ID_RE, METER_RE, METHOD_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, parseDecimalMicros, type MoneyParts } from "./money.ts";
-import { addOnMonthlyPrice, type PlanSpec } from "./plan.ts";
+import { addOnMonthlyPrice, parseDuration, type PlanSpec } from "./plan.ts";
 import type { AccountConfig, ChangeBus, Clock, Database, GrantRecord, KeyRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
 
 /** Who is calling: a backend with the data-plane token, an operator with the admin token, or a browser. */
@@ -183,12 +183,6 @@ export interface QuotaServiceDeps {
   onDecision?: (event: { decision: string; reason: string; mode: Mode; failOpen: boolean }) => void;
 }
 
-const METHOD_RE = /^[A-Za-z0-9_.:/-]{1,128}$/;
-const PRODUCT_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
-const ID_RE = /^[A-Za-z0-9_.:~-]{1,128}$/;
-const ACCOUNT_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
-const METER_RE = /^[a-z][a-z0-9_]{0,31}$/;
-const DEFAULT_TTL_MS = 30_000;
 
 function checkAmount(field: string, v: bigint | undefined, min: bigint): void {
   if (v === undefined) return;
@@ -203,12 +197,6 @@ function checkMeters(field: string, meters: Record<string, bigint>): void {
     if (!METER_RE.test(name)) throw new InvalidArgumentError(`${field}[${JSON.stringify(name).slice(0, 40)}]`, "meter names are 1-32 characters of a-z 0-9 _");
     checkAmount(`${field}.${name}`, meters[name], 0n);
   }
-}
-
-function hashRequest(value: unknown): string {
-  return createHash("sha256")
-    .update(JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? `${v}n` : v)))
-    .digest("hex");
 }
 
 /** Deadline for counter-store calls: a slow store must not turn into a client timeout. */
@@ -249,7 +237,7 @@ export class QuotaService {
       if (!parsed) return { denial: "KEY_INVALID" };
       id = parsed.keyId;
       secret = parsed.secret;
-    } else if (!/^[a-z2-7]{16}$/.test(keyId)) {
+    } else if (!KEY_ID_RE.test(keyId)) {
       throw new InvalidArgumentError("key_id", "is not a key id (16 characters of a-z 2-7)");
     }
     let ctx: KeyContext | null;
@@ -268,13 +256,13 @@ export class QuotaService {
 
   async checkAndReserve(req: CheckRequest): Promise<CheckAnswer> {
     if (!req.product) throw new InvalidArgumentError("product", "is required");
-    if (!PRODUCT_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
+    if (!NAME_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
     if (!req.method) throw new InvalidArgumentError("method", "is required");
     if (!METHOD_RE.test(req.method)) throw new InvalidArgumentError("method", "must be 1-128 characters of A-Z a-z 0-9 _ . : / -");
     checkAmount("cost", req.cost, 1n);
     checkAmount("estimated_spend_micros", req.estimatedSpendMicros, 0n);
     checkMeters("meters", req.meters);
-    if (req.idempotencyId && !ID_RE.test(req.idempotencyId)) throw new InvalidArgumentError("idempotency_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
+    if (req.idempotencyId && !REQUEST_ID_RE.test(req.idempotencyId)) throw new InvalidArgumentError("idempotency_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
     const ttl = req.reservationTtlMs;
     if (ttl !== undefined && (ttl < 1000 || ttl > 3_600_000)) throw new InvalidArgumentError("reservation_ttl", "must be between 1s and 1h");
 
@@ -307,7 +295,7 @@ export class QuotaService {
       accountId,
       reservationId: newReservationId(accountId, ctx.key.id),
       mode: req.mode,
-      ttlMs: ttl ?? parseTtl(plan),
+      ttlMs: ttl ?? parseDuration(plan.reservation.ttl),
       product: req.product,
       expiryPolicy: plan.reservation.onExpiry,
       gates: gatesFor(ctx.subscription, ctx.key),
@@ -428,18 +416,18 @@ export class QuotaService {
 
   async topUp(caller: Caller, req: TopUpRequest): Promise<TopUpAnswer> {
     if (!req.idempotencyKey) throw new InvalidArgumentError("idempotency_key", "is required");
-    if (!ID_RE.test(req.idempotencyKey)) throw new InvalidArgumentError("idempotency_key", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
+    if (!REQUEST_ID_RE.test(req.idempotencyKey)) throw new InvalidArgumentError("idempotency_key", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
     if (req.target.case === undefined) throw new InvalidArgumentError("target", "is required (quota, wallet, credit or add_on)");
-    if (req.subscriptionId && !/^sub_[a-z2-7]{16}$/.test(req.subscriptionId)) throw new InvalidArgumentError("subscription_id", "is not a subscription id");
+    if (req.subscriptionId && !SUBSCRIPTION_ID_RE.test(req.subscriptionId)) throw new InvalidArgumentError("subscription_id", "is not a subscription id");
     if (req.target.case === "addOn") {
-      if (req.target.packageId && !PRODUCT_RE.test(req.target.packageId)) throw new InvalidArgumentError("add_on.package_id", "is not a package id");
-      if (req.target.limit && !PRODUCT_RE.test(req.target.limit)) throw new InvalidArgumentError("add_on.limit", "is not a limit name");
+      if (req.target.packageId && !NAME_RE.test(req.target.packageId)) throw new InvalidArgumentError("add_on.package_id", "is not a package id");
+      if (req.target.limit && !NAME_RE.test(req.target.limit)) throw new InvalidArgumentError("add_on.limit", "is not a limit name");
     }
     if (req.funding.case === "external") this.#externalPayment(req.funding);
     if (req.target.case === "addOn" && req.funding.case !== undefined) throw new InvalidArgumentError("funding", "add-ons are invoiced monthly: give no funding");
     if (req.target.case === "quota") {
       req.target.lines.forEach((l, i) => {
-        if (l.limit && !PRODUCT_RE.test(l.limit)) throw new InvalidArgumentError(`quota.lines[${i}].limit`, "is not a limit name");
+        if (l.limit && !NAME_RE.test(l.limit)) throw new InvalidArgumentError(`quota.lines[${i}].limit`, "is not a limit name");
       });
     }
 
@@ -454,7 +442,7 @@ export class QuotaService {
     } else {
       if (caller.kind === "browser") throw new PermissionDeniedError("browser callers must present their api_key");
       if (!req.accountId) throw new InvalidArgumentError("account_id", "is required (or api_key)");
-      if (!ACCOUNT_RE.test(req.accountId)) throw new InvalidArgumentError("account_id", "is not an account id");
+      if (!ACCOUNT_ID_RE.test(req.accountId)) throw new InvalidArgumentError("account_id", "is not an account id");
       accountId = req.accountId;
     }
     if (caller.kind === "browser" && !(req.target.case === "quota" && req.funding.case === "fromWallet")) {
@@ -555,7 +543,7 @@ export class QuotaService {
         const limitName = line.limit || plan.topUp!.limit;
         const spec = plan.limits.find((l) => l.name === limitName && l.kind === "quota" && l.scope !== "key");
         if (!spec) throw new InvalidArgumentError(`${f}.limit`, `plan ${plan.id} has no quota limit ${JSON.stringify(limitName)}`);
-        if (line.product && !PRODUCT_RE.test(line.product)) throw new InvalidArgumentError(`${f}.product`, "must be 1-63 characters of a-z 0-9 _ . -");
+        if (line.product && !NAME_RE.test(line.product)) throw new InvalidArgumentError(`${f}.product`, "must be 1-63 characters of a-z 0-9 _ . -");
         if (line.product && plan.products?.length && !plan.products.includes(line.product)) {
           throw new InvalidArgumentError(`${f}.product`, `plan ${plan.id} does not include product ${JSON.stringify(line.product)}`);
         }
@@ -700,7 +688,7 @@ export class QuotaService {
   // ---------------------------------------------------------------- GetLimits
 
   async getLimits(caller: Caller, req: GetLimitsRequest): Promise<GetLimitsAnswer> {
-    if (req.product && !PRODUCT_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
+    if (req.product && !NAME_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
     let key: KeyRecord | undefined;
     let accountId = req.accountId;
     const given = [req.apiKey, req.keyId, req.accountId].filter(Boolean).length;
@@ -712,7 +700,7 @@ export class QuotaService {
       if (denial === "KEY_REVOKED") throw new PermissionDeniedError("api key revoked");
       key = ctx.key;
       accountId = ctx.key.accountId;
-    } else if (!ACCOUNT_RE.test(accountId)) {
+    } else if (!ACCOUNT_ID_RE.test(accountId)) {
       throw new InvalidArgumentError("account_id", "is not an account id");
     }
     const now = this.#d.clock.now();
@@ -798,12 +786,6 @@ export class QuotaService {
       throw new UnavailableError("counter store unreachable", { cause: e });
     }
   }
-}
-
-function parseTtl(plan: PlanSpec): number {
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(plan.reservation.ttl);
-  if (!m) return DEFAULT_TTL_MS;
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "ms"];
 }
 
 export function toStatus(a: AppliedLimit, s: LimitState | undefined): LimitStatusOut {

@@ -92,7 +92,8 @@ export interface CallContext {
   peerVerified: boolean;
 }
 
-const BROWSER_METHODS = new Set(["GetLimits", "TopUp"]);
+/** The only QuotaService methods a browser (a request with an allowed Origin) may call. */
+export const BROWSER_METHODS: ReadonlySet<string> = new Set(["GetLimits", "TopUp"]);
 
 function tokenMatches(presented: string | undefined, expected: string): boolean {
   if (!presented || !expected) return false;
@@ -188,6 +189,7 @@ function mode(m: Mode): "ENFORCE" | "CHECK_ONLY" | "SHADOW" {
 
 function durationField(field: string, d: Duration | undefined): number | undefined {
   if (!d) return undefined;
+  // Only a range guard before converting to a number; the core checks the real bounds (1s..1h).
   if (d.seconds < 0n || d.nanos < 0 || d.seconds > 86_400n) throw new InvalidArgumentError(field, "must be between 1s and 1h");
   return durationMs(d);
 }
@@ -213,6 +215,10 @@ function keyMessage(k: KeyViewOut | KeyRecord) {
   // Admin listings: "expired" is judged by this process's clock (the data plane uses the injected one).
   const v = "secretHash" in k ? keyView(k, Date.now()) : k;
   return create(KeyViewSchema, { ...v, createdAt: ts(v.createdAt) });
+}
+
+function planSummary(p: { id: string; name: string; version: number; spec: unknown }) {
+  return create(PlanSummarySchema, { id: p.id, name: p.name, version: p.version, specJson: JSON.stringify(p.spec, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) });
 }
 
 function subscription(s: SubscriptionRecord) {
@@ -390,12 +396,12 @@ export function createApi(deps: { quota: QuotaService; admin: AdminService; auth
       async applyPlans(req, ctx) {
         asAdmin(ctx);
         const plans = await admin.applyPlans(req.document);
-        return create(ApplyPlansResponseSchema, { plans: plans.map((p) => create(PlanSummarySchema, { id: p.id, name: p.name, version: p.version, specJson: JSON.stringify(p.spec, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) })) });
+        return create(ApplyPlansResponseSchema, { plans: plans.map(planSummary) });
       },
       async listPlans(_req, ctx) {
         asAdmin(ctx);
         const plans = await admin.listPlans();
-        return create(ListPlansResponseSchema, { plans: plans.map((p) => create(PlanSummarySchema, { id: p.id, name: p.name, version: p.version, specJson: JSON.stringify(p.spec, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) })) });
+        return create(ListPlansResponseSchema, { plans: plans.map(planSummary) });
       },
       async createSubscription(req, ctx) {
         asAdmin(ctx);

@@ -243,10 +243,26 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect(r.states[0]!.used).toBe(9n);
     });
 
+    it("over-counts a rolling window by at most one 15-minute bucket, never under-counts", async () => {
+      await store.restore(account, [cap("s:1:day", 10n)], {});
+      const q = (amount: bigint) => quota("s:1:day", amount, { period: { type: "rolling", windowMs: DAY, bucketMs: 15 * 60_000 } });
+      clock.set(T0 + 5 * 60_000); // 12:05, in the bucket [12:00, 12:15)
+      expect((await store.reserve(cmd([q(10n)]))).outcome).toBe("ALLOWED");
+      clock.set(T0 + DAY + 6 * 60_000); // 24 h + 1 min later: outside the exact window, still inside its bucket's span
+      expect((await store.reserve(cmd([q(0n)], { mode: "CHECK_ONLY" }))).states[0]!.used).toBe(10n);
+      clock.set(T0 + DAY + 15 * 60_000 - 1); // the last instant the bucket still counts
+      expect((await store.reserve(cmd([q(1n)]))).outcome).toBe("DENIED");
+      clock.set(T0 + DAY + 15 * 60_000); // the whole bucket has left the window
+      const r = await store.reserve(cmd([q(10n)]));
+      expect(r.outcome).toBe("ALLOWED");
+      expect(r.states[0]!.used).toBe(10n);
+    });
+
     it("denies a budget when spend would pass it, with no period reset", async () => {
       await store.restore(account, [
         { limitId: "a:credit", base: 0n, basePriority: 0, grants: [{ id: "dep1", amount: 1_000_000n, priority: 0, validFrom: 0, seq: 1, product: "" }] },
       ], {});
+      // overage: true is ignored for budgets (only quotas may go past): the budget still denies.
       const b = (amount: bigint): CounterLimit => ({ id: "a:credit", kind: "BUDGET", meter: "spend", amount, period: { type: "none" }, overage: true });
       expect((await store.reserve(cmd([b(600_000n)]))).outcome).toBe("ALLOWED");
       const denied = await store.reserve(cmd([b(500_000n)]));

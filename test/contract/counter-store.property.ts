@@ -18,24 +18,40 @@ const TTL = 5000;
 type Op =
   | { kind: "reserve"; amount: number; useQuota: boolean; useRate: boolean; useSlot: boolean; overage: boolean }
   | { kind: "release"; pick: number; cancel: boolean; actual: number | null }
-  | { kind: "advance"; ms: number };
+  | { kind: "advance"; ms: number }
+  | { kind: "rollover" };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 5, arbitrary: fc.record({ kind: fc.constant("reserve" as const), amount: fc.integer({ min: 1, max: 8 }), useQuota: fc.boolean(), useRate: fc.boolean(), useSlot: fc.boolean(), overage: fc.boolean() }) },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), cancel: fc.boolean(), actual: fc.option(fc.integer({ min: 0, max: 12 }), { nil: null }) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.integer({ min: 1, max: 3000 }) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("rollover" as const) }) },
 );
+
+/** The quota's monthly window boundary: a "rollover" op moves the clock just past it (once). */
+const ROLL_AT = T0 + 30 * DAY;
 
 /** The reference: plain numbers, no cleverness. */
 class Model {
-  base = 0; // quota units used from the base
-  over = 0; // overage units
+  base = 0; // quota units used from the base, in the current window
+  over = 0; // overage units, in the current window
+  win = 0; // 0 before ROLL_AT, 1 after
+  settledAt = new Map<string, number>(); // results are kept 24 h after settlement
   calls: number[] = []; // rate log (times)
   slots = new Map<string, number>(); // reservation -> expiry
-  open = new Map<string, { parts: Array<["b" | "o", number]>; slot: boolean; expires: number; reserved: number; quota: boolean }>();
+  open = new Map<string, { parts: Array<["b" | "o", number]>; slot: boolean; expires: number; reserved: number; quota: boolean; win: number }>();
+
+  roll(now: number) {
+    if (this.win === 0 && now >= ROLL_AT) {
+      this.win = 1;
+      this.base = 0;
+      this.over = 0;
+    }
+  }
 
   sweep(now: number) {
-    for (const [id, r] of this.open) if (r.expires <= now) this.settle(id, r.reserved); // policy "charge"
+    this.roll(now);
+    for (const [id, r] of this.open) if (r.expires <= now) this.settle(id, r.reserved, now); // policy "charge", settled when next touched
     for (const [id, e] of this.slots) if (e <= now) this.slots.delete(id);
   }
   reserve(id: string, op: Extract<Op, { kind: "reserve" }>, now: number): boolean {
@@ -49,7 +65,7 @@ class Model {
     if (op.useQuota) this.consume(op.amount, parts);
     if (op.useRate) this.calls.push(now);
     if (op.useSlot) this.slots.set(id, now + TTL);
-    this.open.set(id, { parts, slot: op.useSlot, expires: now + TTL, reserved: op.amount, quota: op.useQuota });
+    this.open.set(id, { parts, slot: op.useSlot, expires: now + TTL, reserved: op.amount, quota: op.useQuota, win: this.win });
     return true;
   }
   consume(amount: number, parts: Array<["b" | "o", number]>) {
@@ -64,9 +80,10 @@ class Model {
       parts.push(["o", o]);
     }
   }
-  settle(id: string, target: number) {
+  settle(id: string, target: number, at: number) {
     const r = this.open.get(id)!;
     this.open.delete(id);
+    this.settledAt.set(id, at);
     this.slots.delete(id);
     if (!r.quota) return;
     const reserved = r.parts.reduce((s, [, a]) => s + a, 0);
@@ -76,6 +93,7 @@ class Model {
         const [f, a] = r.parts[i]!;
         const back = Math.min(a, refund);
         refund -= back;
+        if (r.win !== this.win) continue; // charged in a window that has since rolled over: history, not refunded
         if (f === "b") this.base -= back;
         else this.over -= back;
       }
@@ -111,6 +129,10 @@ export function describeCounterStoreProperties(name: string, factory: (clock: ()
                 clock.advance(op.ms);
                 continue;
               }
+              if (op.kind === "rollover") {
+                if (clock.now() < ROLL_AT) clock.set(ROLL_AT + 1);
+                continue;
+              }
               if (op.kind === "reserve") {
                 const id = `r${n++}`;
                 // "units" is the meter of every limit here, so rate/slot-only reservations also record units.
@@ -125,9 +147,11 @@ export function describeCounterStoreProperties(name: string, factory: (clock: ()
                 const r = model.open.get(id);
                 if (r) {
                   expect(got.outcome).toBe("SETTLED");
-                  model.settle(id, op.cancel ? 0 : (op.actual ?? r.reserved));
+                  model.settle(id, op.cancel ? 0 : (op.actual ?? r.reserved), clock.now());
                 } else {
-                  expect(got.outcome).toBe("REPLAYED");
+                  // Settled before (by a release or by expiry): its result is kept 24 h, then forgotten.
+                  const forgotten = clock.now() - model.settledAt.get(id)! >= 86_400_000;
+                  expect(got.outcome).toBe(forgotten ? "NOT_FOUND" : "REPLAYED");
                 }
               }
               const peek = await store.reserve({

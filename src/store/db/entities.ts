@@ -1,7 +1,8 @@
 /**
  * MikroORM entities (defineEntity: no decorators, so Node's type stripping runs them as they are).
- * Relations are plain id columns with indexes and foreign keys declared in the migration; the core works with plain
- * records (src/core/ports.ts), so no lazy relation loading happens anywhere.
+ * Relations are plain indexed id columns without foreign-key constraints: rows are only written by the core's
+ * transactions, which check the referenced rows exist; the core works with plain records (src/core/ports.ts), so no
+ * lazy relation loading happens anywhere.
  */
 import { defineEntity, p } from "@mikro-orm/core";
 import type { PlanSpec } from "../../core/plan.ts";

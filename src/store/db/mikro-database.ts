@@ -191,11 +191,6 @@ class MikroUnitOfWork implements UnitOfWork {
       await this.#em.insert(LedgerPostingEntity, { id: `${t.id}.${String(i).padStart(3, "0")}`, transactionId: t.id, ledgerAccount: p.ledgerAccount, currency: p.currency, amount: p.amount });
     }
   }
-  async findTransactionByReference(reference: string) {
-    const t = await this.#em.findOne(LedgerTransactionEntity, { externalReference: reference });
-    if (!t) return null;
-    return (await loadPostings(this.#em, [t as AnyRow]))[0]!;
-  }
   async getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null> {
     const e = await this.#em.findOne(IdempotencyEntity, { scope, key });
     return e ? { scope, key, requestHash: (e as AnyRow).requestHash as string, response: (e as AnyRow).response } : null;

@@ -13,7 +13,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { cors as connectCors } from "@connectrpc/connect";
 import { QuotaAdminService } from "../../gen/quota/v1/admin_pb.ts";
 import { QuotaService } from "../../gen/quota/v1/quota_pb.ts";
-import type { Api, CallContext } from "../api.ts";
+import { BROWSER_METHODS, type Api, type CallContext } from "../api.ts";
 import { mapError } from "../errors.ts";
 
 export interface ConnectServerOptions {
@@ -35,8 +35,8 @@ export interface RunningConnectServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
-/** Paths a browser may call (CORS is answered only for these). */
-const BROWSER_PATHS = new Set([`/${QuotaService.typeName}/GetLimits`, `/${QuotaService.typeName}/TopUp`]);
+/** Paths a browser may call (CORS is answered only for these); the policy itself lives in api.ts. */
+const BROWSER_PATHS = new Set([...BROWSER_METHODS].map((m) => `/${QuotaService.typeName}/${m}`));
 
 /** Whether the TLS layer verified the peer's client certificate (mTLS), set per request from its socket. */
 const PEER_VERIFIED = createContextKey(false, { description: "client certificate verified" });
