@@ -84,9 +84,10 @@ async function main(argv: string[]): Promise<number> {
       await migrate(orm);
       const db = new MikroDatabase(orm as never);
       const bus = new LocalChangeBus();
-      // Capacity of existing accounts is re-synced by the running servers' reconciler; here only Postgres changes.
+      // Only Postgres changes here: affected accounts are marked stale and the running servers' reconciler
+      // rewrites their capacity in Redis and refreshes every replica's key cache (within QUOTA_RECONCILE_INTERVAL_MS).
       const capacity = new CapacitySync({ db, store: new InMemoryCounterStore(), clock: systemClock, bus });
-      const admin = new AdminService({ db, clock: systemClock, bus, capacity, quota: undefined as unknown as QuotaService });
+      const admin = new AdminService({ db, clock: systemClock, bus, capacity, syncCapacity: false, quota: undefined as unknown as QuotaService });
       const stored = await admin.applyPlans(text, values.file);
       console.log(`applied ${stored.length} plan(s): ${stored.map((p) => `${p.id}@v${p.version}`).join(", ")}`);
       await db.close();

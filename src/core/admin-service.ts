@@ -30,6 +30,8 @@ function checkId(field: keyof typeof ID_FORMATS, value: string, path: string = f
 }
 
 export interface AdminServiceDeps {
+  /** false: leave capacity to the servers' reconciler (the CLI has no counter store of its own). */
+  syncCapacity?: boolean;
   db: Database;
   clock: Clock;
   bus: ChangeBus;
@@ -103,16 +105,20 @@ export class AdminService {
     const plans = parsePlansDocument(document, source);
     const { stored, affected } = await this.#d.db
       .transaction(async (uow) => {
-        const out: PlanRecord[] = [];
+        const out: Array<PlanRecord & { changed: boolean }> = [];
         for (const p of plans) out.push(await uow.upsertPlan({ id: p.id, name: p.name, spec: p }));
-        // Capacity of every account on a plan follows it: marked stale here (the reconciler repairs a lost sync).
-        return { stored: out, affected: await uow.bumpCapacityVersionForPlans(out.map((p) => p.id)) };
+        // Capacity of every account on a changed plan follows it: marked stale here, so the reconciler of a running
+        // server repairs it even when this call's own sync is lost (or was never made: the CLI).
+        const changed = out.filter((p) => p.changed).map((p) => p.id);
+        return { stored: out.map(({ changed: _c, ...p }) => p), affected: await uow.bumpCapacityVersionForPlans(changed) };
       })
       .catch((e) => {
         throw mapDbError(e);
       });
-    for (const accountId of affected) await this.#d.capacity.sync(accountId).catch(() => {});
-    await this.#d.bus.publish("*");
+    if (this.#d.syncCapacity !== false) {
+      for (const accountId of affected) await this.#d.capacity.sync(accountId).catch(() => {});
+    }
+    if (affected.length > 0 || stored.length > 0) await this.#d.bus.publish("*");
     return stored;
   }
 

@@ -52,7 +52,8 @@ export class CapacitySync {
   /** One reconciler pass: re-sync accounts whose capacity version is ahead of what Redis was given. */
   async reconcile(max = 100): Promise<number> {
     const stale = await this.#db.listCapacityStale(max);
-    for (const a of stale) await this.sync(a.id);
+    // Also tell every replica: the change may have come from outside a server (e.g. `plans apply` on the CLI).
+    for (const a of stale) await this.afterCommit(a.id);
     return stale.length;
   }
 }

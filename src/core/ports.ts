@@ -133,7 +133,8 @@ export interface UnitOfWork {
   /** Reads a wallet without locking it (zero if absent). */
   getWallet(accountId: string, kind: WalletKind): Promise<WalletRecord>;
   insertAccount(a: AccountRecord): Promise<void>;
-  upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord>;
+  /** Creates or replaces a plan; `changed` is false (and the version kept) when the spec is the same. */
+  upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord & { changed: boolean }>;
   insertSubscription(s: SubscriptionRecord): Promise<void>;
   saveSubscription(s: SubscriptionRecord): Promise<void>;
   insertKey(k: KeyRecord): Promise<void>;

@@ -136,18 +136,18 @@ class MikroUnitOfWork implements UnitOfWork {
   async insertAccount(a: AccountRecord) {
     await this.#em.insert(AccountEntity, { ...a });
   }
-  async upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord> {
+  async upsertPlan(p: { id: string; name: string; spec: PlanSpec }): Promise<PlanRecord & { changed: boolean }> {
     const existing = await this.#em.findOne(PlanEntity, { id: p.id }, { lockMode: LockMode.PESSIMISTIC_WRITE });
     if (existing) {
       const version = (existing as AnyRow).version as number;
       // jsonb does not keep key order: compare canonical forms.
       const same = canonical((existing as AnyRow).spec) === canonical(planJson(p.spec)) && (existing as AnyRow).name === p.name;
-      if (same) return toPlan(existing as AnyRow);
+      if (same) return { ...toPlan(existing as AnyRow), changed: false };
       await this.#em.nativeUpdate(PlanEntity, { id: p.id }, { name: p.name, spec: planJson(p.spec), version: version + 1, updatedAt: new Date() });
-      return { id: p.id, name: p.name, spec: p.spec, version: version + 1 };
+      return { id: p.id, name: p.name, spec: p.spec, version: version + 1, changed: true };
     }
     await this.#em.insert(PlanEntity, { id: p.id, name: p.name, spec: planJson(p.spec), version: 1 });
-    return { id: p.id, name: p.name, spec: p.spec, version: 1 };
+    return { id: p.id, name: p.name, spec: p.spec, version: 1, changed: true };
   }
   async insertSubscription(s: SubscriptionRecord) {
     await this.#em.insert(SubscriptionEntity, { ...s });

@@ -252,7 +252,8 @@ export type ReleaseRequest = Message<"quota.v1.ReleaseRequest"> & {
   actualSpendMicros?: bigint | undefined;
 
   /**
-   * The real usage of named meters (e.g. "tokens").
+   * The real usage of named meters (e.g. "tokens"). When actual_spend_micros is not given, the spend is priced from
+   * these at the key's plan prices, so name every priced meter (a meter not named is priced at zero).
    *
    * @generated from field: map<string, int64> actual_meters = 5;
    */
