@@ -100,6 +100,30 @@ describe("TopUp (gRPC, Postgres, Redis)", () => {
     expect(ledger.transactions.map((x) => x.type)).toEqual(["deposit"]);
   });
 
+  it("mixes wallet deposits, credit deposits and purchases on one account without deadlocks", async () => {
+    const s = await seedAccount(c, "wallet-quota");
+    await deposit(c, s.accountId, "prepaid", 20n);
+    const ops = Array.from({ length: 60 }, (_, i) => {
+      const kind = i % 3;
+      if (kind === 0) {
+        return c.quota.topUp({ apiKey: s.apiKey, idempotencyKey: `mix-buy-${i}`, target: { case: "quota", value: { lines: [{ units: 100n }] } }, funding: { case: "fromWallet", value: {} } });
+      }
+      const wallet = kind === 1 ? "wallet" : "credit";
+      return c.quota.topUp({
+        accountId: s.accountId,
+        idempotencyKey: `mix-dep-${i}`,
+        target: { case: wallet, value: { amount: { units: 1n } } },
+        funding: { case: "external", value: { reference: `mix-ref-${s.accountId}-${i}`, amount: { units: 1n }, provider: "test" } },
+      });
+    });
+    const results = await Promise.all(ops.map((p) => p.then(() => "ok", (e) => String(codeOf(e)))));
+    expect(results.filter((r) => r !== "ok")).toEqual([]);
+    const view = await c.quota.getLimits({ apiKey: s.apiKey });
+    expect(view.wallets.find((w) => w.kind === "prepaid")!.balance!.units).toBe(20n + 20n - 20n); // +20 deposits, -20 purchases
+    expect(view.wallets.find((w) => w.kind === "credit")!.balance!.units).toBe(20n);
+    expect((await t.app.db.postingTotals()).reduce((sum, x) => sum + x.total, 0n)).toBe(0n);
+  });
+
   it("reusing an idempotency key for a different request is INVALID_ARGUMENT", async () => {
     const s = await seedAccount(c, "wallet-quota");
     await deposit(c, s.accountId, "prepaid", 5n);

@@ -88,12 +88,22 @@ describe("product 5: credit keys with budgets", () => {
   });
 
   it("posts the spend to the ledger: the credit wallet follows it and every transaction balances", async () => {
+    // An actual spend above the estimate at the very end of the budget: admitted (the call happened), the excess
+    // is owed — posted as a receivable, never a negative wallet.
+    const left = micros((await credit()).remaining);
+    const last = await s.c.quota.checkAndReserve({ apiKey: k1.apiKey, product: "chat", method: "batch", estimatedSpendMicros: left });
+    expect(last.decision).toBe(Decision.ALLOWED);
+    await s.c.quota.release({ reservationId: last.reservationId, outcome: Outcome.COMMIT, actualSpendMicros: left + 300_000n });
+    expect(micros((await credit()).spent)).toBe(10_300_000n);
     await s.t.app.flusher.flush();
     const c = await credit();
     const view = await s.c.quota.getLimits({ accountId: k1.accountId });
     const wallet = view.wallets.find((w) => w.kind === "credit")!;
     expect(micros(wallet.totalDeposited)).toBe(10_000_000n);
-    expect(micros(wallet.balance)).toBe(10_000_000n - micros(c.spent));
+    expect(micros(wallet.balance)).toBe(0n); // spent 10.30 of 10.00
+    const receivable = (await s.t.app.db.postingTotals()).find((x) => x.ledgerAccount === `receivable:${k1.accountId}`);
+    expect(receivable!.total).toBe(-300_000n);
+    expect(micros(c.spent)).toBe(10_300_000n);
     const usage = (await s.c.admin.listLedger({ accountId: k1.accountId }, ADMIN)).transactions.filter((t) => t.type === "usage");
     expect(usage.length).toBeGreaterThan(0);
     const totals = await s.t.app.db.postingTotals();
