@@ -157,7 +157,7 @@ export function activeAddOn(l: LimitSpec, sub: SubscriptionRecord) {
 }
 
 /** Capacity of every counter-store-backed limit of an account, derived from the source of truth. */
-export function capacityOf(config: AccountConfig): CapacityEntry[] {
+export function capacityOf(config: Pick<AccountConfig, "subscriptions" | "plans" | "grants" | "wallets">): CapacityEntry[] {
   const entries = new Map<string, CapacityEntry>();
   const credit = config.wallets.find((w) => w.kind === "credit");
   for (const sub of config.subscriptions) {

@@ -5,7 +5,7 @@
  * from one CounterStore call. Postgres is read only on a cache miss and on first touch of an account whose hot
  * state is absent (restore).
  */
-import type { CounterStore, DenyReasonName, LimitState, Mode, ReleaseState } from "./counter-store.ts";
+import type { CounterStore, DenyReasonName, LimitState, Mode, ReleaseState, ReserveCommand, ReserveResult } from "./counter-store.ts";
 import { CapacitySync } from "./capacity.ts";
 import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, QuotaError, UnavailableError } from "./errors.ts";
 import { buildHeaders } from "./headers.ts";
@@ -305,12 +305,7 @@ export class QuotaService {
 
     let result;
     try {
-      result = await withDeadline(this.#d.store.reserve(cmd), this.#deadline);
-      if (result.outcome === "NEED_RESTORE") {
-        await this.#d.capacity.restore(accountId);
-        result = await withDeadline(this.#d.store.reserve(cmd), this.#deadline);
-      }
-      if (result.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
+      result = await this.#reserve(cmd, this.#deadline);
     } catch (e) {
       if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
       // Counter store unreachable or too slow: the plan decides (DESIGN §6). A script runs whole or not at all, but a
@@ -763,6 +758,17 @@ export class QuotaService {
     };
   }
 
+  /** One reserve script; on first touch (or after Redis lost the account) restore it from Postgres and go again. */
+  async #reserve(cmd: ReserveCommand, deadlineMs: number): Promise<ReserveResult> {
+    let r = await withDeadline(this.#d.store.reserve(cmd), deadlineMs);
+    if (r.outcome === "NEED_RESTORE") {
+      await this.#d.capacity.restore(cmd.accountId);
+      r = await withDeadline(this.#d.store.reserve(cmd), deadlineMs);
+      if (r.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
+    }
+    return r;
+  }
+
   async #peek(accountId: string, applied: AppliedLimit[], product: string) {
     const cmd = {
       accountId,
@@ -775,12 +781,7 @@ export class QuotaService {
       limits: applied.map((a) => a.counter),
     };
     try {
-      let r = await withDeadline(this.#d.store.reserve(cmd), this.#deadline * 4);
-      if (r.outcome === "NEED_RESTORE") {
-        await this.#d.capacity.restore(accountId);
-        r = await withDeadline(this.#d.store.reserve(cmd), this.#deadline * 4);
-      }
-      return r;
+      return await this.#reserve(cmd, this.#deadline * 4);
     } catch (e) {
       if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
       throw new UnavailableError("counter store unreachable", { cause: e });
@@ -835,7 +836,7 @@ function explainSources(status: LimitStatusOut, plan: PlanSpec, sub: Subscriptio
 }
 
 function capacityTotal(config: Pick<AccountConfig, "subscriptions" | "plans" | "grants">, sub: SubscriptionRecord, limitName: string, product: string, now: number): bigint {
-  const entries = capacityOf({ ...config, account: { id: "", name: "", createdAt: new Date(0), capacityVersion: 0, capacitySynced: 0 }, keys: [], wallets: [] });
+  const entries = capacityOf({ ...config, wallets: [] });
   const entry = entries.find((e) => e.limitId === `s:${sub.id}:${limitName}` || e.limitId === `a:${limitName}`);
   if (!entry) return 0n;
   let total = entry.base;

@@ -8,7 +8,7 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { cors as connectCors } from "@connectrpc/connect";
 import { QuotaAdminService } from "../../gen/quota/v1/admin_pb.ts";
@@ -289,4 +289,3 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
   };
 }
 
-export { Code };
