@@ -6,13 +6,15 @@
 import { createHash } from "node:crypto";
 import { ACCOUNT_ID_RE, KEY_ID_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import type { CapacitySync } from "./capacity.ts";
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
+import { DuplicateKeyError, FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
 import { formatApiKey, hashSecret, newId, newKeyId, newSecret, newSortableId } from "./ids.ts";
 import { cycleOf } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, type MoneyParts } from "./money.ts";
 import { addOnMonthlyPrice, parseDuration, parsePlansDocument, type PlanSpec } from "./plan.ts";
 import type { AccountRecord, ChangeBus, Clock, Database, GrantRecord, KeyRecord, PlanRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
-import { changeAddOn, isUniqueViolation, mapDbError, type QuotaService, type TopUpAnswer } from "./quota-service.ts";
+import { changeAddOn } from "./add-ons.ts";
+import type { QuotaService } from "./quota-service.ts";
+import type { TopUpAnswer } from "./top-up.ts";
 
 const ID_FORMATS = {
   account_id: [ACCOUNT_ID_RE, "an account id (1-64 characters of a-z 0-9 _ -)"],
@@ -63,11 +65,11 @@ export class AdminService {
         return result;
       });
     } catch (e) {
-      if (requestId && isUniqueViolation(e)) {
+      if (requestId && e instanceof DuplicateKeyError) {
         const prior = await this.#d.db.read((uow) => uow.getIdempotency(scope, requestId));
         if (prior && prior.requestHash === hash) return decode(prior.response);
       }
-      throw mapDbError(e);
+      throw e;
     }
   }
 
@@ -103,18 +105,14 @@ export class AdminService {
     if (!document) throw new InvalidArgumentError(source, "is required");
     if (document.length > 1_000_000) throw new InvalidArgumentError(source, "is larger than 1 MB");
     const plans = parsePlansDocument(document, source);
-    const { stored, affected } = await this.#d.db
-      .transaction(async (uow) => {
-        const out: Array<PlanRecord & { changed: boolean }> = [];
-        for (const p of plans) out.push(await uow.upsertPlan({ id: p.id, name: p.name, spec: p }));
-        // Capacity of every account on a changed plan follows it: marked stale here, so the reconciler of a running
-        // server repairs it even when this call's own sync is lost (or was never made: the CLI).
-        const changed = out.filter((p) => p.changed).map((p) => p.id);
-        return { stored: out.map(({ changed: _c, ...p }) => p), affected: await uow.bumpCapacityVersionForPlans(changed) };
-      })
-      .catch((e) => {
-        throw mapDbError(e);
-      });
+    const { stored, affected } = await this.#d.db.transaction(async (uow) => {
+      const out: Array<PlanRecord & { changed: boolean }> = [];
+      for (const p of plans) out.push(await uow.upsertPlan({ id: p.id, name: p.name, spec: p }));
+      // Capacity of every account on a changed plan follows it: marked stale here, so the reconciler of a running
+      // server repairs it even when this call's own sync is lost (or was never made: the CLI).
+      const changed = out.filter((p) => p.changed).map((p) => p.id);
+      return { stored: out.map(({ changed: _c, ...p }) => p), affected: await uow.bumpCapacityVersionForPlans(changed) };
+    });
     if (this.#d.syncCapacity !== false) {
       for (const accountId of affected) await this.#d.capacity.sync(accountId).catch(() => {});
     }

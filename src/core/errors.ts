@@ -70,3 +70,15 @@ export class ResourceExhaustedError extends QuotaError {
     super("RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", message);
   }
 }
+
+/**
+ * A write hit a unique constraint: a concurrent request with the same idempotency key (or payment reference)
+ * committed first. Raised by the Database port; the use cases answer with the first request's result. Not a
+ * QuotaError: one that escapes is a bug (INTERNAL).
+ */
+export class DuplicateKeyError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super("duplicate key", options);
+    this.name = "DuplicateKeyError";
+  }
+}

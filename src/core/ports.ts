@@ -152,6 +152,10 @@ export interface UnitOfWork {
   bumpCapacityVersionForPlans(planIds: string[]): Promise<string[]>;
 }
 
+/**
+ * The source of truth. `transaction` and `read` throw only core types: DuplicateKeyError for a unique violation,
+ * UnavailableError for a lost connection or a conflict to retry, or what `work` itself threw.
+ */
 export interface Database {
   /** Runs `work` in one transaction (READ COMMITTED; wallet rows locked explicitly). */
   transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;

@@ -3,6 +3,8 @@
  * store, so malformed input is INVALID_ARGUMENT naming the field, never a database error.
  */
 import { createHash } from "node:crypto";
+import { InvalidArgumentError } from "./errors.ts";
+import { MAX_AMOUNT } from "./money.ts";
 
 /** Plan ids, products, limit names, add-on packages: 1-63 of a-z 0-9 _ . - starting with a letter or digit. */
 export const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
@@ -19,4 +21,21 @@ export function hashRequest(value: unknown): string {
   return createHash("sha256")
     .update(JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? `${v}n` : v)))
     .digest("hex");
+}
+
+/** An optional amount (units or micro-USD) from a request: at least `min`, at most MAX_AMOUNT. */
+export function checkAmount(field: string, v: bigint | undefined, min: bigint): void {
+  if (v === undefined) return;
+  if (v < min) throw new InvalidArgumentError(field, min === 0n ? "must not be negative" : "must be at least 1");
+  if (v > MAX_AMOUNT) throw new InvalidArgumentError(field, "is too large (at most 1e15)");
+}
+
+/** Custom meters of a request: at most 16, named by METER_RE, each a valid amount. */
+export function checkMeters(field: string, meters: Record<string, bigint>): void {
+  const names = Object.keys(meters);
+  if (names.length > 16) throw new InvalidArgumentError(field, "at most 16 meters");
+  for (const name of names) {
+    if (!METER_RE.test(name)) throw new InvalidArgumentError(`${field}[${JSON.stringify(name).slice(0, 40)}]`, "meter names are 1-32 characters of a-z 0-9 _");
+    checkAmount(`${field}.${name}`, meters[name], 0n);
+  }
 }

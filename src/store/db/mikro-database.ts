@@ -3,6 +3,7 @@
  * global EntityManager. Entities are mapped to the plain records of src/core/ports.ts at this boundary.
  */
 import { LockMode } from "@mikro-orm/core";
+import { classifyDbError } from "./db-errors.ts";
 import type { SqlEntityManager as EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { FailedPreconditionError } from "../../core/errors.ts";
 import type {
@@ -257,12 +258,21 @@ export class MikroDatabase implements Database {
     return this.#orm;
   }
 
-  transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
-    return this.#orm.em.fork().transactional((em) => work(new MikroUnitOfWork(em)));
+  /** Errors leave as core types (db-errors.ts): DuplicateKeyError, UNAVAILABLE, INSUFFICIENT_BALANCE. */
+  async transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    try {
+      return await this.#orm.em.fork().transactional((em) => work(new MikroUnitOfWork(em)));
+    } catch (e) {
+      throw classifyDbError(e);
+    }
   }
 
-  read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
-    return work(new MikroUnitOfWork(this.#orm.em.fork()));
+  async read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    try {
+      return await work(new MikroUnitOfWork(this.#orm.em.fork()));
+    } catch (e) {
+      throw classifyDbError(e);
+    }
   }
 
   async loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null> {

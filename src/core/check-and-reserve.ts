@@ -1,0 +1,153 @@
+/**
+ * CheckAndReserve: may this key make this call, at this cost, now? Resolve the key from the cache (no Postgres) ->
+ * the limits that apply with this call's amounts -> ONE counter-store call that checks all of them and, only if all
+ * pass, applies all of them and stores the reservation -> the answer with statuses and headers.
+ *
+ * A denial is an answer, never an error. A counter store that does not answer within the deadline is answered by
+ * the plan's failure mode (fail closed: DENIED UNAVAILABLE; fail open: ALLOWED, flagged).
+ */
+import type { DenyReasonName, Mode } from "./counter-store.ts";
+import { InvalidArgumentError, QuotaError } from "./errors.ts";
+import { buildHeaders } from "./headers.ts";
+import { newReservationId } from "./ids.ts";
+import { resolveKey, type KeyDenial } from "./key-auth.ts";
+import { toStatus, type LimitStatusOut } from "./limit-status.ts";
+import { gatesFor, limitsForCall, priceOf } from "./limits.ts";
+import { MAX_AMOUNT } from "./money.ts";
+import { parseDuration } from "./plan.ts";
+import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
+import { METHOD_RE, NAME_RE, REQUEST_ID_RE, checkAmount, checkMeters } from "./validation.ts";
+
+export interface CheckRequest {
+  apiKey: string;
+  keyId: string;
+  product: string;
+  method: string;
+  cost?: bigint;
+  estimatedSpendMicros?: bigint;
+  meters: Record<string, bigint>;
+  idempotencyId: string;
+  reservationTtlMs?: number;
+  mode: Mode;
+}
+
+export type DenyReason = DenyReasonName | KeyDenial | "PRODUCT_NOT_ALLOWED" | "UNAVAILABLE";
+
+export interface CheckAnswer {
+  decision: "ALLOWED" | "DENIED";
+  reason?: DenyReason;
+  reservationId: string;
+  overage: boolean;
+  retryAfterMs?: number;
+  limits: LimitStatusOut[];
+  headers: Record<string, string>;
+  cost: bigint;
+  reservedSpendMicros: bigint;
+  shadowReason?: DenyReason;
+  failOpen: boolean;
+  availableAt?: number;
+  deniedLimit: string;
+  replayed: boolean;
+}
+
+export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<CheckAnswer> {
+  if (!req.product) throw new InvalidArgumentError("product", "is required");
+  if (!NAME_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
+  if (!req.method) throw new InvalidArgumentError("method", "is required");
+  if (!METHOD_RE.test(req.method)) throw new InvalidArgumentError("method", "must be 1-128 characters of A-Z a-z 0-9 _ . : / -");
+  checkAmount("cost", req.cost, 1n);
+  checkAmount("estimated_spend_micros", req.estimatedSpendMicros, 0n);
+  checkMeters("meters", req.meters);
+  if (req.idempotencyId && !REQUEST_ID_RE.test(req.idempotencyId)) throw new InvalidArgumentError("idempotency_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
+  const ttl = req.reservationTtlMs;
+  if (ttl !== undefined && (ttl < 1000 || ttl > 3_600_000)) throw new InvalidArgumentError("reservation_ttl", "must be between 1s and 1h");
+
+  const { ctx, denial } = await resolveKey(d.keys, req.apiKey, req.keyId);
+  const empty: CheckAnswer = {
+    decision: "DENIED",
+    reservationId: "",
+    overage: false,
+    limits: [],
+    headers: {},
+    cost: 0n,
+    reservedSpendMicros: 0n,
+    failOpen: false,
+    deniedLimit: "",
+    replayed: false,
+  };
+  if (denial || !ctx) return report(d, { ...empty, reason: denial ?? "KEY_INVALID" }, req.mode);
+  const plan = ctx.plan.spec;
+  if (plan.products && plan.products.length > 0 && !plan.products.includes(req.product)) {
+    return report(d, { ...empty, reason: "PRODUCT_NOT_ALLOWED" }, req.mode);
+  }
+
+  const units = req.cost ?? BigInt(plan.methods.costs[req.method] ?? plan.methods.default);
+  const spend = req.estimatedSpendMicros ?? priceOf(plan, req.meters, 1n);
+  if (spend > MAX_AMOUNT) throw new InvalidArgumentError("meters", "the priced spend of these meters is too large (at most 1e15 micro-USD)");
+  const now = d.clock.now();
+  const applied = limitsForCall(plan, ctx.subscription, ctx.key, req.product, { units, spend, meters: req.meters }, now);
+  const accountId = ctx.key.accountId;
+  const cmd = {
+    accountId,
+    reservationId: newReservationId(accountId, ctx.key.id),
+    mode: req.mode,
+    ttlMs: ttl ?? parseDuration(plan.reservation.ttl),
+    product: req.product,
+    expiryPolicy: plan.reservation.onExpiry,
+    gates: gatesFor(ctx.subscription, ctx.key),
+    limits: applied.map((a) => a.counter),
+    ...(req.idempotencyId ? { idempotencyId: `${ctx.key.id}:${req.idempotencyId}` } : {}),
+  };
+
+  let result;
+  try {
+    result = await reserveWithRestore(d, cmd, d.storeDeadlineMs);
+  } catch (e) {
+    if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
+    // Counter store unreachable or too slow: the plan decides (DESIGN §6). A script runs whole or not at all, but a
+    // slow one may still run after the deadline: cancel its reservation, best effort (same connection, so the
+    // cancel is applied after it; if Redis is down both are lost together).
+    d.store.release({ accountId, reservationId: cmd.reservationId, outcome: "CANCEL", actual: {} }).catch(() => {});
+    const open = plan.failureMode === "open";
+    return report(d, 
+      { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units },
+      req.mode,
+    );
+  }
+  if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") d.touched?.(accountId);
+
+  const limits = applied.map((a, i) => toStatus(a, result.states[i]));
+  const deniedLimit = result.deniedLimitId ? (applied.find((a) => a.counter.id === result.deniedLimitId)?.info.name ?? "") : "";
+  const answer: CheckAnswer = {
+    decision: result.outcome === "ALLOWED" ? "ALLOWED" : "DENIED",
+    reservationId: result.reservationId ?? "",
+    overage: result.overage,
+    limits,
+    headers: buildHeaders(limits, {
+      now: result.now,
+      overageEnabled: ctx.key.overage,
+      ...(result.outcome === "DENIED" && result.retryAfterMs !== undefined ? { retryAfterMs: result.retryAfterMs } : {}),
+    }),
+    cost: units,
+    reservedSpendMicros: applied.some((a) => a.info.kind === "BUDGET") ? spend : 0n,
+    failOpen: false,
+    deniedLimit,
+    replayed: result.replayed,
+  };
+  if (result.reason) answer.reason = result.reason;
+  if (result.shadowReason) answer.shadowReason = result.shadowReason;
+  if (result.retryAfterMs !== undefined) answer.retryAfterMs = result.retryAfterMs;
+  if (result.availableAt !== undefined) answer.availableAt = result.availableAt;
+  return report(d, answer, req.mode);
+}
+
+function report(d: QuotaDeps, a: CheckAnswer, mode: Mode): CheckAnswer {
+  if (mode === "SHADOW" && a.decision === "DENIED") {
+    // Key problems and outages in SHADOW mode: still allowed, flagged.
+    a.shadowReason = a.reason!;
+    delete a.reason;
+    a.decision = "ALLOWED";
+  }
+  d.onDecision?.({ decision: a.decision, reason: a.reason ?? a.shadowReason ?? "", mode, failOpen: a.failOpen });
+  return a;
+}

@@ -1,0 +1,78 @@
+/**
+ * What every data-plane use case is given (the ports, the clock, the caches), and the two ways they call the
+ * counter store: under a deadline, and with a restore from Postgres when the store does not know the account.
+ */
+import type { CapacitySync } from "./capacity.ts";
+import type { CounterStore, Mode, ReserveCommand, ReserveResult } from "./counter-store.ts";
+import { QuotaError, UnavailableError } from "./errors.ts";
+import type { KeyCache } from "./key-cache.ts";
+import type { AppliedLimit } from "./limits.ts";
+import type { ChangeBus, Clock, Database } from "./ports.ts";
+
+export interface QuotaServiceDeps {
+  db: Database;
+  store: CounterStore;
+  clock: Clock;
+  bus: ChangeBus;
+  keys: KeyCache;
+  capacity: CapacitySync;
+  /** Marks an account whose usage changed, for the usage flusher. */
+  touched?: (accountId: string) => void;
+  /** Counter-store deadline: past it the plan's failure mode answers. */
+  storeDeadlineMs?: number;
+  /** Counts decisions for metrics. */
+  onDecision?: (event: { decision: string; reason: string; mode: Mode; failOpen: boolean }) => void;
+}
+
+/** The dependencies with their defaults filled in. */
+export type QuotaDeps = QuotaServiceDeps & { storeDeadlineMs: number };
+
+export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
+  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50 };
+}
+
+/** Deadline for counter-store calls: a slow store must not turn into a client timeout. */
+export async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new UnavailableError(`counter store did not answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One reserve script; on first touch (or after Redis lost the account) restore it from Postgres and go again. */
+export async function reserveWithRestore(d: QuotaDeps, cmd: ReserveCommand, deadlineMs: number): Promise<ReserveResult> {
+  let r = await withDeadline(d.store.reserve(cmd), deadlineMs);
+  if (r.outcome === "NEED_RESTORE") {
+    await d.capacity.restore(cmd.accountId);
+    r = await withDeadline(d.store.reserve(cmd), deadlineMs);
+    if (r.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
+  }
+  return r;
+}
+
+/** The state of these limits without changing them (a CHECK_ONLY evaluation with zero amounts). */
+export async function peekLimits(d: QuotaDeps, accountId: string, applied: AppliedLimit[], product: string): Promise<ReserveResult> {
+  const cmd = {
+    accountId,
+    reservationId: "peek",
+    mode: "CHECK_ONLY" as const,
+    ttlMs: 1000,
+    product,
+    expiryPolicy: "charge" as const,
+    gates: [],
+    limits: applied.map((a) => a.counter),
+  };
+  try {
+    return await reserveWithRestore(d, cmd, d.storeDeadlineMs * 4);
+  } catch (e) {
+    if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
+    throw new UnavailableError("counter store unreachable", { cause: e });
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * Protobuf messages <-> core values, for both APIs. Wire-range checks of well-known types live here (a Duration or
+ * Timestamp the core cannot represent is INVALID_ARGUMENT naming the field); business rules stay in the core.
+ */
+import { create } from "@bufbuild/protobuf";
+import { durationMs, timestampDate, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { PlanSummarySchema, SubscriptionSchema } from "../gen/quota/v1/admin_pb.ts";
+import { GrantSchema, KeyViewSchema } from "../gen/quota/v1/quota_pb.ts";
+import { DenyReason, LimitKind, Mode, MoneySchema, Scope, type LimitStatus, type Money } from "../gen/quota/v1/types_pb.ts";
+import { InvalidArgumentError } from "../core/errors.ts";
+import type { LimitStatusOut } from "../core/limit-status.ts";
+import { microsToMoney } from "../core/money.ts";
+import type { GrantRecord, KeyRecord, SubscriptionRecord } from "../core/ports.ts";
+import { keyView, type GrantOut, type KeyViewOut } from "../core/views.ts";
+
+export const ts = (ms: number | undefined): Timestamp | undefined => (ms === undefined ? undefined : timestampFromMs(ms));
+export const dur = (ms: number | undefined): Duration | undefined => {
+  if (ms === undefined) return undefined;
+  return { $typeName: "google.protobuf.Duration", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+};
+export const money = (micros: bigint): Money => create(MoneySchema, microsToMoney(micros));
+const SCOPE = { KEY: Scope.KEY, SUBSCRIPTION: Scope.SUBSCRIPTION, ACCOUNT: Scope.ACCOUNT } as const;
+const KIND = { RATE: LimitKind.RATE, QUOTA: LimitKind.QUOTA, CONCURRENCY: LimitKind.CONCURRENCY, BUDGET: LimitKind.BUDGET, ACCESS_WINDOW: LimitKind.ACCESS_WINDOW } as const;
+
+export function limitStatus(l: LimitStatusOut): LimitStatus {
+  return {
+    $typeName: "quota.v1.LimitStatus",
+    name: l.name,
+    scope: SCOPE[l.scope],
+    kind: KIND[l.kind],
+    unit: l.unit,
+    limit: l.limit,
+    used: l.used,
+    remaining: l.remaining,
+    resetsAt: ts(l.resetAt),
+    window: dur(l.windowMs),
+    overage: l.overage,
+    overageTotal: l.overageTotal,
+    exceeded: l.exceeded,
+    product: l.product,
+    sources: l.sources.map((s) => ({
+      $typeName: "quota.v1.CapacitySource",
+      kind: s.kind,
+      id: s.id,
+      amount: s.amount,
+      used: s.used,
+      expiresAt: ts(s.expiresAt),
+      priority: s.priority,
+      product: s.product,
+    })),
+  };
+}
+
+export function reason(r: string | undefined): DenyReason {
+  return r ? (DenyReason as Record<string, DenyReason>)[r] ?? DenyReason.DENY_REASON_UNSPECIFIED : DenyReason.DENY_REASON_UNSPECIFIED;
+}
+
+export function mode(m: Mode): "ENFORCE" | "CHECK_ONLY" | "SHADOW" {
+  switch (m) {
+    case Mode.MODE_UNSPECIFIED:
+    case Mode.ENFORCE:
+      return "ENFORCE";
+    case Mode.CHECK_ONLY:
+      return "CHECK_ONLY";
+    case Mode.SHADOW:
+      return "SHADOW";
+    default:
+      throw new InvalidArgumentError("mode", `unknown value ${m}`);
+  }
+}
+
+export function durationField(field: string, d: Duration | undefined): number | undefined {
+  if (!d) return undefined;
+  // Only a range guard before converting to a number; the core checks the real bounds (1s..1h).
+  if (d.seconds < 0n || d.nanos < 0 || d.seconds > 86_400n) throw new InvalidArgumentError(field, "must be between 1s and 1h");
+  return durationMs(d);
+}
+
+export function timestampField(field: string, t: Timestamp | undefined): number | undefined {
+  if (!t) return undefined;
+  if (t.seconds < 0n || t.seconds > 253_402_300_799n) throw new InvalidArgumentError(field, "is out of range");
+  return timestampDate(t).getTime();
+}
+
+export function meters(m: { [k: string]: bigint }): Record<string, bigint> {
+  return Object.fromEntries(Object.entries(m));
+}
+
+export function grant(g: GrantOut | GrantRecord) {
+  const out = "limitName" in g
+    ? { id: g.id, subscriptionId: g.subscriptionId, limit: g.limitName, product: g.product, amount: g.amount, priority: g.priority, validFrom: g.validFrom.getTime(), validUntil: g.validUntil?.getTime(), source: g.source }
+    : g;
+  return create(GrantSchema, { ...out, validFrom: ts(out.validFrom), validUntil: ts(out.validUntil) });
+}
+
+export function keyMessage(k: KeyViewOut | KeyRecord) {
+  // Admin listings: "expired" is judged by this process's clock (the data plane uses the injected one).
+  const v = "secretHash" in k ? keyView(k, Date.now()) : k;
+  return create(KeyViewSchema, { ...v, createdAt: ts(v.createdAt) });
+}
+
+export function planSummary(p: { id: string; name: string; version: number; spec: unknown }) {
+  return create(PlanSummarySchema, { id: p.id, name: p.name, version: p.version, specJson: JSON.stringify(p.spec, (_k, v) => (typeof v === "bigint" ? Number(v) : v)) });
+}
+
+export function subscription(s: SubscriptionRecord) {
+  return create(SubscriptionSchema, {
+    id: s.id,
+    accountId: s.accountId,
+    planId: s.planId,
+    startsAt: ts(s.startsAt.getTime()),
+    endsAt: ts(s.endsAt?.getTime()),
+    accessBlocks: s.accessBlocks,
+    addOns: s.addOns,
+    status: s.status,
+  });
+}

@@ -1,0 +1,148 @@
+/** The QuotaService (data plane) over the core: authenticate, decode the message, call the use case, encode. */
+import { create } from "@bufbuild/protobuf";
+import {
+  CheckAndReserveResponseSchema,
+  GetLimitsResponseSchema,
+  Outcome,
+  ReleaseResponseSchema,
+  ReleaseState,
+  TopUpResponseSchema,
+  type CheckAndReserveRequest,
+  type CheckAndReserveResponse,
+  type GetLimitsRequest,
+  type GetLimitsResponse,
+  type ReleaseRequest,
+  type ReleaseResponse,
+  type TopUpRequest,
+  type TopUpResponse,
+} from "../gen/quota/v1/quota_pb.ts";
+import { Decision } from "../gen/quota/v1/types_pb.ts";
+import { InvalidArgumentError } from "../core/errors.ts";
+import type { QuotaService } from "../core/quota-service.ts";
+import { authenticateDataPlane, type AuthConfig, type CallContext } from "./auth.ts";
+import { dur, durationField, grant, keyMessage, limitStatus, meters, mode, money, reason, ts } from "./conversions.ts";
+
+export interface QuotaApi {
+  checkAndReserve(req: CheckAndReserveRequest, ctx: CallContext): Promise<CheckAndReserveResponse>;
+  release(req: ReleaseRequest, ctx: CallContext): Promise<ReleaseResponse>;
+  topUp(req: TopUpRequest, ctx: CallContext): Promise<TopUpResponse>;
+  getLimits(req: GetLimitsRequest, ctx: CallContext): Promise<GetLimitsResponse>;
+}
+
+export function createQuotaApi(quota: QuotaService, auth: AuthConfig): QuotaApi {
+  return {
+  async checkAndReserve(req, ctx) {
+    authenticateDataPlane(auth, "CheckAndReserve", ctx);
+    const ttl = durationField("reservation_ttl", req.reservationTtl);
+    const a = await quota.checkAndReserve({
+      apiKey: req.apiKey,
+      keyId: req.keyId,
+      product: req.product,
+      method: req.method,
+      ...(req.cost !== undefined ? { cost: req.cost } : {}),
+      ...(req.estimatedSpendMicros !== undefined ? { estimatedSpendMicros: req.estimatedSpendMicros } : {}),
+      meters: meters(req.meters),
+      idempotencyId: req.idempotencyId,
+      ...(ttl !== undefined ? { reservationTtlMs: ttl } : {}),
+      mode: mode(req.mode),
+    });
+    return create(CheckAndReserveResponseSchema, {
+      decision: a.decision === "ALLOWED" ? Decision.ALLOWED : Decision.DENIED,
+      reason: reason(a.reason),
+      reservationId: a.reservationId,
+      overage: a.overage,
+      retryAfter: dur(a.retryAfterMs),
+      limits: a.limits.map(limitStatus),
+      headers: a.headers,
+      cost: a.cost,
+      reservedSpendMicros: a.reservedSpendMicros,
+      shadowReason: reason(a.shadowReason),
+      failOpen: a.failOpen,
+      availableAt: ts(a.availableAt),
+      deniedLimit: a.deniedLimit,
+      replayed: a.replayed,
+    });
+  },
+  async release(req, ctx) {
+    authenticateDataPlane(auth, "Release", ctx);
+    let outcome: "COMMIT" | "CANCEL";
+    if (req.outcome === Outcome.CANCEL) outcome = "CANCEL";
+    else if (req.outcome === Outcome.COMMIT || req.outcome === Outcome.OUTCOME_UNSPECIFIED) outcome = "COMMIT";
+    else throw new InvalidArgumentError("outcome", `unknown value ${req.outcome}`);
+    const a = await quota.release({
+      reservationId: req.reservationId,
+      outcome,
+      ...(req.actualCost !== undefined ? { actualCost: req.actualCost } : {}),
+      ...(req.actualSpendMicros !== undefined ? { actualSpendMicros: req.actualSpendMicros } : {}),
+      actualMeters: meters(req.actualMeters),
+    });
+    return create(ReleaseResponseSchema, {
+      state: ReleaseState[a.state],
+      chargedCost: a.chargedCost,
+      refundedCost: a.refundedCost,
+      chargedSpendMicros: a.chargedSpendMicros,
+      overage: a.overage,
+      replayed: a.replayed,
+    });
+  },
+  async topUp(req, ctx) {
+    const caller = authenticateDataPlane(auth, "TopUp", ctx);
+    const t = req.target;
+    const f = req.funding;
+    const a = await quota.topUp(caller, {
+      apiKey: req.apiKey,
+      accountId: req.accountId,
+      idempotencyKey: req.idempotencyKey,
+      subscriptionId: req.subscriptionId,
+      target:
+        t.case === "quota"
+          ? { case: "quota", lines: t.value.lines.map((l) => ({ product: l.product, limit: l.limit, units: l.units, ...(l.amount ? { amount: l.amount } : {}) })) }
+          : t.case === "wallet" || t.case === "credit"
+            ? { case: t.case, ...(t.value.amount ? { amount: t.value.amount } : {}) }
+            : t.case === "addOn"
+              ? { case: "addOn", packageId: t.value.packageId, limit: t.value.limit }
+              : { case: undefined },
+      funding:
+        f.case === "fromWallet"
+          ? { case: "fromWallet", ...(f.value.maxAmount ? { maxAmount: f.value.maxAmount } : {}) }
+          : f.case === "external"
+            ? { case: "external", reference: f.value.reference, provider: f.value.provider, ...(f.value.amount ? { amount: f.value.amount } : {}) }
+            : { case: undefined },
+    });
+    return create(TopUpResponseSchema, {
+      transactionId: a.transactionId,
+      newLimit: a.newLimit,
+      newBalance: money(a.newBalanceMicros),
+      creditBalance: money(a.creditBalanceMicros),
+      replayed: a.replayed,
+      grants: a.grants.map(grant),
+    });
+  },
+  async getLimits(req, ctx) {
+    const caller = authenticateDataPlane(auth, "GetLimits", ctx);
+    const a = await quota.getLimits(caller, { apiKey: req.apiKey, keyId: req.keyId, accountId: req.accountId, product: req.product });
+    return create(GetLimitsResponseSchema, {
+      accountId: a.accountId,
+      keyId: a.keyId,
+      subscriptions: a.subscriptions.map((s) => ({
+        id: s.id,
+        planId: s.planId,
+        planName: s.planName,
+        cycleStart: ts(s.cycleStart),
+        cycleEnd: ts(s.cycleEnd),
+        validFrom: ts(s.validFrom),
+        validUntil: ts(s.validUntil),
+        limits: s.limits.map(limitStatus),
+        addOns: s.addOns,
+        accessBlocks: s.accessBlocks,
+        status: s.status,
+      })),
+      wallets: a.wallets.map((w) => ({ kind: w.kind, balance: money(w.balance), totalDeposited: money(w.totalDeposited) })),
+      grants: a.grants.map(grant),
+      keys: a.keys.map(keyMessage),
+      credit: { totalToppedUp: money(a.credit.totalToppedUp), spent: money(a.credit.spent), remaining: money(a.credit.remaining), creditKeys: a.credit.creditKeys },
+      asOf: ts(a.asOf),
+    });
+  },
+  };
+}
