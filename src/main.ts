@@ -97,7 +97,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const keys = new KeyCache(db, clock);
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db, store, clock, bus });
-  const flusher = new UsageFlusher({ db, store, clock });
+  const flusher = new UsageFlusher({ db, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
+  bus.subscribe(flusher.invalidate);
   const quota = new QuotaService({
     db,
     store,
@@ -162,7 +163,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const timers = [
     setInterval(() => void flusher.flush().catch((e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
-    setInterval(() => void capacity.reconcile().catch((e) => logger.warn({ err: String(e) }, "reconcile failed")), config.reconcileIntervalMs),
+    setInterval(
+      () => void capacity.reconcile(100, (accountId, err) => logger.warn({ accountId, err: String(err) }, "reconcile of an account failed")).catch((e) => logger.warn({ err: String(e) }, "reconcile failed")),
+      config.reconcileIntervalMs,
+    ),
   ];
   for (const t of timers) t.unref();
   logger.info({ grpc: `${config.host}:${grpc.port}`, http: `${config.host}:${http.port}`, database: config.databaseUrl ? "postgres" : `pglite:${config.dataDir}`, counters: config.redisUrl ? "redis" : "memory" }, "serving");

@@ -175,8 +175,8 @@ export interface QuotaServiceDeps {
   bus: ChangeBus;
   keys: KeyCache;
   capacity: CapacitySync;
-  /** Marks an account whose usage changed, for the usage flusher. */
-  touched?: (accountId: string) => void;
+  /** Marks an account whose usage changed, for the usage flusher; `openUntilMs` when a reservation stays open until then. */
+  touched?: (accountId: string, openUntilMs?: number) => void;
   /** Counter-store deadline: past it the plan's failure mode answers. */
   storeDeadlineMs?: number;
   /** Counts decisions for metrics. */
@@ -318,7 +318,8 @@ export class QuotaService {
         req.mode,
       );
     }
-    if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") this.#d.touched?.(accountId);
+    // The reservation stays open until released or expired: the flusher sweeps the account after its TTL even if idle.
+    if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") this.#d.touched?.(accountId, this.#d.clock.now() + cmd.ttlMs);
 
     const limits = applied.map((a, i) => toStatus(a, result.states[i]));
     const deniedLimit = result.deniedLimitId ? (applied.find((a) => a.counter.id === result.deniedLimitId)?.info.name ?? "") : "";
