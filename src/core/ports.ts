@@ -146,6 +146,9 @@ export interface UnitOfWork {
   insertTransaction(t: TransactionRecord): Promise<void>;
   getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null>;
   putIdempotency(r: IdempotencyRecord): Promise<void>;
+  /** Inserts a marker (scope, key) unless it exists; true when this transaction inserted it. A concurrent claim of the
+   * same key waits for the first transaction, then gets false (exactly-once across replicas). */
+  claimOnce(scope: string, key: string): Promise<boolean>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
   bumpCapacityVersion(accountId: string): Promise<number>;
   /** The same for every account subscribed to one of these plans; returns those accounts. */
@@ -172,6 +175,8 @@ export interface Database {
   markCapacitySynced(accountId: string, version: number): Promise<void>;
   /** Accounts whose capacity is stale, in id order, after `afterId` when given (the reconciler walks them round robin). */
   listCapacityStale(limit: number, afterId?: string): Promise<AccountRecord[]>;
+  /** Ids of active subscriptions with at least one add-on (the renewal pass). */
+  listSubscriptionsWithAddOns(): Promise<string[]>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -11,6 +11,7 @@ import { FailedPreconditionError, InvalidArgumentError, PermissionDeniedError, Q
 import { buildHeaders } from "./headers.ts";
 import { newId, newSortableId, newReservationId, parseApiKey, parseReservationId, secretMatches } from "./ids.ts";
 import { KeyCache, type KeyContext } from "./key-cache.ts";
+import { bookCurrentCycle, chargePostings, prorated } from "./add-on-billing.ts";
 import { activeAddOn, capacityOf, cycleOf, gatesFor, limitsForCall, priceOf, type AppliedLimit, type LimitInfo } from "./limits.ts";
 import { ACCOUNT_ID_RE, KEY_ID_RE, METER_RE, METHOD_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, parseDecimalMicros, type MoneyParts } from "./money.ts";
@@ -610,7 +611,7 @@ export class QuotaService {
     } else if (t.case === "addOn") {
       type = "addon_change";
       const sub = await this.#subscriptionFor(uow, accountId, key, req.subscriptionId);
-      const result = await changeAddOn(uow, sub, t.packageId, t.limit, "add_on");
+      const result = await changeAddOn(uow, sub, t.packageId, t.limit, "add_on", now);
       postings.push(...result.postings);
       description = result.description;
       newLimit = result.newLimit;
@@ -850,19 +851,23 @@ function capacityTotal(config: Pick<AccountConfig, "subscriptions" | "plans" | "
 const fieldPath = (parent: string, name: string) => (parent ? `${parent}.${name}` : name);
 
 /** Buys, changes or removes a subscription's add-on; returns the ledger postings (monthly price, invoiced). */
-export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, packageId: string, limitName: string, field: string) {
+export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, packageId: string, limitName: string, field: string, now: number) {
   const plan = (await uow.getPlan(sub.planId))!.spec;
   const candidates = plan.limits.filter((l) => l.addOns && l.addOns.length > 0);
   const spec = limitName ? candidates.find((l) => l.name === limitName) : candidates.length === 1 ? candidates[0] : undefined;
   if (!spec) {
     throw new InvalidArgumentError(fieldPath(field, "limit"), limitName ? `plan ${plan.id} has no add-ons for limit ${JSON.stringify(limitName)}` : `plan ${plan.id} has ${candidates.length} limits with add-ons; name one`);
   }
-  const postings: TransactionRecord["postings"] = [];
   let description: string;
   const previous = sub.addOns[spec.name];
+  const previousPkg = previous ? spec.addOns!.find((p) => p.id === previous) : undefined;
+  const oldPrice = previousPkg ? addOnMonthlyPrice(spec, previousPkg) : 0n;
+  let newPrice = 0n;
+  let next: Record<string, string>;
   if (!packageId) {
     if (!previous) throw new FailedPreconditionError("NO_ADD_ON", `no add-on is active on ${spec.name}`);
-    delete sub.addOns[spec.name];
+    next = { ...sub.addOns };
+    delete next[spec.name];
     description = `add-on removed: ${previous} from ${spec.name}`;
   } else {
     const pkg = spec.addOns!.find((p) => p.id === packageId);
@@ -871,17 +876,19 @@ export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, pack
       throw new InvalidArgumentError(fieldPath(field, "package_id"), `unknown add-on package ${JSON.stringify(packageId)} for ${spec.name}; packages: ${spec.addOns!.map((p) => p.id).join(", ")} (largest +${largest})`);
     }
     if (previous === pkg.id) throw new FailedPreconditionError("ADD_ON_ALREADY_ACTIVE", `${pkg.id} is already active on ${spec.name}`);
-    const price = addOnMonthlyPrice(spec, pkg);
-    sub.addOns = { ...sub.addOns, [spec.name]: pkg.id };
-    description = `add-on ${previous ? `changed from ${previous} to` : "bought:"} ${pkg.id} (+${pkg.amount} ${spec.name}) at ${formatMicros(price)} USD per month`;
-    if (price > 0n) {
-      postings.push({ ledgerAccount: `receivable:${sub.accountId}`, currency: "USD", amount: -price });
-      postings.push({ ledgerAccount: "revenue:addons", currency: "USD", amount: price });
-    }
+    newPrice = addOnMonthlyPrice(spec, pkg);
+    next = { ...sub.addOns, [spec.name]: pkg.id };
+    description = `add-on ${previous ? `changed from ${previous} to` : "bought:"} ${pkg.id} (+${pkg.amount} ${spec.name}) at ${formatMicros(newPrice)} USD per month`;
   }
+  // The cycle is booked at the add-ons it started with (if no renewal pass did it yet), then the change is prorated
+  // to what is left of it (docs/plans.md, "Add-on billing").
+  if (sub.startsAt.getTime() <= now) await bookCurrentCycle(uow, sub, plan, now);
+  const charge = sub.startsAt.getTime() <= now ? prorated(newPrice - oldPrice, cycleOf(sub, now), now) : 0n;
+  if (charge !== 0n) description += `; ${charge > 0n ? "charged" : "credited"} ${formatMicros(charge > 0n ? charge : -charge)} USD for the rest of this cycle`;
+  sub.addOns = next;
   await uow.saveSubscription(sub);
   const addOn = activeAddOn(spec, sub);
-  return { postings, description, newLimit: spec.limit! + (addOn?.amount ?? 0n), subscription: sub };
+  return { postings: chargePostings(sub.accountId, charge), description, newLimit: spec.limit! + (addOn?.amount ?? 0n), subscription: sub };
 }
 
 function grantOut(g: GrantRecord): GrantOut {

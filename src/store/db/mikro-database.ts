@@ -195,6 +195,13 @@ class MikroUnitOfWork implements UnitOfWork {
     const e = await this.#em.findOne(IdempotencyEntity, { scope, key });
     return e ? { scope, key, requestHash: (e as AnyRow).requestHash as string, response: (e as AnyRow).response } : null;
   }
+  async claimOnce(scope: string, key: string) {
+    const rows = await this.#em.execute<Array<{ key: string }>>(
+      `insert into idempotency_records (scope, key, request_hash, response) values (?, ?, '', '{}'::jsonb) on conflict do nothing returning key`,
+      [scope, key],
+    );
+    return rows.length === 1;
+  }
   async putIdempotency(r: IdempotencyRecord) {
     await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
   }
@@ -352,6 +359,11 @@ export class MikroDatabase implements Database {
       `select id from accounts where capacity_synced < capacity_version and id > ? order by id limit ?`,
       [afterId, limit],
     )).map((r) => ({ id: r.id as string, name: "", createdAt: new Date(0), capacityVersion: 0, capacitySynced: 0 }));
+  }
+
+  async listSubscriptionsWithAddOns() {
+    const rows = await this.#orm.em.fork().execute<AnyRow[]>(`select id from subscriptions where status = 'active' and add_ons <> '{}'::jsonb order by id`);
+    return rows.map((r) => r.id as string);
   }
 
   async ping() {
