@@ -18,6 +18,7 @@ import { KeyCache } from "./core/key-cache.ts";
 import { systemClock, type ChangeBus, type Clock } from "./core/ports.ts";
 import { QuotaService } from "./core/quota-service.ts";
 import { UsageFlusher } from "./core/usage-flusher.ts";
+import { AddOnRenewals } from "./core/add-on-billing.ts";
 import { ResourceExhaustedError } from "./core/errors.ts";
 import { migrate, openOrm } from "./store/db/orm.ts";
 import { MikroDatabase } from "./store/db/mikro-database.ts";
@@ -39,6 +40,7 @@ export interface App {
   quota: QuotaService;
   admin: AdminService;
   flusher: UsageFlusher;
+  renewals: AddOnRenewals;
   capacity: CapacitySync;
   metrics: Registry;
   logger: Logger;
@@ -97,7 +99,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const keys = new KeyCache(db, clock);
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db, store, clock, bus });
-  const flusher = new UsageFlusher({ db, store, clock });
+  const flusher = new UsageFlusher({ db, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
+  bus.subscribe(flusher.invalidate);
   const quota = new QuotaService({
     db,
     store,
@@ -110,6 +113,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
   const admin = new AdminService({ db, clock, bus, capacity, quota });
+  const renewals = new AddOnRenewals({ db, clock });
 
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
@@ -162,7 +166,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const timers = [
     setInterval(() => void flusher.flush().catch((e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
-    setInterval(() => void capacity.reconcile().catch((e) => logger.warn({ err: String(e) }, "reconcile failed")), config.reconcileIntervalMs),
+    setInterval(
+      () => void renewals.run((subscriptionId, err) => logger.warn({ subscriptionId, err: String(err) }, "add-on renewal failed")).catch((e) => logger.warn({ err: String(e) }, "add-on renewals failed")),
+      config.reconcileIntervalMs,
+    ),
+    setInterval(
+      () => void capacity.reconcile(100, (accountId, err) => logger.warn({ accountId, err: String(err) }, "reconcile of an account failed")).catch((e) => logger.warn({ err: String(e) }, "reconcile failed")),
+      config.reconcileIntervalMs,
+    ),
   ];
   for (const t of timers) t.unref();
   logger.info({ grpc: `${config.host}:${grpc.port}`, http: `${config.host}:${http.port}`, database: config.databaseUrl ? "postgres" : `pglite:${config.dataDir}`, counters: config.redisUrl ? "redis" : "memory" }, "serving");
@@ -186,5 +197,5 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       logger.info("stopped");
     })());
 
-  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, metrics, logger, stop };
+  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, renewals, metrics, logger, stop };
 }

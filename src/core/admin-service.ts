@@ -8,6 +8,7 @@ import { ACCOUNT_ID_RE, KEY_ID_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, h
 import type { CapacitySync } from "./capacity.ts";
 import { DuplicateKeyError, FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
 import { formatApiKey, hashSecret, newId, newKeyId, newSecret, newSortableId } from "./ids.ts";
+import { ADDON_PERIOD_SCOPE, chargePostings, prorated } from "./add-on-billing.ts";
 import { cycleOf } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, type MoneyParts } from "./money.ts";
 import { addOnMonthlyPrice, parseDuration, parsePlansDocument, type PlanSpec } from "./plan.ts";
@@ -165,23 +166,26 @@ export class AdminService {
           createdAt: new Date(now),
         };
         await uow.insertSubscription(s);
-        // Add-ons chosen at subscription time are purchases too: one ledger transaction each, at the monthly price.
-        for (const [limit, pkgId] of Object.entries(req.addOns)) {
-          const l = spec.limits.find((x) => x.name === limit)!;
-          const pkg = l.addOns!.find((p) => p.id === pkgId)!;
-          const price = addOnMonthlyPrice(l, pkg);
-          await uow.insertTransaction({
-            id: newSortableId("tx"),
-            accountId: req.accountId,
-            type: "addon_change",
-            createdAt: new Date(now),
-            externalReference: null,
-            description: `add-on bought with subscription ${s.id}: ${pkg.id} (+${pkg.amount} ${l.name}) at ${formatMicros(price)} USD per month`,
-            postings: price > 0n ? [
-              { ledgerAccount: `receivable:${req.accountId}`, currency: "USD", amount: -price },
-              { ledgerAccount: "revenue:addons", currency: "USD", amount: price },
-            ] : [],
-          });
+        // Add-ons chosen at subscription time are purchases too: the current cycle is booked (claimed once, see
+        // add-on-billing.ts) for what is left of it; later cycles are booked by the renewal pass. A subscription that
+        // starts in the future is booked when its first cycle starts.
+        if (Object.keys(req.addOns).length > 0 && startsAt <= now && (endsAt === undefined || endsAt > now)) {
+          await uow.claimOnce(ADDON_PERIOD_SCOPE, `${s.id}:${cycleOf(s, now).start}`);
+          for (const [limit, pkgId] of Object.entries(req.addOns)) {
+            const l = spec.limits.find((x) => x.name === limit)!;
+            const pkg = l.addOns!.find((p) => p.id === pkgId)!;
+            const monthly = addOnMonthlyPrice(l, pkg);
+            const price = prorated(monthly, cycleOf(s, now), now);
+            await uow.insertTransaction({
+              id: newSortableId("tx"),
+              accountId: req.accountId,
+              type: "addon_change",
+              createdAt: new Date(now),
+              externalReference: null,
+              description: `add-on bought with subscription ${s.id}: ${pkg.id} (+${pkg.amount} ${l.name}) at ${formatMicros(monthly)} USD per month; ${formatMicros(price)} USD for the rest of this cycle`,
+              postings: chargePostings(req.accountId, price),
+            });
+          }
         }
         await uow.bumpCapacityVersion(req.accountId);
         return s;
@@ -220,7 +224,7 @@ export class AdminService {
       async (uow) => {
         const sub = await uow.getSubscription(req.subscriptionId);
         if (!sub) throw new NotFoundError("subscription", req.subscriptionId);
-        const change = await changeAddOn(uow, sub, req.packageId, req.limit, "");
+        const change = await changeAddOn(uow, sub, req.packageId, req.limit, "", this.#d.clock.now());
         const txId = newSortableId("tx");
         await uow.insertTransaction({
           id: txId,

@@ -13,6 +13,7 @@ export class CapacitySync {
   readonly #clock: Clock;
   readonly #bus: ChangeBus;
   readonly #restoring = new Map<string, Promise<void>>();
+  #reconcileAfter = "";
 
   constructor(deps: { db: Database; store: CounterStore; clock: Clock; bus: ChangeBus }) {
     this.#db = deps.db;
@@ -49,11 +50,25 @@ export class CapacitySync {
     return p;
   }
 
-  /** One reconciler pass: re-sync accounts whose capacity version is ahead of what Redis was given. */
-  async reconcile(max = 100): Promise<number> {
-    const stale = await this.#db.listCapacityStale(max);
+  /**
+   * One reconciler pass: re-sync accounts whose capacity version is ahead of what Redis was given. An account that
+   * fails is reported and skipped — it stays stale, so the next pass tries it again — and never stops the others.
+   */
+  async reconcile(max = 100, onError?: (accountId: string, err: unknown) => void): Promise<{ synced: number; failed: number }> {
+    // Round robin from where the last pass stopped: accounts that keep failing cannot hold every place of a pass.
+    let stale = await this.#db.listCapacityStale(max, this.#reconcileAfter);
+    if (stale.length === 0 && this.#reconcileAfter) stale = await this.#db.listCapacityStale(max);
+    this.#reconcileAfter = stale.length === max ? stale[stale.length - 1]!.id : "";
+    let failed = 0;
     // Also tell every replica: the change may have come from outside a server (e.g. `plans apply` on the CLI).
-    for (const a of stale) await this.afterCommit(a.id);
-    return stale.length;
+    for (const a of stale) {
+      try {
+        await this.afterCommit(a.id);
+      } catch (err) {
+        failed++;
+        onError?.(a.id, err);
+      }
+    }
+    return { synced: stale.length - failed, failed };
   }
 }

@@ -114,7 +114,8 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
       req.mode,
     );
   }
-  if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") d.touched?.(accountId);
+  // The reservation stays open until released or expired: the flusher sweeps the account after its TTL even if idle.
+  if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") d.touched?.(accountId, d.clock.now() + cmd.ttlMs);
 
   const limits = applied.map((a, i) => toStatus(a, result.states[i]));
   const deniedLimit = result.deniedLimitId ? (applied.find((a) => a.counter.id === result.deniedLimitId)?.info.name ?? "") : "";

@@ -146,6 +146,9 @@ export interface UnitOfWork {
   insertTransaction(t: TransactionRecord): Promise<void>;
   getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null>;
   putIdempotency(r: IdempotencyRecord): Promise<void>;
+  /** Inserts a marker (scope, key) unless it exists; true when this transaction inserted it. A concurrent claim of the
+   * same key waits for the first transaction, then gets false (exactly-once across replicas). */
+  claimOnce(scope: string, key: string): Promise<boolean>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
   bumpCapacityVersion(accountId: string): Promise<number>;
   /** The same for every account subscribed to one of these plans; returns those accounts. */
@@ -162,16 +165,22 @@ export interface Database {
   /** Reads outside a transaction. */
   read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;
   loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null>;
+  /** The same for many accounts in a fixed number of queries (absent accounts are missing from the map). */
+  loadAccountConfigs(accountIds: readonly string[], now: Date): Promise<Map<string, AccountConfig>>;
   listAccounts(): Promise<AccountRecord[]>;
   listPlans(): Promise<PlanRecord[]>;
   listKeys(accountId: string): Promise<KeyRecord[]>;
   listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }): Promise<TransactionRecord[]>;
   /** Sum of all postings per (ledger account, currency) — for audits and tests. */
   postingTotals(): Promise<Array<{ ledgerAccount: string; currency: string; total: bigint }>>;
-  saveUsageSnapshot(accountId: string, states: StateSnapshot): Promise<void>;
+  /** Writes the snapshots of many accounts in one multi-row upsert per chunk of rows (the usage flusher's pass). */
+  saveUsageSnapshots(rows: ReadonlyArray<{ accountId: string; states: StateSnapshot }>): Promise<void>;
   loadUsageSnapshot(accountId: string): Promise<StateSnapshot>;
   markCapacitySynced(accountId: string, version: number): Promise<void>;
-  listCapacityStale(limit: number): Promise<AccountRecord[]>;
+  /** Accounts whose capacity is stale, in id order, after `afterId` when given (the reconciler walks them round robin). */
+  listCapacityStale(limit: number, afterId?: string): Promise<AccountRecord[]>;
+  /** Ids of active subscriptions with at least one add-on (the renewal pass). */
+  listSubscriptionsWithAddOns(): Promise<string[]>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -16,8 +16,8 @@ export interface QuotaServiceDeps {
   bus: ChangeBus;
   keys: KeyCache;
   capacity: CapacitySync;
-  /** Marks an account whose usage changed, for the usage flusher. */
-  touched?: (accountId: string) => void;
+  /** Marks an account whose usage changed, for the usage flusher; `openUntilMs` when a reservation stays open until then. */
+  touched?: (accountId: string, openUntilMs?: number) => void;
   /** Counter-store deadline: past it the plan's failure mode answers. */
   storeDeadlineMs?: number;
   /** Counts decisions for metrics. */

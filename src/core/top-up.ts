@@ -249,7 +249,7 @@ async function applyTopUp(d: QuotaDeps, uow: UnitOfWork, accountId: string, key:
   } else if (t.case === "addOn") {
     type = "addon_change";
     const sub = await subscriptionFor(d, uow, accountId, key, req.subscriptionId);
-    const result = await changeAddOn(uow, sub, t.packageId, t.limit, "add_on");
+    const result = await changeAddOn(uow, sub, t.packageId, t.limit, "add_on", now);
     postings.push(...result.postings);
     description = result.description;
     newLimit = result.newLimit;

@@ -1,7 +1,7 @@
 /**
  * Product 2 — daily limit = plan base (5,000) + a recurring add-on package (+25k/+50k/+75k/+100k per day), bought,
- * changed and removed through the API with immediate effect, each change in the ledger with its monthly price
- * ($1.50 per 1,000 calls/day); only the account owner may buy; a hard 10 requests/second rate limit.
+ * changed and removed through the API with immediate effect, each change in the ledger, prorated to the rest of the
+ * monthly cycle ($1.50 a month per 1,000 calls/day); only the account owner may buy; a hard 10 requests/second rate limit.
  */
 import { status } from "@grpc/grpc-js";
 import { durationMs } from "@bufbuild/protobuf/wkt";
@@ -66,7 +66,8 @@ describe("product 2: daily limit with add-ons", () => {
     const txs = await ledger();
     expect(txs).toHaveLength(2);
     expect(txs[0]!.description).toContain("changed from plus-25k to plus-50k");
-    expect(txs[0]!.postings[1]!.amountMicros).toBe(75_000_000n);
+    // The cycle's remainder (all of it: the change is made at the cycle start) of the $37.50 difference per month.
+    expect(txs[0]!.postings[1]!.amountMicros).toBe(37_500_000n);
   });
 
   it("removes the add-on (back to 5,000) and operators can set one through the admin API", async () => {

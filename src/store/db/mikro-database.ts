@@ -196,6 +196,13 @@ class MikroUnitOfWork implements UnitOfWork {
     const e = await this.#em.findOne(IdempotencyEntity, { scope, key });
     return e ? { scope, key, requestHash: (e as AnyRow).requestHash as string, response: (e as AnyRow).response } : null;
   }
+  async claimOnce(scope: string, key: string) {
+    const rows = await this.#em.execute<Array<{ key: string }>>(
+      `insert into idempotency_records (scope, key, request_hash, response) values (?, ?, '', '{}'::jsonb) on conflict do nothing returning key`,
+      [scope, key],
+    );
+    return rows.length === 1;
+  }
   async putIdempotency(r: IdempotencyRecord) {
     await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
   }
@@ -276,25 +283,41 @@ export class MikroDatabase implements Database {
   }
 
   async loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null> {
+    return (await this.loadAccountConfigs([accountId], now)).get(accountId) ?? null;
+  }
+
+  async loadAccountConfigs(accountIds: readonly string[], now: Date): Promise<Map<string, AccountConfig>> {
+    const out = new Map<string, AccountConfig>();
+    if (accountIds.length === 0) return out;
     const em = this.#orm.em.fork();
-    const account = await em.findOne(AccountEntity, { id: accountId });
-    if (!account) return null;
+    const ids = [...new Set(accountIds)];
+    const accounts = await em.find(AccountEntity, { id: { $in: ids } });
+    if (accounts.length === 0) return out;
+    const found = accounts.map((a) => (a as AnyRow).id as string);
     const [subs, keys, grants, wallets] = await Promise.all([
-      em.find(SubscriptionEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(ApiKeyEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(GrantEntity, { accountId, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(WalletEntity, { accountId }),
+      em.find(SubscriptionEntity, { accountId: { $in: found } }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(ApiKeyEntity, { accountId: { $in: found } }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(GrantEntity, { accountId: { $in: found }, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { orderBy: { createdAt: "asc", id: "asc" } }),
+      em.find(WalletEntity, { accountId: { $in: found } }),
     ]);
     const planIds = [...new Set(subs.map((s) => (s as AnyRow).planId as string))];
-    const plans = planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : [];
-    return {
-      account: toAccount(account as AnyRow),
-      subscriptions: subs.map((s) => toSubscription(s as AnyRow)),
-      plans: new Map(plans.map((p) => [(p as AnyRow).id as string, toPlan(p as AnyRow)])),
-      keys: keys.map((k) => toKey(k as AnyRow)),
-      grants: grants.map((g) => toGrant(g as AnyRow)),
-      wallets: wallets.map((w) => toWallet(w as AnyRow)),
-    };
+    const plans = new Map((planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : []).map((p) => [(p as AnyRow).id as string, toPlan(p as AnyRow)]));
+    for (const a of accounts) {
+      const account = toAccount(a as AnyRow);
+      out.set(account.id, { account, subscriptions: [], plans: new Map(), keys: [], grants: [], wallets: [] });
+    }
+    const of = (row: unknown) => out.get((row as AnyRow).accountId as string)!;
+    for (const s of subs) {
+      const c = of(s);
+      const sub = toSubscription(s as AnyRow);
+      c.subscriptions.push(sub);
+      const plan = plans.get(sub.planId);
+      if (plan) c.plans.set(plan.id, plan);
+    }
+    for (const k of keys) of(k).keys.push(toKey(k as AnyRow));
+    for (const g of grants) of(g).grants.push(toGrant(g as AnyRow));
+    for (const w of wallets) of(w).wallets.push(toWallet(w as AnyRow));
+    return out;
   }
 
   async listAccounts() {
@@ -325,11 +348,11 @@ export class MikroDatabase implements Database {
     return rows.map((r) => ({ ledgerAccount: r.ledger_account, currency: r.currency, total: BigInt(r.total) }));
   }
 
-  async saveUsageSnapshot(accountId: string, states: StateSnapshot) {
-    const em = this.#orm.em.fork();
-    for (const [limitId, state] of Object.entries(states)) {
-      await em.upsert(UsageSnapshotEntity, { accountId, limitId, state, updatedAt: new Date() });
-    }
+  async saveUsageSnapshots(rows: ReadonlyArray<{ accountId: string; states: StateSnapshot }>) {
+    const data = rows.flatMap(({ accountId, states }) => Object.entries(states).map(([limitId, state]) => ({ accountId, limitId, state, updatedAt: new Date() })));
+    if (data.length === 0) return;
+    // One INSERT ... ON CONFLICT DO UPDATE per 1,000 rows, not one statement per limit.
+    await this.#orm.em.fork().upsertMany(UsageSnapshotEntity, data, { batchSize: 1000 });
   }
 
   async loadUsageSnapshot(accountId: string): Promise<StateSnapshot> {
@@ -341,11 +364,16 @@ export class MikroDatabase implements Database {
     await this.#orm.em.fork().execute(`update accounts set capacity_synced = greatest(capacity_synced, ?) where id = ?`, [version, accountId]);
   }
 
-  async listCapacityStale(limit: number) {
+  async listCapacityStale(limit: number, afterId = "") {
     return (await this.#orm.em.fork().execute<AnyRow[]>(
-      `select id from accounts where capacity_synced < capacity_version order by id limit ?`,
-      [limit],
+      `select id from accounts where capacity_synced < capacity_version and id > ? order by id limit ?`,
+      [afterId, limit],
     )).map((r) => ({ id: r.id as string, name: "", createdAt: new Date(0), capacityVersion: 0, capacitySynced: 0 }));
+  }
+
+  async listSubscriptionsWithAddOns() {
+    const rows = await this.#orm.em.fork().execute<AnyRow[]>(`select id from subscriptions where status = 'active' and add_ons <> '{}'::jsonb order by id`);
+    return rows.map((r) => r.id as string);
   }
 
   async ping() {
