@@ -122,6 +122,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     quota,
     admin,
     auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins },
+    onInternalError: (method, err) => logger.error({ method, err }, "internal error"),
     adminLimiter: (credential) => {
       const now = Date.now();
       const w = adminCalls.get(credential);

@@ -7,7 +7,9 @@
  * from one CounterStore call. Postgres is read only on a cache miss and on first touch of an account whose hot
  * state is absent (restore).
  */
+import { checkAndReserveBatch, releaseBatch, type BatchResult } from "./batch.ts";
 import { checkAndReserve, type CheckAnswer, type CheckRequest } from "./check-and-reserve.ts";
+import { lease, type LeaseAnswer, type LeaseRequest } from "./lease.ts";
 import { getLimits, type GetLimitsAnswer, type GetLimitsRequest } from "./get-limits.ts";
 import type { Caller } from "./key-auth.ts";
 import { withDefaults, type QuotaDeps, type QuotaServiceDeps } from "./quota-deps.ts";
@@ -15,6 +17,8 @@ import { release, type ReleaseAnswer, type ReleaseRequest } from "./release.ts";
 import { topUp, type TopUpAnswer, type TopUpRequest } from "./top-up.ts";
 
 export type { CheckAnswer, CheckRequest, DenyReason } from "./check-and-reserve.ts";
+export type { BatchResult } from "./batch.ts";
+export type { LeaseAnswer, LeaseRequest } from "./lease.ts";
 export type { GetLimitsAnswer, GetLimitsRequest, SubscriptionViewOut } from "./get-limits.ts";
 export type { Caller } from "./key-auth.ts";
 export { toStatus, type LimitStatusOut } from "./limit-status.ts";
@@ -45,6 +49,18 @@ export class QuotaService {
 
   getLimits(caller: Caller, req: GetLimitsRequest): Promise<GetLimitsAnswer> {
     return getLimits(this.#d, caller, req);
+  }
+
+  checkAndReserveBatch(reqs: readonly CheckRequest[]): Promise<Array<BatchResult<CheckAnswer>>> {
+    return checkAndReserveBatch(this.#d, reqs);
+  }
+
+  releaseBatch(reqs: readonly ReleaseRequest[]): Promise<Array<BatchResult<ReleaseAnswer>>> {
+    return releaseBatch(this.#d, reqs);
+  }
+
+  lease(req: LeaseRequest): Promise<LeaseAnswer> {
+    return lease(this.#d, req);
   }
 }
 

@@ -18,6 +18,6 @@ export interface Api {
   admin: AdminApi;
 }
 
-export function createApi(deps: { quota: QuotaService; admin: AdminService; auth: AuthConfig; adminLimiter?: (caller: string) => void }): Api {
-  return { quota: createQuotaApi(deps.quota, deps.auth), admin: createAdminApi(deps.admin, deps.auth, deps.adminLimiter) };
+export function createApi(deps: { quota: QuotaService; admin: AdminService; auth: AuthConfig; adminLimiter?: (caller: string) => void; onInternalError?: (method: string, err: unknown) => void }): Api {
+  return { quota: createQuotaApi(deps.quota, deps.auth, deps.onInternalError), admin: createAdminApi(deps.admin, deps.auth, deps.adminLimiter) };
 }

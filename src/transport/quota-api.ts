@@ -1,13 +1,25 @@
 /** The QuotaService (data plane) over the core: authenticate, decode the message, call the use case, encode. */
 import { create } from "@bufbuild/protobuf";
 import {
+  BatchItemErrorSchema,
+  CheckAndReserveBatchResponseSchema,
+  CheckAndReserveBatchResultSchema,
+  ReleaseBatchResultSchema,
   CheckAndReserveResponseSchema,
+  LeaseResponseSchema,
+  ReleaseBatchResponseSchema,
   GetLimitsResponseSchema,
   Outcome,
   ReleaseResponseSchema,
   ReleaseState,
   TopUpResponseSchema,
+  type CheckAndReserveBatchRequest,
+  type CheckAndReserveBatchResponse,
   type CheckAndReserveRequest,
+  type LeaseRequest,
+  type LeaseResponse,
+  type ReleaseBatchRequest,
+  type ReleaseBatchResponse,
   type CheckAndReserveResponse,
   type GetLimitsRequest,
   type GetLimitsResponse,
@@ -18,7 +30,8 @@ import {
 } from "../gen/quota/v1/quota_pb.ts";
 import { Decision } from "../gen/quota/v1/types_pb.ts";
 import { InvalidArgumentError } from "../core/errors.ts";
-import type { QuotaService } from "../core/quota-service.ts";
+import { mapError } from "./errors.ts";
+import type { CheckAnswer, CheckRequest, QuotaService, ReleaseAnswer, ReleaseRequest as CoreReleaseRequest } from "../core/quota-service.ts";
 import { authenticateDataPlane, type AuthConfig, type CallContext } from "./auth.ts";
 import { dur, durationField, grant, keyMessage, limitStatus, meters, mode, money, reason, ts } from "./conversions.ts";
 
@@ -27,62 +40,79 @@ export interface QuotaApi {
   release(req: ReleaseRequest, ctx: CallContext): Promise<ReleaseResponse>;
   topUp(req: TopUpRequest, ctx: CallContext): Promise<TopUpResponse>;
   getLimits(req: GetLimitsRequest, ctx: CallContext): Promise<GetLimitsResponse>;
+  checkAndReserveBatch(req: CheckAndReserveBatchRequest, ctx: CallContext): Promise<CheckAndReserveBatchResponse>;
+  releaseBatch(req: ReleaseBatchRequest, ctx: CallContext): Promise<ReleaseBatchResponse>;
+  lease(req: LeaseRequest, ctx: CallContext): Promise<LeaseResponse>;
 }
 
-export function createQuotaApi(quota: QuotaService, auth: AuthConfig): QuotaApi {
+export function createQuotaApi(quota: QuotaService, auth: AuthConfig, onInternalError?: (method: string, err: unknown) => void): QuotaApi {
+  /** One item's error, as the single call would answer it; the message names the item (`requests[i].field: ...`). */
+  const batchError = (method: string, index: number, e: unknown) => {
+    const m = mapError(e);
+    if (m.code === "INTERNAL") onInternalError?.(method, m.cause);
+    return create(BatchItemErrorSchema, { code: m.grpc as number, message: `requests[${index}].${m.message}`, reason: m.reason });
+  };
   return {
   async checkAndReserve(req, ctx) {
     authenticateDataPlane(auth, "CheckAndReserve", ctx);
-    const ttl = durationField("reservation_ttl", req.reservationTtl);
-    const a = await quota.checkAndReserve({
+    return checkAnswerOut(await quota.checkAndReserve(checkRequestIn(req)));
+  },
+  async release(req, ctx) {
+    authenticateDataPlane(auth, "Release", ctx);
+    return releaseAnswerOut(await quota.release(releaseRequestIn(req)));
+  },
+  async checkAndReserveBatch(req, ctx) {
+    authenticateDataPlane(auth, "CheckAndReserveBatch", ctx);
+    // Bad input in one item is that item's error (named with its index); the others are decided.
+    const inputs = req.requests.map((r, i) => attempt(i, () => checkRequestIn(r)));
+    const results = await quota.checkAndReserveBatch(inputs.map((x) => (x.ok ? x.value : INVALID_CHECK)));
+    return create(CheckAndReserveBatchResponseSchema, {
+      results: results.map((r, i) => {
+        const input = inputs[i]!;
+        const error = !input.ok ? input.error : !r.ok ? r.error : undefined;
+        return create(CheckAndReserveBatchResultSchema, {
+          result: error !== undefined || !r.ok ? { case: "error", value: batchError("CheckAndReserveBatch", i, error) } : { case: "response", value: checkAnswerOut(r.value) },
+        });
+      }),
+    });
+  },
+  async releaseBatch(req, ctx) {
+    authenticateDataPlane(auth, "ReleaseBatch", ctx);
+    const inputs = req.requests.map((r, i) => attempt(i, () => releaseRequestIn(r)));
+    const results = await quota.releaseBatch(inputs.map((x) => (x.ok ? x.value : INVALID_RELEASE)));
+    return create(ReleaseBatchResponseSchema, {
+      results: results.map((r, i) => {
+        const input = inputs[i]!;
+        const error = !input.ok ? input.error : !r.ok ? r.error : undefined;
+        return create(ReleaseBatchResultSchema, {
+          result: error !== undefined || !r.ok ? { case: "error", value: batchError("ReleaseBatch", i, error) } : { case: "response", value: releaseAnswerOut(r.value) },
+        });
+      }),
+    });
+  },
+  async lease(req, ctx) {
+    authenticateDataPlane(auth, "Lease", ctx);
+    const ttl = durationField("ttl", req.ttl);
+    const a = await quota.lease({
       apiKey: req.apiKey,
       keyId: req.keyId,
       product: req.product,
       method: req.method,
-      ...(req.cost !== undefined ? { cost: req.cost } : {}),
-      ...(req.estimatedSpendMicros !== undefined ? { estimatedSpendMicros: req.estimatedSpendMicros } : {}),
-      meters: meters(req.meters),
-      idempotencyId: req.idempotencyId,
-      ...(ttl !== undefined ? { reservationTtlMs: ttl } : {}),
-      mode: mode(req.mode),
+      calls: req.calls,
+      ...(ttl !== undefined ? { ttlMs: ttl } : {}),
+      close: req.close.map((c) => ({ leaseId: c.leaseId, usedCalls: c.usedCalls })),
     });
-    return create(CheckAndReserveResponseSchema, {
+    return create(LeaseResponseSchema, {
       decision: a.decision === "ALLOWED" ? Decision.ALLOWED : Decision.DENIED,
       reason: reason(a.reason),
-      reservationId: a.reservationId,
-      overage: a.overage,
+      leaseId: a.leaseId,
+      grantedCalls: a.grantedCalls,
+      costPerCall: a.costPerCall,
+      spendPerCallMicros: a.spendPerCallMicros,
+      expiresAt: ts(a.expiresAt),
       retryAfter: dur(a.retryAfterMs),
       limits: a.limits.map(limitStatus),
-      headers: a.headers,
-      cost: a.cost,
-      reservedSpendMicros: a.reservedSpendMicros,
-      shadowReason: reason(a.shadowReason),
-      failOpen: a.failOpen,
-      availableAt: ts(a.availableAt),
-      deniedLimit: a.deniedLimit,
-      replayed: a.replayed,
-    });
-  },
-  async release(req, ctx) {
-    authenticateDataPlane(auth, "Release", ctx);
-    let outcome: "COMMIT" | "CANCEL";
-    if (req.outcome === Outcome.CANCEL) outcome = "CANCEL";
-    else if (req.outcome === Outcome.COMMIT || req.outcome === Outcome.OUTCOME_UNSPECIFIED) outcome = "COMMIT";
-    else throw new InvalidArgumentError("outcome", `unknown value ${req.outcome}`);
-    const a = await quota.release({
-      reservationId: req.reservationId,
-      outcome,
-      ...(req.actualCost !== undefined ? { actualCost: req.actualCost } : {}),
-      ...(req.actualSpendMicros !== undefined ? { actualSpendMicros: req.actualSpendMicros } : {}),
-      actualMeters: meters(req.actualMeters),
-    });
-    return create(ReleaseResponseSchema, {
-      state: ReleaseState[a.state],
-      chargedCost: a.chargedCost,
-      refundedCost: a.refundedCost,
-      chargedSpendMicros: a.chargedSpendMicros,
-      overage: a.overage,
-      replayed: a.replayed,
+      closed: a.closed.map(releaseAnswerOut),
     });
   },
   async topUp(req, ctx) {
@@ -146,3 +176,76 @@ export function createQuotaApi(quota: QuotaService, auth: AuthConfig): QuotaApi 
   },
   };
 }
+
+function checkRequestIn(req: CheckAndReserveRequest): CheckRequest {
+  const ttl = durationField("reservation_ttl", req.reservationTtl);
+  return {
+    apiKey: req.apiKey,
+    keyId: req.keyId,
+    product: req.product,
+    method: req.method,
+    ...(req.cost !== undefined ? { cost: req.cost } : {}),
+    ...(req.estimatedSpendMicros !== undefined ? { estimatedSpendMicros: req.estimatedSpendMicros } : {}),
+    meters: meters(req.meters),
+    idempotencyId: req.idempotencyId,
+    ...(ttl !== undefined ? { reservationTtlMs: ttl } : {}),
+    mode: mode(req.mode),
+  };
+}
+
+function checkAnswerOut(a: CheckAnswer): CheckAndReserveResponse {
+  return create(CheckAndReserveResponseSchema, {
+    decision: a.decision === "ALLOWED" ? Decision.ALLOWED : Decision.DENIED,
+    reason: reason(a.reason),
+    reservationId: a.reservationId,
+    overage: a.overage,
+    retryAfter: dur(a.retryAfterMs),
+    limits: a.limits.map(limitStatus),
+    headers: a.headers,
+    cost: a.cost,
+    reservedSpendMicros: a.reservedSpendMicros,
+    shadowReason: reason(a.shadowReason),
+    failOpen: a.failOpen,
+    availableAt: ts(a.availableAt),
+    deniedLimit: a.deniedLimit,
+    replayed: a.replayed,
+  });
+}
+
+function releaseRequestIn(req: ReleaseRequest): CoreReleaseRequest {
+  let outcome: "COMMIT" | "CANCEL";
+  if (req.outcome === Outcome.CANCEL) outcome = "CANCEL";
+  else if (req.outcome === Outcome.COMMIT || req.outcome === Outcome.OUTCOME_UNSPECIFIED) outcome = "COMMIT";
+  else throw new InvalidArgumentError("outcome", `unknown value ${req.outcome}`);
+  return {
+    reservationId: req.reservationId,
+    outcome,
+    ...(req.actualCost !== undefined ? { actualCost: req.actualCost } : {}),
+    ...(req.actualSpendMicros !== undefined ? { actualSpendMicros: req.actualSpendMicros } : {}),
+    actualMeters: meters(req.actualMeters),
+  };
+}
+
+function releaseAnswerOut(a: ReleaseAnswer): ReleaseResponse {
+  return create(ReleaseResponseSchema, {
+    state: ReleaseState[a.state],
+    chargedCost: a.chargedCost,
+    refundedCost: a.refundedCost,
+    chargedSpendMicros: a.chargedSpendMicros,
+    overage: a.overage,
+    replayed: a.replayed,
+  });
+}
+
+/** Placeholders for items whose input did not decode: never decided (their error is answered instead). */
+const INVALID_CHECK: CheckRequest = { apiKey: "", keyId: "", product: "", method: "", meters: {}, idempotencyId: "", mode: "CHECK_ONLY" };
+const INVALID_RELEASE: CoreReleaseRequest = { reservationId: "", outcome: "CANCEL", actualMeters: {} };
+
+function attempt<T>(_index: number, f: () => T): { ok: true; value: T } | { ok: false; error: unknown } {
+  try {
+    return { ok: true, value: f() };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+

@@ -14,7 +14,376 @@ import type { Message, UnknownEnum } from "@bufbuild/protobuf";
  * Describes the file quota/v1/quota.proto.
  */
 export const file_quota_v1_quota: GenFile = /*@__PURE__*/
-  fileDesc("ChRxdW90YS92MS9xdW90YS5wcm90bxIIcXVvdGEudjEijQMKFkNoZWNrQW5kUmVzZXJ2ZVJlcXVlc3QSDwoHYXBpX2tleRgBIAEoCRIOCgZrZXlfaWQYAiABKAkSDwoHcHJvZHVjdBgDIAEoCRIOCgZtZXRob2QYBCABKAkSEQoEY29zdBgFIAEoA0gAiAEBEiMKFmVzdGltYXRlZF9zcGVuZF9taWNyb3MYBiABKANIAYgBARI8CgZtZXRlcnMYByADKAsyLC5xdW90YS52MS5DaGVja0FuZFJlc2VydmVSZXF1ZXN0Lk1ldGVyc0VudHJ5EhYKDmlkZW1wb3RlbmN5X2lkGAggASgJEjIKD3Jlc2VydmF0aW9uX3R0bBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcCgRtb2RlGAogASgOMg4ucXVvdGEudjEuTW9kZRotCgtNZXRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBQgcKBV9jb3N0QhkKF19lc3RpbWF0ZWRfc3BlbmRfbWljcm9zIp0EChdDaGVja0FuZFJlc2VydmVSZXNwb25zZRIkCghkZWNpc2lvbhgBIAEoDjISLnF1b3RhLnYxLkRlY2lzaW9uEiQKBnJlYXNvbhgCIAEoDjIULnF1b3RhLnYxLkRlbnlSZWFzb24SFgoOcmVzZXJ2YXRpb25faWQYAyABKAkSDwoHb3ZlcmFnZRgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIlCgZsaW1pdHMYBiADKAsyFS5xdW90YS52MS5MaW1pdFN0YXR1cxI/CgdoZWFkZXJzGAcgAygLMi4ucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlUmVzcG9uc2UuSGVhZGVyc0VudHJ5EgwKBGNvc3QYCCABKAMSHQoVcmVzZXJ2ZWRfc3BlbmRfbWljcm9zGAkgASgDEisKDXNoYWRvd19yZWFzb24YCiABKA4yFC5xdW90YS52MS5EZW55UmVhc29uEhEKCWZhaWxfb3BlbhgLIAEoCBIwCgxhdmFpbGFibGVfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGRlbmllZF9saW1pdBgNIAEoCRIQCghyZXBsYXllZBgOIAEoCBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKoAgoOUmVsZWFzZVJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSIgoHb3V0Y29tZRgCIAEoDjIRLnF1b3RhLnYxLk91dGNvbWUSGAoLYWN0dWFsX2Nvc3QYAyABKANIAIgBARIgChNhY3R1YWxfc3BlbmRfbWljcm9zGAQgASgDSAGIAQESQQoNYWN0dWFsX21ldGVycxgFIAMoCzIqLnF1b3RhLnYxLlJlbGVhc2VSZXF1ZXN0LkFjdHVhbE1ldGVyc0VudHJ5GjMKEUFjdHVhbE1ldGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAFCDgoMX2FjdHVhbF9jb3N0QhYKFF9hY3R1YWxfc3BlbmRfbWljcm9zIqYBCg9SZWxlYXNlUmVzcG9uc2USJQoFc3RhdGUYASABKA4yFi5xdW90YS52MS5SZWxlYXNlU3RhdGUSFAoMY2hhcmdlZF9jb3N0GAIgASgDEhUKDXJlZnVuZGVkX2Nvc3QYAyABKAMSHAoUY2hhcmdlZF9zcGVuZF9taWNyb3MYBCABKAMSDwoHb3ZlcmFnZRgFIAEoAxIQCghyZXBsYXllZBgGIAEoCCL5AgoMVG9wVXBSZXF1ZXN0Eg8KB2FwaV9rZXkYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSJQoFcXVvdGEYBCABKAsyFC5xdW90YS52MS5RdW90YVRvcFVwSAASJgoGd2FsbGV0GAUgASgLMhQucXVvdGEudjEuTW9uZXlUb3BVcEgAEiYKBmNyZWRpdBgGIAEoCzIULnF1b3RhLnYxLk1vbmV5VG9wVXBIABInCgZhZGRfb24YByABKAsyFS5xdW90YS52MS5BZGRPbkNoYW5nZUgAEi4KC2Zyb21fd2FsbGV0GAggASgLMhcucXVvdGEudjEuV2FsbGV0RnVuZGluZ0gBEi0KCGV4dGVybmFsGAkgASgLMhkucXVvdGEudjEuRXh0ZXJuYWxQYXltZW50SAESFwoPc3Vic2NyaXB0aW9uX2lkGAogASgJQggKBnRhcmdldEIJCgdmdW5kaW5nIjAKClF1b3RhVG9wVXASIgoFbGluZXMYASADKAsyEy5xdW90YS52MS5RdW90YUxpbmUiWwoJUXVvdGFMaW5lEg8KB3Byb2R1Y3QYASABKAkSDQoFbGltaXQYAiABKAkSDQoFdW5pdHMYAyABKAMSHwoGYW1vdW50GAQgASgLMg8ucXVvdGEudjEuTW9uZXkiLQoKTW9uZXlUb3BVcBIfCgZhbW91bnQYASABKAsyDy5xdW90YS52MS5Nb25leSIwCgtBZGRPbkNoYW5nZRISCgpwYWNrYWdlX2lkGAEgASgJEg0KBWxpbWl0GAIgASgJIjQKDVdhbGxldEZ1bmRpbmcSIwoKbWF4X2Ftb3VudBgBIAEoCzIPLnF1b3RhLnYxLk1vbmV5IlcKD0V4dGVybmFsUGF5bWVudBIRCglyZWZlcmVuY2UYASABKAkSHwoGYW1vdW50GAIgASgLMg8ucXVvdGEudjEuTW9uZXkSEAoIcHJvdmlkZXIYAyABKAki4wEKDVRvcFVwUmVzcG9uc2USFgoOdHJhbnNhY3Rpb25faWQYASABKAkSEQoJbmV3X2xpbWl0GAIgASgDEiQKC25ld19iYWxhbmNlGAMgASgLMg8ucXVvdGEudjEuTW9uZXkSJwoOY3JlZGl0X2JhbGFuY2UYBCABKAsyDy5xdW90YS52MS5Nb25leRIlCgZsaW1pdHMYBSADKAsyFS5xdW90YS52MS5MaW1pdFN0YXR1cxIQCghyZXBsYXllZBgGIAEoCBIfCgZncmFudHMYByADKAsyDy5xdW90YS52MS5HcmFudCLfAQoFR3JhbnQSCgoCaWQYASABKAkSFwoPc3Vic2NyaXB0aW9uX2lkGAIgASgJEg0KBWxpbWl0GAMgASgJEg8KB3Byb2R1Y3QYBCABKAkSDgoGYW1vdW50GAUgASgDEhAKCHByaW9yaXR5GAYgASgFEi4KCnZhbGlkX2Zyb20YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3ZhbGlkX3VudGlsGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYCSABKAkiWAoQR2V0TGltaXRzUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg8KB3Byb2R1Y3QYBCABKAkiuQMKEFN1YnNjcmlwdGlvblZpZXcSCgoCaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRIRCglwbGFuX25hbWUYAyABKAkSLwoLY3ljbGVfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWN5Y2xlX2VuZBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdmFsaWRfZnJvbRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdmFsaWRfdW50aWwYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBmxpbWl0cxgIIAMoCzIVLnF1b3RhLnYxLkxpbWl0U3RhdHVzEjcKB2FkZF9vbnMYCSADKAsyJi5xdW90YS52MS5TdWJzY3JpcHRpb25WaWV3LkFkZE9uc0VudHJ5EhUKDWFjY2Vzc19ibG9ja3MYCiADKAkSDgoGc3RhdHVzGAsgASgJGi0KC0FkZE9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZgoKV2FsbGV0VmlldxIMCgRraW5kGAEgASgJEiAKB2JhbGFuY2UYAiABKAsyDy5xdW90YS52MS5Nb25leRIoCg90b3RhbF9kZXBvc2l0ZWQYAyABKAsyDy5xdW90YS52MS5Nb25leSKMAgoHS2V5VmlldxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhcKD3N1YnNjcmlwdGlvbl9pZBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSFwoPb3ZlcmFnZV9lbmFibGVkGAUgASgIEg0KBW93bmVyGAYgASgIEjQKCnN1Yl9saW1pdHMYByADKAsyIC5xdW90YS52MS5LZXlWaWV3LlN1YkxpbWl0c0VudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjAKDlN1YkxpbWl0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEijwEKCkNyZWRpdFZpZXcSKAoPdG90YWxfdG9wcGVkX3VwGAEgASgLMg8ucXVvdGEudjEuTW9uZXkSHgoFc3BlbnQYAiABKAsyDy5xdW90YS52MS5Nb25leRIiCglyZW1haW5pbmcYAyABKAsyDy5xdW90YS52MS5Nb25leRITCgtjcmVkaXRfa2V5cxgEIAEoBSKkAgoRR2V0TGltaXRzUmVzcG9uc2USEgoKYWNjb3VudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSMQoNc3Vic2NyaXB0aW9ucxgDIAMoCzIaLnF1b3RhLnYxLlN1YnNjcmlwdGlvblZpZXcSJQoHd2FsbGV0cxgEIAMoCzIULnF1b3RhLnYxLldhbGxldFZpZXcSHwoGZ3JhbnRzGAUgAygLMg8ucXVvdGEudjEuR3JhbnQSHwoEa2V5cxgGIAMoCzIRLnF1b3RhLnYxLktleVZpZXcSJAoGY3JlZGl0GAcgASgLMhQucXVvdGEudjEuQ3JlZGl0VmlldxIpCgVhc19vZhgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqOgoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASCgoGQ09NTUlUEAESCgoGQ0FOQ0VMEAIqdgoMUmVsZWFzZVN0YXRlEh0KGVJFTEVBU0VfU1RBVEVfVU5TUEVDSUZJRUQQABINCglDT01NSVRURUQQARINCglDQU5DRUxMRUQQAhITCg9FWFBJUkVEX0NIQVJHRUQQAxIUChBFWFBJUkVEX1JFRlVOREVEEAQypgIKDFF1b3RhU2VydmljZRJWCg9DaGVja0FuZFJlc2VydmUSIC5xdW90YS52MS5DaGVja0FuZFJlc2VydmVSZXF1ZXN0GiEucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlUmVzcG9uc2USPgoHUmVsZWFzZRIYLnF1b3RhLnYxLlJlbGVhc2VSZXF1ZXN0GhkucXVvdGEudjEuUmVsZWFzZVJlc3BvbnNlEjgKBVRvcFVwEhYucXVvdGEudjEuVG9wVXBSZXF1ZXN0GhcucXVvdGEudjEuVG9wVXBSZXNwb25zZRJECglHZXRMaW1pdHMSGi5xdW90YS52MS5HZXRMaW1pdHNSZXF1ZXN0GhsucXVvdGEudjEuR2V0TGltaXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_quota_v1_types]);
+  fileDesc("ChRxdW90YS92MS9xdW90YS5wcm90bxIIcXVvdGEudjEiUQobQ2hlY2tBbmRSZXNlcnZlQmF0Y2hSZXF1ZXN0EjIKCHJlcXVlc3RzGAEgAygLMiAucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlUmVxdWVzdCI/Cg5CYXRjaEl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJIogBChpDaGVja0FuZFJlc2VydmVCYXRjaFJlc3VsdBI1CghyZXNwb25zZRgBIAEoCzIhLnF1b3RhLnYxLkNoZWNrQW5kUmVzZXJ2ZVJlc3BvbnNlSAASKQoFZXJyb3IYAiABKAsyGC5xdW90YS52MS5CYXRjaEl0ZW1FcnJvckgAQggKBnJlc3VsdCJVChxDaGVja0FuZFJlc2VydmVCYXRjaFJlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC5xdW90YS52MS5DaGVja0FuZFJlc2VydmVCYXRjaFJlc3VsdCJBChNSZWxlYXNlQmF0Y2hSZXF1ZXN0EioKCHJlcXVlc3RzGAEgAygLMhgucXVvdGEudjEuUmVsZWFzZVJlcXVlc3QieAoSUmVsZWFzZUJhdGNoUmVzdWx0Ei0KCHJlc3BvbnNlGAEgASgLMhkucXVvdGEudjEuUmVsZWFzZVJlc3BvbnNlSAASKQoFZXJyb3IYAiABKAsyGC5xdW90YS52MS5CYXRjaEl0ZW1FcnJvckgAQggKBnJlc3VsdCJFChRSZWxlYXNlQmF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucXVvdGEudjEuUmVsZWFzZUJhdGNoUmVzdWx0IqwBCgxMZWFzZVJlcXVlc3QSDwoHYXBpX2tleRgBIAEoCRIOCgZrZXlfaWQYAiABKAkSDwoHcHJvZHVjdBgDIAEoCRIOCgZtZXRob2QYBCABKAkSDQoFY2FsbHMYBSABKAMSJgoDdHRsGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiMKBWNsb3NlGAcgAygLMhQucXVvdGEudjEuTGVhc2VVc2FnZSIyCgpMZWFzZVVzYWdlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnVzZWRfY2FsbHMYAiABKAMi7AIKDUxlYXNlUmVzcG9uc2USJAoIZGVjaXNpb24YASABKA4yEi5xdW90YS52MS5EZWNpc2lvbhIkCgZyZWFzb24YAiABKA4yFC5xdW90YS52MS5EZW55UmVhc29uEhAKCGxlYXNlX2lkGAMgASgJEhUKDWdyYW50ZWRfY2FsbHMYBCABKAMSFQoNY29zdF9wZXJfY2FsbBgFIAEoAxIdChVzcGVuZF9wZXJfY2FsbF9taWNyb3MYBiABKAMSLgoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoLcmV0cnlfYWZ0ZXIYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJQoGbGltaXRzGAkgAygLMhUucXVvdGEudjEuTGltaXRTdGF0dXMSKQoGY2xvc2VkGAogAygLMhkucXVvdGEudjEuUmVsZWFzZVJlc3BvbnNlIo0DChZDaGVja0FuZFJlc2VydmVSZXF1ZXN0Eg8KB2FwaV9rZXkYASABKAkSDgoGa2V5X2lkGAIgASgJEg8KB3Byb2R1Y3QYAyABKAkSDgoGbWV0aG9kGAQgASgJEhEKBGNvc3QYBSABKANIAIgBARIjChZlc3RpbWF0ZWRfc3BlbmRfbWljcm9zGAYgASgDSAGIAQESPAoGbWV0ZXJzGAcgAygLMiwucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlUmVxdWVzdC5NZXRlcnNFbnRyeRIWCg5pZGVtcG90ZW5jeV9pZBgIIAEoCRIyCg9yZXNlcnZhdGlvbl90dGwYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHAoEbW9kZRgKIAEoDjIOLnF1b3RhLnYxLk1vZGUaLQoLTWV0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4AUIHCgVfY29zdEIZChdfZXN0aW1hdGVkX3NwZW5kX21pY3JvcyKdBAoXQ2hlY2tBbmRSZXNlcnZlUmVzcG9uc2USJAoIZGVjaXNpb24YASABKA4yEi5xdW90YS52MS5EZWNpc2lvbhIkCgZyZWFzb24YAiABKA4yFC5xdW90YS52MS5EZW55UmVhc29uEhYKDnJlc2VydmF0aW9uX2lkGAMgASgJEg8KB292ZXJhZ2UYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJQoGbGltaXRzGAYgAygLMhUucXVvdGEudjEuTGltaXRTdGF0dXMSPwoHaGVhZGVycxgHIAMoCzIuLnF1b3RhLnYxLkNoZWNrQW5kUmVzZXJ2ZVJlc3BvbnNlLkhlYWRlcnNFbnRyeRIMCgRjb3N0GAggASgDEh0KFXJlc2VydmVkX3NwZW5kX21pY3JvcxgJIAEoAxIrCg1zaGFkb3dfcmVhc29uGAogASgOMhQucXVvdGEudjEuRGVueVJlYXNvbhIRCglmYWlsX29wZW4YCyABKAgSMAoMYXZhaWxhYmxlX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxkZW5pZWRfbGltaXQYDSABKAkSEAoIcmVwbGF5ZWQYDiABKAgaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqAIKDlJlbGVhc2VSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEiIKB291dGNvbWUYAiABKA4yES5xdW90YS52MS5PdXRjb21lEhgKC2FjdHVhbF9jb3N0GAMgASgDSACIAQESIAoTYWN0dWFsX3NwZW5kX21pY3JvcxgEIAEoA0gBiAEBEkEKDWFjdHVhbF9tZXRlcnMYBSADKAsyKi5xdW90YS52MS5SZWxlYXNlUmVxdWVzdC5BY3R1YWxNZXRlcnNFbnRyeRozChFBY3R1YWxNZXRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBQg4KDF9hY3R1YWxfY29zdEIWChRfYWN0dWFsX3NwZW5kX21pY3JvcyKmAQoPUmVsZWFzZVJlc3BvbnNlEiUKBXN0YXRlGAEgASgOMhYucXVvdGEudjEuUmVsZWFzZVN0YXRlEhQKDGNoYXJnZWRfY29zdBgCIAEoAxIVCg1yZWZ1bmRlZF9jb3N0GAMgASgDEhwKFGNoYXJnZWRfc3BlbmRfbWljcm9zGAQgASgDEg8KB292ZXJhZ2UYBSABKAMSEAoIcmVwbGF5ZWQYBiABKAgi+QIKDFRvcFVwUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEiUKBXF1b3RhGAQgASgLMhQucXVvdGEudjEuUXVvdGFUb3BVcEgAEiYKBndhbGxldBgFIAEoCzIULnF1b3RhLnYxLk1vbmV5VG9wVXBIABImCgZjcmVkaXQYBiABKAsyFC5xdW90YS52MS5Nb25leVRvcFVwSAASJwoGYWRkX29uGAcgASgLMhUucXVvdGEudjEuQWRkT25DaGFuZ2VIABIuCgtmcm9tX3dhbGxldBgIIAEoCzIXLnF1b3RhLnYxLldhbGxldEZ1bmRpbmdIARItCghleHRlcm5hbBgJIAEoCzIZLnF1b3RhLnYxLkV4dGVybmFsUGF5bWVudEgBEhcKD3N1YnNjcmlwdGlvbl9pZBgKIAEoCUIICgZ0YXJnZXRCCQoHZnVuZGluZyIwCgpRdW90YVRvcFVwEiIKBWxpbmVzGAEgAygLMhMucXVvdGEudjEuUXVvdGFMaW5lIlsKCVF1b3RhTGluZRIPCgdwcm9kdWN0GAEgASgJEg0KBWxpbWl0GAIgASgJEg0KBXVuaXRzGAMgASgDEh8KBmFtb3VudBgEIAEoCzIPLnF1b3RhLnYxLk1vbmV5Ii0KCk1vbmV5VG9wVXASHwoGYW1vdW50GAEgASgLMg8ucXVvdGEudjEuTW9uZXkiMAoLQWRkT25DaGFuZ2USEgoKcGFja2FnZV9pZBgBIAEoCRINCgVsaW1pdBgCIAEoCSI0Cg1XYWxsZXRGdW5kaW5nEiMKCm1heF9hbW91bnQYASABKAsyDy5xdW90YS52MS5Nb25leSJXCg9FeHRlcm5hbFBheW1lbnQSEQoJcmVmZXJlbmNlGAEgASgJEh8KBmFtb3VudBgCIAEoCzIPLnF1b3RhLnYxLk1vbmV5EhAKCHByb3ZpZGVyGAMgASgJIuMBCg1Ub3BVcFJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhEKCW5ld19saW1pdBgCIAEoAxIkCgtuZXdfYmFsYW5jZRgDIAEoCzIPLnF1b3RhLnYxLk1vbmV5EicKDmNyZWRpdF9iYWxhbmNlGAQgASgLMg8ucXVvdGEudjEuTW9uZXkSJQoGbGltaXRzGAUgAygLMhUucXVvdGEudjEuTGltaXRTdGF0dXMSEAoIcmVwbGF5ZWQYBiABKAgSHwoGZ3JhbnRzGAcgAygLMg8ucXVvdGEudjEuR3JhbnQi3wEKBUdyYW50EgoKAmlkGAEgASgJEhcKD3N1YnNjcmlwdGlvbl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoCRIPCgdwcm9kdWN0GAQgASgJEg4KBmFtb3VudBgFIAEoAxIQCghwcmlvcml0eRgGIAEoBRIuCgp2YWxpZF9mcm9tGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2YWxpZF91bnRpbBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc291cmNlGAkgASgJIlgKEEdldExpbWl0c1JlcXVlc3QSDwoHYXBpX2tleRgBIAEoCRIOCgZrZXlfaWQYAiABKAkSEgoKYWNjb3VudF9pZBgDIAEoCRIPCgdwcm9kdWN0GAQgASgJIrkDChBTdWJzY3JpcHRpb25WaWV3EgoKAmlkGAEgASgJEg8KB3BsYW5faWQYAiABKAkSEQoJcGxhbl9uYW1lGAMgASgJEi8KC2N5Y2xlX3N0YXJ0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgljeWNsZV9lbmQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnZhbGlkX2Zyb20YBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3ZhbGlkX3VudGlsGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgZsaW1pdHMYCCADKAsyFS5xdW90YS52MS5MaW1pdFN0YXR1cxI3CgdhZGRfb25zGAkgAygLMiYucXVvdGEudjEuU3Vic2NyaXB0aW9uVmlldy5BZGRPbnNFbnRyeRIVCg1hY2Nlc3NfYmxvY2tzGAogAygJEg4KBnN0YXR1cxgLIAEoCRotCgtBZGRPbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImYKCldhbGxldFZpZXcSDAoEa2luZBgBIAEoCRIgCgdiYWxhbmNlGAIgASgLMg8ucXVvdGEudjEuTW9uZXkSKAoPdG90YWxfZGVwb3NpdGVkGAMgASgLMg8ucXVvdGEudjEuTW9uZXkijAIKB0tleVZpZXcSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIXCg9zdWJzY3JpcHRpb25faWQYAyABKAkSDgoGc3RhdHVzGAQgASgJEhcKD292ZXJhZ2VfZW5hYmxlZBgFIAEoCBINCgVvd25lchgGIAEoCBI0CgpzdWJfbGltaXRzGAcgAygLMiAucXVvdGEudjEuS2V5Vmlldy5TdWJMaW1pdHNFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBowCg5TdWJMaW1pdHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIo8BCgpDcmVkaXRWaWV3EigKD3RvdGFsX3RvcHBlZF91cBgBIAEoCzIPLnF1b3RhLnYxLk1vbmV5Eh4KBXNwZW50GAIgASgLMg8ucXVvdGEudjEuTW9uZXkSIgoJcmVtYWluaW5nGAMgASgLMg8ucXVvdGEudjEuTW9uZXkSEwoLY3JlZGl0X2tleXMYBCABKAUipAIKEUdldExpbWl0c1Jlc3BvbnNlEhIKCmFjY291bnRfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEjEKDXN1YnNjcmlwdGlvbnMYAyADKAsyGi5xdW90YS52MS5TdWJzY3JpcHRpb25WaWV3EiUKB3dhbGxldHMYBCADKAsyFC5xdW90YS52MS5XYWxsZXRWaWV3Eh8KBmdyYW50cxgFIAMoCzIPLnF1b3RhLnYxLkdyYW50Eh8KBGtleXMYBiADKAsyES5xdW90YS52MS5LZXlWaWV3EiQKBmNyZWRpdBgHIAEoCzIULnF1b3RhLnYxLkNyZWRpdFZpZXcSKQoFYXNfb2YYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKjoKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEgoKBkNPTU1JVBABEgoKBkNBTkNFTBACKnYKDFJlbGVhc2VTdGF0ZRIdChlSRUxFQVNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASDQoJQ09NTUlUVEVEEAESDQoJQ0FOQ0VMTEVEEAISEwoPRVhQSVJFRF9DSEFSR0VEEAMSFAoQRVhQSVJFRF9SRUZVTkRFRBAEMpYECgxRdW90YVNlcnZpY2USVgoPQ2hlY2tBbmRSZXNlcnZlEiAucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlUmVxdWVzdBohLnF1b3RhLnYxLkNoZWNrQW5kUmVzZXJ2ZVJlc3BvbnNlEj4KB1JlbGVhc2USGC5xdW90YS52MS5SZWxlYXNlUmVxdWVzdBoZLnF1b3RhLnYxLlJlbGVhc2VSZXNwb25zZRI4CgVUb3BVcBIWLnF1b3RhLnYxLlRvcFVwUmVxdWVzdBoXLnF1b3RhLnYxLlRvcFVwUmVzcG9uc2USRAoJR2V0TGltaXRzEhoucXVvdGEudjEuR2V0TGltaXRzUmVxdWVzdBobLnF1b3RhLnYxLkdldExpbWl0c1Jlc3BvbnNlEmUKFENoZWNrQW5kUmVzZXJ2ZUJhdGNoEiUucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlQmF0Y2hSZXF1ZXN0GiYucXVvdGEudjEuQ2hlY2tBbmRSZXNlcnZlQmF0Y2hSZXNwb25zZRJNCgxSZWxlYXNlQmF0Y2gSHS5xdW90YS52MS5SZWxlYXNlQmF0Y2hSZXF1ZXN0Gh4ucXVvdGEudjEuUmVsZWFzZUJhdGNoUmVzcG9uc2USOAoFTGVhc2USFi5xdW90YS52MS5MZWFzZVJlcXVlc3QaFy5xdW90YS52MS5MZWFzZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_quota_v1_types]);
+
+/**
+ * Many CheckAndReserve requests in one message.
+ *
+ * @generated from message quota.v1.CheckAndReserveBatchRequest
+ */
+export type CheckAndReserveBatchRequest = Message<"quota.v1.CheckAndReserveBatchRequest"> & {
+  /**
+   * 1 to 1,000 requests, each as in CheckAndReserve.
+   *
+   * @generated from field: repeated quota.v1.CheckAndReserveRequest requests = 1;
+   */
+  requests: CheckAndReserveRequest[];
+};
+
+/**
+ * Describes the message quota.v1.CheckAndReserveBatchRequest.
+ * Use `create(CheckAndReserveBatchRequestSchema)` to create a new message.
+ */
+export const CheckAndReserveBatchRequestSchema: GenMessage<CheckAndReserveBatchRequest> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 0);
+
+/**
+ * The error of one batch item: what CheckAndReserve or Release would have answered as a status.
+ *
+ * @generated from message quota.v1.BatchItemError
+ */
+export type BatchItemError = Message<"quota.v1.BatchItemError"> & {
+  /**
+   * The gRPC status code (google.rpc.Code), e.g. 3 for INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * The error message, naming the field (prefixed with the item's index, e.g. "requests[2].product: ...").
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * The reason, as in the `x-error-reason` metadata of a single call.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message quota.v1.BatchItemError.
+ * Use `create(BatchItemErrorSchema)` to create a new message.
+ */
+export const BatchItemErrorSchema: GenMessage<BatchItemError> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 1);
+
+/**
+ * The answer to one CheckAndReserve of a batch.
+ *
+ * @generated from message quota.v1.CheckAndReserveBatchResult
+ */
+export type CheckAndReserveBatchResult = Message<"quota.v1.CheckAndReserveBatchResult"> & {
+  /**
+   * The answer or the error.
+   *
+   * @generated from oneof quota.v1.CheckAndReserveBatchResult.result
+   */
+  result: {
+    /**
+     * The decision, as CheckAndReserve answers it.
+     *
+     * @generated from field: quota.v1.CheckAndReserveResponse response = 1;
+     */
+    value: CheckAndReserveResponse;
+    case: "response";
+  } | {
+    /**
+     * The error CheckAndReserve would have answered.
+     *
+     * @generated from field: quota.v1.BatchItemError error = 2;
+     */
+    value: BatchItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message quota.v1.CheckAndReserveBatchResult.
+ * Use `create(CheckAndReserveBatchResultSchema)` to create a new message.
+ */
+export const CheckAndReserveBatchResultSchema: GenMessage<CheckAndReserveBatchResult> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 2);
+
+/**
+ * One answer per request, in the request's order.
+ *
+ * @generated from message quota.v1.CheckAndReserveBatchResponse
+ */
+export type CheckAndReserveBatchResponse = Message<"quota.v1.CheckAndReserveBatchResponse"> & {
+  /**
+   * Results, same length and order as the requests.
+   *
+   * @generated from field: repeated quota.v1.CheckAndReserveBatchResult results = 1;
+   */
+  results: CheckAndReserveBatchResult[];
+};
+
+/**
+ * Describes the message quota.v1.CheckAndReserveBatchResponse.
+ * Use `create(CheckAndReserveBatchResponseSchema)` to create a new message.
+ */
+export const CheckAndReserveBatchResponseSchema: GenMessage<CheckAndReserveBatchResponse> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 3);
+
+/**
+ * Many Release requests in one message.
+ *
+ * @generated from message quota.v1.ReleaseBatchRequest
+ */
+export type ReleaseBatchRequest = Message<"quota.v1.ReleaseBatchRequest"> & {
+  /**
+   * 1 to 1,000 requests, each as in Release.
+   *
+   * @generated from field: repeated quota.v1.ReleaseRequest requests = 1;
+   */
+  requests: ReleaseRequest[];
+};
+
+/**
+ * Describes the message quota.v1.ReleaseBatchRequest.
+ * Use `create(ReleaseBatchRequestSchema)` to create a new message.
+ */
+export const ReleaseBatchRequestSchema: GenMessage<ReleaseBatchRequest> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 4);
+
+/**
+ * The answer to one Release of a batch.
+ *
+ * @generated from message quota.v1.ReleaseBatchResult
+ */
+export type ReleaseBatchResult = Message<"quota.v1.ReleaseBatchResult"> & {
+  /**
+   * The settlement or the error.
+   *
+   * @generated from oneof quota.v1.ReleaseBatchResult.result
+   */
+  result: {
+    /**
+     * The settlement, as Release answers it.
+     *
+     * @generated from field: quota.v1.ReleaseResponse response = 1;
+     */
+    value: ReleaseResponse;
+    case: "response";
+  } | {
+    /**
+     * The error Release would have answered.
+     *
+     * @generated from field: quota.v1.BatchItemError error = 2;
+     */
+    value: BatchItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message quota.v1.ReleaseBatchResult.
+ * Use `create(ReleaseBatchResultSchema)` to create a new message.
+ */
+export const ReleaseBatchResultSchema: GenMessage<ReleaseBatchResult> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 5);
+
+/**
+ * One answer per request, in the request's order.
+ *
+ * @generated from message quota.v1.ReleaseBatchResponse
+ */
+export type ReleaseBatchResponse = Message<"quota.v1.ReleaseBatchResponse"> & {
+  /**
+   * Results, same length and order as the requests.
+   *
+   * @generated from field: repeated quota.v1.ReleaseBatchResult results = 1;
+   */
+  results: ReleaseBatchResult[];
+};
+
+/**
+ * Describes the message quota.v1.ReleaseBatchResponse.
+ * Use `create(ReleaseBatchResponseSchema)` to create a new message.
+ */
+export const ReleaseBatchResponseSchema: GenMessage<ReleaseBatchResponse> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 6);
+
+/**
+ * Takes calls in advance for local decisions, and/or settles earlier leases.
+ *
+ * @generated from message quota.v1.LeaseRequest
+ */
+export type LeaseRequest = Message<"quota.v1.LeaseRequest"> & {
+  /**
+   * The key, as in CheckAndReserve (exactly one of api_key and key_id).
+   *
+   * @generated from field: string api_key = 1;
+   */
+  apiKey: string;
+
+  /**
+   * The key's public id.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * The product, as in CheckAndReserve.
+   *
+   * @generated from field: string product = 3;
+   */
+  product: string;
+
+  /**
+   * The method; its plan weight is the cost of each leased call.
+   *
+   * @generated from field: string method = 4;
+   */
+  method: string;
+
+  /**
+   * How many calls to take, 0..100,000 (0: only settle `close`). The grant may be smaller.
+   *
+   * @generated from field: int64 calls = 5;
+   */
+  calls: bigint;
+
+  /**
+   * How long the lease lives, 1s..5m (default 10s). It never outlives the current period of a limit it draws on.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 6;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Earlier leases of this key to settle in the same call.
+   *
+   * @generated from field: repeated quota.v1.LeaseUsage close = 7;
+   */
+  close: LeaseUsage[];
+};
+
+/**
+ * Describes the message quota.v1.LeaseRequest.
+ * Use `create(LeaseRequestSchema)` to create a new message.
+ */
+export const LeaseRequestSchema: GenMessage<LeaseRequest> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 7);
+
+/**
+ * How many calls of a lease were used.
+ *
+ * @generated from message quota.v1.LeaseUsage
+ */
+export type LeaseUsage = Message<"quota.v1.LeaseUsage"> & {
+  /**
+   * The lease id.
+   *
+   * @generated from field: string lease_id = 1;
+   */
+  leaseId: string;
+
+  /**
+   * Calls decided locally and admitted, 0..granted. The rest is returned.
+   *
+   * @generated from field: int64 used_calls = 2;
+   */
+  usedCalls: bigint;
+};
+
+/**
+ * Describes the message quota.v1.LeaseUsage.
+ * Use `create(LeaseUsageSchema)` to create a new message.
+ */
+export const LeaseUsageSchema: GenMessage<LeaseUsage> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 8);
+
+/**
+ * A lease of calls.
+ *
+ * @generated from message quota.v1.LeaseResponse
+ */
+export type LeaseResponse = Message<"quota.v1.LeaseResponse"> & {
+  /**
+   * ALLOWED when calls were granted; DENIED (with the reason) when none can be.
+   *
+   * @generated from field: quota.v1.Decision decision = 1;
+   */
+  decision: Decision;
+
+  /**
+   * Why no call could be granted.
+   *
+   * @generated from field: quota.v1.DenyReason reason = 2;
+   */
+  reason: DenyReason;
+
+  /**
+   * The lease to settle (a reservation id); empty when denied.
+   *
+   * @generated from field: string lease_id = 3;
+   */
+  leaseId: string;
+
+  /**
+   * Calls granted: the caller may admit at most this many locally before `expires_at`.
+   *
+   * @generated from field: int64 granted_calls = 4;
+   */
+  grantedCalls: bigint;
+
+  /**
+   * Units each call counts against quota limits.
+   *
+   * @generated from field: int64 cost_per_call = 5;
+   */
+  costPerCall: bigint;
+
+  /**
+   * Micro-USD each call counts against budget limits.
+   *
+   * @generated from field: int64 spend_per_call_micros = 6;
+   */
+  spendPerCallMicros: bigint;
+
+  /**
+   * When the lease ends: no local decision may be made after it. Unsettled, it is charged in full then (usage of a
+   * lost caller is unknown, so it is never given back: leases under-admit, never over-admit).
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * When denied: how long to wait before asking again.
+   *
+   * @generated from field: google.protobuf.Duration retry_after = 8;
+   */
+  retryAfter?: Duration | undefined;
+
+  /**
+   * The state of every limit the lease draws on, after it.
+   *
+   * @generated from field: repeated quota.v1.LimitStatus limits = 9;
+   */
+  limits: LimitStatus[];
+
+  /**
+   * The settlement of each `close` entry, in order.
+   *
+   * @generated from field: repeated quota.v1.ReleaseResponse closed = 10;
+   */
+  closed: ReleaseResponse[];
+};
+
+/**
+ * Describes the message quota.v1.LeaseResponse.
+ * Use `create(LeaseResponseSchema)` to create a new message.
+ */
+export const LeaseResponseSchema: GenMessage<LeaseResponse> = /*@__PURE__*/
+  messageDesc(file_quota_v1_quota, 9);
 
 /**
  * A request to admit one call.
@@ -100,7 +469,7 @@ export type CheckAndReserveRequest = Message<"quota.v1.CheckAndReserveRequest"> 
  * Use `create(CheckAndReserveRequestSchema)` to create a new message.
  */
 export const CheckAndReserveRequestSchema: GenMessage<CheckAndReserveRequest> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 0);
+  messageDesc(file_quota_v1_quota, 10);
 
 /**
  * The decision on one call.
@@ -214,7 +583,7 @@ export type CheckAndReserveResponse = Message<"quota.v1.CheckAndReserveResponse"
  * Use `create(CheckAndReserveResponseSchema)` to create a new message.
  */
 export const CheckAndReserveResponseSchema: GenMessage<CheckAndReserveResponse> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 1);
+  messageDesc(file_quota_v1_quota, 11);
 
 /**
  * Settles a reservation.
@@ -265,7 +634,7 @@ export type ReleaseRequest = Message<"quota.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 2);
+  messageDesc(file_quota_v1_quota, 12);
 
 /**
  * The settlement of a reservation.
@@ -321,7 +690,7 @@ export type ReleaseResponse = Message<"quota.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 3);
+  messageDesc(file_quota_v1_quota, 13);
 
 /**
  * A top-up of quota, wallet money, credit budget, or a change of a recurring add-on.
@@ -427,7 +796,7 @@ export type TopUpRequest = Message<"quota.v1.TopUpRequest"> & {
  * Use `create(TopUpRequestSchema)` to create a new message.
  */
 export const TopUpRequestSchema: GenMessage<TopUpRequest> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 4);
+  messageDesc(file_quota_v1_quota, 14);
 
 /**
  * Quota to add; several lines are applied all or nothing.
@@ -448,7 +817,7 @@ export type QuotaTopUp = Message<"quota.v1.QuotaTopUp"> & {
  * Use `create(QuotaTopUpSchema)` to create a new message.
  */
 export const QuotaTopUpSchema: GenMessage<QuotaTopUp> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 5);
+  messageDesc(file_quota_v1_quota, 15);
 
 /**
  * One quota purchase line.
@@ -490,7 +859,7 @@ export type QuotaLine = Message<"quota.v1.QuotaLine"> & {
  * Use `create(QuotaLineSchema)` to create a new message.
  */
 export const QuotaLineSchema: GenMessage<QuotaLine> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 6);
+  messageDesc(file_quota_v1_quota, 16);
 
 /**
  * Money to deposit.
@@ -511,7 +880,7 @@ export type MoneyTopUp = Message<"quota.v1.MoneyTopUp"> & {
  * Use `create(MoneyTopUpSchema)` to create a new message.
  */
 export const MoneyTopUpSchema: GenMessage<MoneyTopUp> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 7);
+  messageDesc(file_quota_v1_quota, 17);
 
 /**
  * Change a recurring add-on package.
@@ -539,7 +908,7 @@ export type AddOnChange = Message<"quota.v1.AddOnChange"> & {
  * Use `create(AddOnChangeSchema)` to create a new message.
  */
 export const AddOnChangeSchema: GenMessage<AddOnChange> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 8);
+  messageDesc(file_quota_v1_quota, 18);
 
 /**
  * Pay from the account's prepaid wallet.
@@ -560,7 +929,7 @@ export type WalletFunding = Message<"quota.v1.WalletFunding"> & {
  * Use `create(WalletFundingSchema)` to create a new message.
  */
 export const WalletFundingSchema: GenMessage<WalletFunding> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 9);
+  messageDesc(file_quota_v1_quota, 19);
 
 /**
  * A payment made outside the service.
@@ -596,7 +965,7 @@ export type ExternalPayment = Message<"quota.v1.ExternalPayment"> & {
  * Use `create(ExternalPaymentSchema)` to create a new message.
  */
 export const ExternalPaymentSchema: GenMessage<ExternalPayment> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 10);
+  messageDesc(file_quota_v1_quota, 20);
 
 /**
  * The result of a top-up.
@@ -659,7 +1028,7 @@ export type TopUpResponse = Message<"quota.v1.TopUpResponse"> & {
  * Use `create(TopUpResponseSchema)` to create a new message.
  */
 export const TopUpResponseSchema: GenMessage<TopUpResponse> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 11);
+  messageDesc(file_quota_v1_quota, 21);
 
 /**
  * Quota granted on top of the plan base.
@@ -736,7 +1105,7 @@ export type Grant = Message<"quota.v1.Grant"> & {
  * Use `create(GrantSchema)` to create a new message.
  */
 export const GrantSchema: GenMessage<Grant> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 12);
+  messageDesc(file_quota_v1_quota, 22);
 
 /**
  * Which limits to show.
@@ -778,7 +1147,7 @@ export type GetLimitsRequest = Message<"quota.v1.GetLimitsRequest"> & {
  * Use `create(GetLimitsRequestSchema)` to create a new message.
  */
 export const GetLimitsRequestSchema: GenMessage<GetLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 13);
+  messageDesc(file_quota_v1_quota, 23);
 
 /**
  * A subscription as a dashboard shows it.
@@ -869,7 +1238,7 @@ export type SubscriptionView = Message<"quota.v1.SubscriptionView"> & {
  * Use `create(SubscriptionViewSchema)` to create a new message.
  */
 export const SubscriptionViewSchema: GenMessage<SubscriptionView> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 14);
+  messageDesc(file_quota_v1_quota, 24);
 
 /**
  * A wallet's balance.
@@ -904,7 +1273,7 @@ export type WalletView = Message<"quota.v1.WalletView"> & {
  * Use `create(WalletViewSchema)` to create a new message.
  */
 export const WalletViewSchema: GenMessage<WalletView> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 15);
+  messageDesc(file_quota_v1_quota, 25);
 
 /**
  * An API key as listed (never its secret).
@@ -974,7 +1343,7 @@ export type KeyView = Message<"quota.v1.KeyView"> & {
  * Use `create(KeyViewSchema)` to create a new message.
  */
 export const KeyViewSchema: GenMessage<KeyView> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 16);
+  messageDesc(file_quota_v1_quota, 26);
 
 /**
  * Credit (budget) summary of an account.
@@ -1016,7 +1385,7 @@ export type CreditView = Message<"quota.v1.CreditView"> & {
  * Use `create(CreditViewSchema)` to create a new message.
  */
 export const CreditViewSchema: GenMessage<CreditView> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 17);
+  messageDesc(file_quota_v1_quota, 27);
 
 /**
  * Everything about a key's or an account's limits.
@@ -1086,7 +1455,7 @@ export type GetLimitsResponse = Message<"quota.v1.GetLimitsResponse"> & {
  * Use `create(GetLimitsResponseSchema)` to create a new message.
  */
 export const GetLimitsResponseSchema: GenMessage<GetLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_quota_v1_quota, 18);
+  messageDesc(file_quota_v1_quota, 28);
 
 /**
  * How a reservation ends.
@@ -1238,6 +1607,43 @@ export const QuotaService: GenService<{
     methodKind: "unary";
     input: typeof GetLimitsRequestSchema;
     output: typeof GetLimitsResponseSchema;
+  },
+  /**
+   * Decides up to 1,000 calls in one message (as Gubernator's GetRateLimits does). Each item is decided exactly as
+   * CheckAndReserve decides it — its own atomic step across its limits — and gets its own answer or error, in the
+   * request's order. Items are independent: a denial or an error in one changes nothing for the others.
+   *
+   * @generated from rpc quota.v1.QuotaService.CheckAndReserveBatch
+   */
+  checkAndReserveBatch: {
+    methodKind: "unary";
+    input: typeof CheckAndReserveBatchRequestSchema;
+    output: typeof CheckAndReserveBatchResponseSchema;
+  },
+  /**
+   * Settles up to 1,000 reservations in one message; each item as Release, with its own answer or error.
+   *
+   * @generated from rpc quota.v1.QuotaService.ReleaseBatch
+   */
+  releaseBatch: {
+    methodKind: "unary";
+    input: typeof ReleaseBatchRequestSchema;
+    output: typeof ReleaseBatchResponseSchema;
+  },
+  /**
+   * Takes a number of calls of a key's quota and budget limits in advance, in one atomic step, so the caller can
+   * decide them locally (DESIGN §7): the units are deducted at once, so the global limit is never exceeded. The grant
+   * shrinks as the remaining capacity shrinks (at most a quarter of what remains, but at least one call). Leases
+   * settle previous leases in the same step (`close`): their used calls are charged and the rest returned. Calls
+   * with rate, concurrency or access-window limits, overage keys and metered quotas are decided remotely only:
+   * FAILED_PRECONDITION with reason LEASE_REMOTE_ONLY.
+   *
+   * @generated from rpc quota.v1.QuotaService.Lease
+   */
+  lease: {
+    methodKind: "unary";
+    input: typeof LeaseRequestSchema;
+    output: typeof LeaseResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_quota_v1_quota, 0);
