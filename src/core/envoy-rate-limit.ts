@@ -157,11 +157,12 @@ function methodName(value: string, fallback: string): string {
   return METHOD_RE.test(v) ? v : fallback;
 }
 
-/** The limit closest to exhaustion (least remaining relative to its limit). */
+/** The limit closest to exhaustion (least remaining relative to its limit). Concurrency is left out: an RLS call
+ * holds no slot past its answer (it is committed at once). */
 function tightest(limits: readonly LimitStatusOut[]): LimitStatusOut | undefined {
   let best: LimitStatusOut | undefined;
   for (const l of limits) {
-    if (l.kind === "ACCESS_WINDOW") continue;
+    if (l.kind === "ACCESS_WINDOW" || l.kind === "CONCURRENCY") continue;
     if (!best || l.remaining * (best.limit > 0n ? best.limit : 1n) < best.remaining * (l.limit > 0n ? l.limit : 1n)) best = l;
   }
   return best;
