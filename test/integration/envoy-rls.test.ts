@@ -12,6 +12,7 @@ import { clients, codeOf, messageOf, type Clients } from "../support/clients.ts"
 import { bodyOf, genericKey, headerValueMatch, headersOf, remoteAddress, requestHeaders, rlsClient, type RlsClient, type RlsRequestInit } from "../support/envoy-client.ts";
 import { applyPlans, seedAccount } from "../support/fixtures.ts";
 import { PrivateRedis } from "../support/redis-server.ts";
+import { healthCheck } from "../support/server-process.ts";
 
 const run = promisify(execFile);
 const REPO_ROOT = new URL("../..", import.meta.url).pathname;
@@ -82,7 +83,8 @@ describe("Envoy rate-limit service", () => {
     await t?.stop();
   });
 
-  it("is listed by reflection and callable with Envoy's names through it (buf curl, no proto files)", async () => {
+  it("is listed by reflection and callable with Envoy's names through it (buf curl, no proto files); health knows it", async () => {
+    expect(await healthCheck(`127.0.0.1:${t.app.grpcPort}`, "envoy.service.ratelimit.v3.RateLimitService")).toBe("SERVING");
     const s = await seedAccount(c, "edge");
     const buf = `${REPO_ROOT}node_modules/.bin/buf`;
     const base = `http://127.0.0.1:${t.app.grpcPort}`;
