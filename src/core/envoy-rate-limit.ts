@@ -230,8 +230,10 @@ export class EnvoyRateLimit {
       const r = await withDeadline(pending, this.#d.config.deadlineMs);
       if (!r) {
         // Not answered in time (a key cache miss waiting on Postgres, or a restore): the domain's failure mode. A
-        // reservation made after this answer would never be committed or used: cancel it.
-        pending.then((a) => (a.reservationId ? this.#d.quota.release({ reservationId: a.reservationId, outcome: "CANCEL", actualMeters: {} }) : undefined)).catch(() => {});
+        // reservation made after this answer is settled by what we answered: committed if the call went ahead (open),
+        // cancelled if it was refused (closed).
+        const outcome = domain.failureMode === "open" && mode !== "CHECK_ONLY" ? "COMMIT" : "CANCEL";
+        pending.then((a) => (a.reservationId ? this.#d.quota.release({ reservationId: a.reservationId, outcome, actualMeters: {} }) : undefined)).catch(() => {});
         answer = failure(domain.failureMode);
       } else answer = r.value;
     } catch (e) {

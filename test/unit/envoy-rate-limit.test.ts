@@ -75,8 +75,13 @@ describe("EnvoyRateLimit", () => {
     await new Promise((r) => setTimeout(r, 10));
     expect(q.releases).toEqual([{ reservationId: "r~acc~x", outcome: "CANCEL", actualMeters: {} }]);
 
-    const open = limiter(new FakeQuota(() => new Promise(() => {})), { deadlineMs: 20, domains: { d: { product: "api", failureMode: "open" } } });
+    // Failing open, the call went ahead: a reservation that arrives later is committed, not refunded.
+    const late = new FakeQuota(() => new Promise((resolve) => (finish = resolve)));
+    const open = limiter(late, { deadlineMs: 20, domains: { d: { product: "api", failureMode: "open" } } });
     expect(await open.shouldRateLimit(req([["api_key", KEY]]))).toMatchObject({ code: "OK", metadata: { decision: "ALLOWED", fail_open: true } });
+    finish(allowed());
+    await new Promise((r) => setTimeout(r, 10));
+    expect(late.releases.map((r) => r.outcome)).toEqual(["COMMIT"]);
   });
 
   it("an UnavailableError from the core (key store down) is a decision, not an error", async () => {
