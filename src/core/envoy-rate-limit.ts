@@ -46,6 +46,16 @@ const domainSchema = z.strictObject({
   /** When the plan is not known in time (the key could not be resolved within the deadline): closed or open. The
    * plan's own failureMode decides whenever the counter store is the part that is down. */
   failureMode: z.enum(["closed", "open"]).default("closed"),
+}).superRefine((d, ctx) => {
+  // One entry key, one meaning: a key that named both the API key and the limit would be read two ways.
+  const roles = [["apiKeyEntry", d.apiKeyEntry], ["keyIdEntry", d.keyIdEntry], ["methodEntry", d.methodEntry], ["limitEntry", d.limitEntry]] as const;
+  const seen = new Map<string, string>();
+  for (const [role, key] of roles) {
+    if (!key) continue;
+    const other = seen.get(key);
+    if (other) ctx.addIssue({ code: "custom", path: [role], message: `is the same entry key as ${other} (${JSON.stringify(key)})` });
+    else seen.set(key, role);
+  }
 });
 
 export const envoyConfigSchema = z.strictObject({
@@ -200,14 +210,14 @@ export class EnvoyRateLimit {
     const domain = Object.hasOwn(this.#d.config.domains, req.domain) ? this.#d.config.domains[req.domain] : undefined;
     this.#checkShape(req);
     if (!domain) {
-      if (this.#d.config.unknownDomain === "ok") return unchecked(req, "UNKNOWN_DOMAIN");
+      if (this.#d.config.unknownDomain === "ok") return unchecked(req, "UNKNOWN_DOMAIN", "");
       const known = Object.keys(this.#d.config.domains);
       throw new InvalidArgumentError("domain", `unknown domain ${JSON.stringify(req.domain.slice(0, 100))} (configured: ${known.length ? known.join(", ") : "none"})`);
     }
     const p = this.#parse(req, domain);
     if (p.conflict) return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
     if (!p.apiKey && !p.keyId) {
-      if (domain.missingKey === "ok") return unchecked(req, "KEY_MISSING");
+      if (domain.missingKey === "ok") return unchecked(req, "KEY_MISSING", domain.product);
       return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
     }
     if (p.keyId && !p.apiKey && !KEY_ID_RE.test(p.keyId)) return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
@@ -371,11 +381,11 @@ function failure(mode: "open" | "closed"): CheckAnswer {
 }
 
 /** Not checked by policy (unknown domain or no key, configured as "ok"): every descriptor OK. */
-function unchecked(req: RlsRequest, why: string): RlsAnswer {
+function unchecked(req: RlsRequest, why: string, product: string): RlsAnswer {
   return {
     code: "OK",
     statuses: req.descriptors.map(() => ({ code: "OK", remaining: 0 })),
     headers: [],
-    metadata: { decision: "NOT_CHECKED", reason: why, reservation_id: "", mode: "", product: "", key_id: "", fail_open: false },
+    metadata: { decision: "NOT_CHECKED", reason: why, reservation_id: "", mode: "", product, key_id: "", fail_open: false },
   };
 }

@@ -151,5 +151,8 @@ describe("envoy configuration", () => {
       expect(problems).toMatch(/domains\.edge.*shadw/);
     }
     expect(() => loadConfig({ QUOTA_ENVOY_CONFIG: "domains: [unclosed" }, {}, undefined)).toThrow(/QUOTA_ENVOY_CONFIG.*not valid YAML/);
+    expect(() => loadConfig({ QUOTA_ENVOY_CONFIG: JSON.stringify({ domains: { edge: { product: "api", limitEntry: "api_key" } } }) }, {}, undefined)).toThrow(
+      /domains\.edge\.limitEntry: is the same entry key as apiKeyEntry/,
+    );
   });
 });
