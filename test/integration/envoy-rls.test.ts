@@ -4,6 +4,7 @@
  */
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
+import * as grpc from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RateLimitResponse_Code as Code, RateLimitResponse_RateLimit_Unit as Unit, type RateLimitResponse } from "../../src/gen/envoy/service/ratelimit/v3/rls_pb.ts";
@@ -13,6 +14,7 @@ import { bodyOf, genericKey, headerValueMatch, headersOf, remoteAddress, request
 import { applyPlans, seedAccount } from "../support/fixtures.ts";
 import { PrivateRedis } from "../support/redis-server.ts";
 import { healthCheck } from "../support/server-process.ts";
+import { makePki } from "../support/tls.ts";
 
 const run = promisify(execFile);
 const REPO_ROOT = new URL("../..", import.meta.url).pathname;
@@ -375,5 +377,40 @@ plans:
 
     await redis.startProcess();
     await expect.poll(async () => (await rls.shouldRateLimit(req(closed.apiKey))).overallCode, { timeout: 10_000, interval: 100 }).toBe(Code.OK);
+  });
+});
+
+describe("Envoy rate-limit service over mTLS", () => {
+  let t: TestApp;
+  const pki = makePki();
+  beforeAll(async () => {
+    t = await startTestApp({
+      clock: false,
+      redis: false,
+      env: {
+        QUOTA_SERVICE_TOKEN: TOKEN,
+        QUOTA_TLS_CERT_FILE: pki.serverCert,
+        QUOTA_TLS_KEY_FILE: pki.serverKey,
+        QUOTA_TLS_CLIENT_CA_FILE: pki.caFile,
+        QUOTA_ENVOY_CONFIG: JSON.stringify({ deadlineMs: 2000, domains: { edge: { product: "api" } } }),
+      },
+    });
+  });
+  afterAll(async () => t?.stop());
+
+  it("a gateway with a client certificate needs no token; without one it gets no connection", async () => {
+    const creds = grpc.credentials.createSsl(pki.caCert, pki.clientKey, pki.clientCert);
+    const c = clients("grpc-js", { grpc: t.app.grpcPort, http: t.app.httpPort }, creds);
+    await applyPlans(c, PLANS);
+    const s = await seedAccount(c, "tight");
+    c.close();
+    const withCert = rlsClient(t.app.grpcPort, creds);
+    const ok = await withCert.shouldRateLimit(call(s.apiKey));
+    expect(ok.overallCode).toBe(Code.OK);
+    withCert.close();
+    const noCert = rlsClient(t.app.grpcPort, grpc.credentials.createSsl(pki.caCert));
+    const err = await noCert.shouldRateLimit(call(s.apiKey), AUTH).then(() => undefined, (x: unknown) => x);
+    expect(codeOf(err)).toBe(status.UNAVAILABLE);
+    noCert.close();
   });
 });
