@@ -17,6 +17,7 @@ import type { CounterStore } from "./core/counter-store.ts";
 import { KeyCache } from "./core/key-cache.ts";
 import { systemClock, type ChangeBus, type Clock } from "./core/ports.ts";
 import { QuotaService } from "./core/quota-service.ts";
+import { EnvoyRateLimit, storeDeadlineMs } from "./core/envoy-rate-limit.ts";
 import { UsageFlusher } from "./core/usage-flusher.ts";
 import { AddOnRenewals } from "./core/add-on-billing.ts";
 import { ResourceExhaustedError } from "./core/errors.ts";
@@ -29,6 +30,7 @@ import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { createApi } from "./transport/api.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
 import { startGrpcServer, type RunningGrpcServer } from "./transport/grpc/grpc-server.ts";
+import { createEnvoyRlsApi } from "./transport/grpc/envoy-rls.ts";
 
 export interface App {
   config: Config;
@@ -114,6 +116,24 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   });
   const admin = new AdminService({ db, clock, bus, capacity, quota });
   const renewals = new AddOnRenewals({ db, clock });
+  // Envoy's rate-limit service: the same core with its own, shorter counter-store deadline (below Envoy's timeout).
+  const envoyQuota = new QuotaService({
+    db,
+    store,
+    clock,
+    bus,
+    keys,
+    capacity,
+    touched: flusher.touched,
+    storeDeadlineMs: storeDeadlineMs(config.envoy),
+    onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
+  });
+  const envoyRateLimit = new EnvoyRateLimit({
+    quota: envoyQuota,
+    config: config.envoy,
+    clock,
+    onCommitError: (err) => logger.warn({ err: String(err) }, "envoy: immediate commit failed; the reservation settles at its TTL"),
+  });
 
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
@@ -151,7 +171,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // Access log at debug level: method, status and time only — requests (API keys, tokens) are never logged.
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
-  const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
+  const envoy = createEnvoyRlsApi({ rateLimit: envoyRateLimit, auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins } });
+  const grpc: RunningGrpcServer = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
   const http: RunningConnectServer = await startConnectServer({
     api,
     host: config.host,
@@ -184,7 +205,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     (stopping ??= (async () => {
       logger.info("shutting down: NOT_SERVING, draining");
       ready = false;
-      for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService"]) grpc.health.setStatus(service, "NOT_SERVING");
+      for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"]) grpc.health.setStatus(service, "NOT_SERVING");
       for (const t of timers) clearInterval(t);
       // Keep serving while health checkers and load balancers see NOT_SERVING / 503 and move traffic away.
       const delay = Math.min(config.shutdownDelayMs, config.shutdownGraceMs);

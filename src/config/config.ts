@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { envoyConfigSchema } from "../core/envoy-rate-limit.ts";
 
 const schema = z.strictObject({
   /** Address to bind. Sidecar mode binds loopback by default. */
@@ -43,6 +44,19 @@ const schema = z.strictObject({
   demo: z.stringbool().default(false),
   /** Plans file applied at start-up. */
   plansFile: z.string().default(""),
+  /** Envoy rate-limit service mapping (docs/envoy.md): an object in the config file, or YAML/JSON text in the
+   * environment (QUOTA_ENVOY_CONFIG). */
+  envoy: z
+    .preprocess((v, ctx) => {
+      if (typeof v !== "string") return v;
+      try {
+        return parseYaml(v) ?? {};
+      } catch (e) {
+        ctx.addIssue({ code: "custom", message: `is not valid YAML/JSON: ${(e as Error).message.split("\n")[0]}` });
+        return z.NEVER;
+      }
+    }, envoyConfigSchema)
+    .prefault({}),
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -90,6 +104,7 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_TLS_CLIENT_CA_FILE: "tlsClientCaFile",
   QUOTA_DEMO: "demo",
   QUOTA_PLANS_FILE: "plansFile",
+  QUOTA_ENVOY_CONFIG: "envoy",
 };
 
 const SECRET_KEYS = new Set(["serviceToken", "adminToken", "databaseUrl", "redisUrl"]);
@@ -121,7 +136,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     const reverse = Object.fromEntries(Object.entries(ENV).map(([k, v]) => [v, k]));
     throw new ConfigError(r.error.issues.map((i) => {
       const key = String(i.path[0] ?? "");
-      return `${key}${reverse[key] ? ` (${reverse[key]})` : ""}: ${i.message}`;
+      const inner = i.path.slice(1).map(String).join(".");
+      return `${key}${reverse[key] ? ` (${reverse[key]})` : ""}${inner ? `.${inner}` : ""}: ${i.message}`;
     }));
   }
   return Object.freeze(r.data);

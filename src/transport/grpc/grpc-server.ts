@@ -12,12 +12,16 @@ import { HealthImplementation } from "grpc-health-check";
 import { ReflectionService } from "@grpc/reflection";
 import { QuotaAdminService, file_quota_v1_admin } from "../../gen/quota/v1/admin_pb.ts";
 import { QuotaService, file_quota_v1_quota } from "../../gen/quota/v1/quota_pb.ts";
+import { RateLimitService, file_envoy_service_ratelimit_v3_rls } from "../../gen/envoy/service/ratelimit/v3/rls_pb.ts";
 import { InvalidArgumentError } from "../../core/errors.ts";
 import type { Api, CallContext } from "../api.ts";
 import { mapError } from "../errors.ts";
+import type { EnvoyRlsApi } from "./envoy-rls.ts";
 
 export interface GrpcServerOptions {
   api: Api;
+  /** Envoy's rate-limit service (envoy.service.ratelimit.v3.RateLimitService), served beside QuotaService. */
+  envoy?: EnvoyRlsApi;
   host: string;
   port: number;
   maxMessageBytes: number;
@@ -115,14 +119,16 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
   const a = opts.api.admin as unknown as Record<string, Handler>;
   server.addService(...service(QuotaService, q, opts));
   server.addService(...service(QuotaAdminService, a, opts));
+  if (opts.envoy) server.addService(...service(RateLimitService, opts.envoy as unknown as Record<string, Handler>, opts));
 
   const health = new HealthImplementation({
     "": "SERVING",
     [QuotaService.typeName]: "SERVING",
     [QuotaAdminService.typeName]: "SERVING",
+    ...(opts.envoy ? { [RateLimitService.typeName]: "SERVING" as const } : {}),
   });
   health.addToServer(server);
-  const files = allFiles([file_quota_v1_quota, file_quota_v1_admin]);
+  const files = allFiles([file_quota_v1_quota, file_quota_v1_admin, ...(opts.envoy ? [file_envoy_service_ratelimit_v3_rls] : [])]);
   new ReflectionService({
     "quota.v1": { fileDescriptorProtos: files.map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto))) },
   } as never).addToServer(server);
