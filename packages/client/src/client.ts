@@ -98,7 +98,8 @@ export type KeyRef = { apiKey: string; keyId?: never } | { keyId: string; apiKey
 /** One call to admit (QuotaService.CheckAndReserve; the proto documents each field's range). */
 export type CheckRequest = KeyRef & {
   product: string;
-  method?: string;
+  /** The method being called (selects the plan's cost weight), 1-128 characters of [A-Za-z0-9_.:/-]. */
+  method: string;
   /** Explicit cost in units, overriding the plan's method weight. */
   cost?: Amount;
   /** Estimated spend in micro-USD for budget (credit) limits. */
@@ -379,7 +380,7 @@ function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
   const hasKeyId = typeof r.keyId === "string" && r.keyId !== "";
   if (hasKey === hasKeyId) throw new QuotaInputError("apiKey", "exactly one of apiKey and keyId is required");
   if (typeof r.product !== "string") throw new QuotaInputError("product", "required (a string)");
-  if (r.method !== undefined && typeof r.method !== "string") throw new QuotaInputError("method", "must be a string");
+  if (typeof r.method !== "string" || r.method === "") throw new QuotaInputError("method", "required (a string)");
   if (r.mode !== undefined && !(r.mode in MODES)) throw new QuotaInputError("mode", `must be ENFORCE, CHECK_ONLY or SHADOW, got ${JSON.stringify(r.mode)}`);
   let ttl: Duration | undefined;
   if (r.reservationTtlMs !== undefined) {
@@ -391,7 +392,7 @@ function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
     apiKey: r.apiKey ?? "",
     keyId: r.keyId ?? "",
     product: r.product,
-    method: r.method ?? "",
+    method: r.method,
     ...(r.cost !== undefined ? { cost: toInt64("cost", r.cost) } : {}),
     ...(r.estimatedSpendMicros !== undefined ? { estimatedSpendMicros: toInt64("estimatedSpendMicros", r.estimatedSpendMicros) } : {}),
     meters: toMeters("meters", r.meters),
