@@ -38,7 +38,9 @@ let server: ServerProcess;
 let admin: Clients;
 
 beforeAll(async () => {
-  server = await ServerProcess.create({ env: { QUOTA_SERVICE_TOKEN: SERVICE_TOKEN } });
+  // A generous counter-store deadline: on a loaded CI machine the default 50 ms would turn slow Redis answers into
+  // the plan's fail-closed UNAVAILABLE denials.
+  server = await ServerProcess.create({ env: { QUOTA_SERVICE_TOKEN: SERVICE_TOKEN, QUOTA_STORE_DEADLINE_MS: "2000" } });
   await server.start();
   admin = clients("grpc-js", server.ports);
   await admin.admin.applyPlans({ document: PLANS }, ADMIN);
