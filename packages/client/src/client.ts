@@ -42,9 +42,14 @@ export interface QuotaClientOptions {
   address: string;
   /** `"grpc"` (default) or `"connect"`. */
   transport?: TransportKind;
-  /** The data-plane service token, sent as `authorization: Bearer <token>`. */
+  /** The data-plane service token, sent as `authorization: Bearer <token>`; undefined or "" sends none. */
   token?: string;
-  /** Deadline of `checkAndReserve` and `release`, in ms (default 250). Sent to the server too (grpc-timeout). */
+  /**
+   * Deadline of `checkAndReserve` and `release`, in ms (default 1000). Sent to the server too (grpc-timeout). The
+   * server answers by its plan's failure mode within its own counter-store deadline (50 ms by default), so this one
+   * covers what the server cannot: a process that is down or hangs, a broken network, and the first call per key,
+   * which loads the key from Postgres (about 300 ms measured on a loaded 2-core CI machine; warm calls take ms).
+   */
   deadlineMs?: number;
   /** Deadline of `topUp` and `getLimits`, which commit to or read from Postgres, in ms (default 10,000). */
   controlDeadlineMs?: number;
@@ -225,7 +230,7 @@ interface DecisionPath {
   decide(request: CheckAndReserveRequest, call: { timeoutMs: number; signal?: AbortSignal; headers?: Record<string, string> }): Promise<CheckAndReserveResponse>;
 }
 
-const DEFAULT_DEADLINE_MS = 250;
+const DEFAULT_DEADLINE_MS = 1000;
 const DEFAULT_CONTROL_DEADLINE_MS = 10_000;
 
 export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
@@ -236,8 +241,9 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
   const controlDeadlineMs = positiveMs("controlDeadlineMs", options.controlDeadlineMs ?? DEFAULT_CONTROL_DEADLINE_MS);
   const failureMode = options.failureMode ?? "closed";
   checkFailureMode("failureMode", failureMode);
-  if (options.token !== undefined && (typeof options.token !== "string" || options.token === "" || /[\r\n]/.test(options.token))) {
-    throw new QuotaInputError("token", "must be a non-empty string without line breaks");
+  // Like the server's QUOTA_SERVICE_TOKEN: empty means none, so `token: process.env.QUOTA_SERVICE_TOKEN` just works.
+  if (options.token !== undefined && (typeof options.token !== "string" || /[\r\n]/.test(options.token))) {
+    throw new QuotaInputError("token", "must be a string without line breaks");
   }
   if (options.httpVersion !== undefined && (transportKind !== "connect" || (options.httpVersion !== "1.1" && options.httpVersion !== "2"))) {
     throw new QuotaInputError("httpVersion", `only for transport "connect", "1.1" or "2"`);
