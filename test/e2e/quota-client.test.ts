@@ -4,7 +4,11 @@
  * rejections as QuotaRequestError, and the failure policy (fail open / fail closed) when the service is unreachable
  * or does not answer within the deadline.
  */
+import * as http2 from "node:http2";
 import * as net from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { QuotaService } from "../../src/gen/quota/v1/quota_pb.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createQuotaClient,
@@ -129,6 +133,16 @@ for (const transport of ["grpc", "connect"] as const) {
       }
       const unknownRes = await client.release({ reservationId: `r~${s.accountId}~nosuchreservation0000000000000` }).catch((x: unknown) => x);
       expect(unknownRes).toBeInstanceOf(QuotaRequestError);
+    });
+
+    it("FAILED_PRECONDITION carries its reason (INSUFFICIENT_BALANCE) in QuotaRequestError.reason", async () => {
+      const s = await seedAccount(admin, "cl");
+      const e = await client
+        .topUp({ apiKey: s.apiKey, idempotencyKey: `broke-${transport}`, target: { case: "quota", value: { lines: [{ units: 5n }] } }, funding: { case: "fromWallet", value: {} } })
+        .catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(QuotaRequestError);
+      expect(e).toMatchObject({ code: "failedPrecondition", reason: "INSUFFICIENT_BALANCE" });
+      expect((e as Error).message).toContain("insufficient wallet balance");
     });
 
     it("a wrong service token is UNAUTHENTICATED (a configuration bug to surface), even with failureMode open", async () => {
@@ -266,6 +280,63 @@ describe("the quota service unavailable: the client's failure policy", () => {
         const o = await c.checkAndReserve({ apiKey: "qa_x_y", product: "p", method: "m" }, { failureMode: "open", deadlineMs: 100 });
         expect(o).toMatchObject({ allowed: true, failOpen: true });
         expect(o.unavailable!.kind).toBe("deadline");
+      } finally {
+        c.close();
+      }
+    });
+  }
+});
+
+describe("which server errors count as 'unavailable' (a stand-in QuotaService that fails with a chosen code)", () => {
+  let fake: http2.Http2Server;
+  let port: number;
+  const CODES: Record<string, Code> = {
+    unavailable: Code.Unavailable,
+    internal: Code.Internal,
+    unknown: Code.Unknown,
+    exhausted: Code.ResourceExhausted,
+    aborted: Code.Aborted,
+    invalid: Code.InvalidArgument,
+    unauthenticated: Code.Unauthenticated,
+    denied: Code.PermissionDenied,
+    notfound: Code.NotFound,
+    precondition: Code.FailedPrecondition,
+    unimplemented: Code.Unimplemented,
+  };
+
+  beforeAll(async () => {
+    const handler = connectNodeAdapter({
+      routes: (router) =>
+        router.service(QuotaService, {
+          checkAndReserve(req) {
+            throw new ConnectError(`failing as ${req.product}`, CODES[req.product] ?? Code.Internal);
+          },
+        }),
+    });
+    fake = http2.createServer(handler);
+    await new Promise<void>((r) => fake.listen(0, "127.0.0.1", r));
+    port = (fake.address() as net.AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise<void>((r) => fake.close(() => r()));
+  });
+
+  for (const transport of ["grpc", "connect"] as const) {
+    it(`${transport}: UNAVAILABLE, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, ABORTED -> the failure policy (kind "server"); the rest -> QuotaRequestError`, async () => {
+      const c = createQuotaClient({ address: `127.0.0.1:${port}`, transport, failureMode: "closed", deadlineMs: 5000 });
+      try {
+        for (const product of ["unavailable", "internal", "unknown", "exhausted", "aborted"]) {
+          const r = await c.checkAndReserve({ apiKey: "qa_x_y", product, method: "m" });
+          expect(r, product).toMatchObject({ allowed: false, reason: "UNAVAILABLE" });
+          expect(r.unavailable?.kind, product).toBe("server");
+        }
+        for (const product of ["invalid", "unauthenticated", "denied", "notfound", "precondition", "unimplemented"]) {
+          const e = await c.checkAndReserve({ apiKey: "qa_x_y", product, method: "m" }).catch((x: unknown) => x);
+          expect(e, product).toBeInstanceOf(QuotaRequestError);
+          expect((e as Error).message, product).toBe(`failing as ${product}`);
+        }
+        // Not implemented by the stand-in: UNIMPLEMENTED is a request error, not an outage.
+        expect(await c.getLimits({ apiKey: "qa_x_y" }).catch((x: unknown) => x)).toBeInstanceOf(QuotaRequestError);
       } finally {
         c.close();
       }

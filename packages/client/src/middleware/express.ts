@@ -8,8 +8,18 @@
  * is seen here; an error handler of yours that answers 4xx makes it a COMMIT.
  */
 import type { NextFunction, Request, RequestHandler, Response } from "express";
+import type { CheckResult } from "../client.ts";
 import { check, denialBody, headersFor, resolveOptions, settle, type QuotaMiddlewareOptions } from "./core.ts";
 import { onResponseEnd } from "./node.ts";
+
+declare global {
+  namespace Express {
+    interface Locals {
+      /** The CheckAndReserve answer for this request (set by @quota-authority/client's quotaLimit). */
+      quota?: CheckResult;
+    }
+  }
+}
 
 export type ExpressQuotaOptions = QuotaMiddlewareOptions<[req: Request, res: Response]>;
 
