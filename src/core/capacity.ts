@@ -2,6 +2,12 @@
  * Keeps the counter store's capacity in step with Postgres, and rebuilds an account's hot state after the store
  * lost it. Postgres is the source of truth: a top-up commits there first; `sync` then rewrites the account's whole
  * capacity (idempotent), and the reconciler repeats it for any account whose post-commit write was lost.
+ *
+ * `capacity_synced` is raised only when the version landed in the store (written, or an equal or newer one already
+ * there). A sync that finds the account absent marks nothing: a restore that read an older version may be racing
+ * it, and the reconciler must still see the account as stale afterwards. The reconciler also compares the version
+ * the store holds with Postgres, page by page over all accounts, so a store that lost writes (a failover to a lagging
+ * replica) is repaired even though Postgres says "synced".
  */
 import type { CounterStore } from "./counter-store.ts";
 import { capacityOf } from "./limits.ts";
@@ -13,6 +19,8 @@ export class CapacitySync {
   readonly #clock: Clock;
   readonly #bus: ChangeBus;
   readonly #restoring = new Map<string, Promise<void>>();
+  /** The reconciler's position in its walk over all accounts (compare store and Postgres versions). */
+  #verifyAfter = "";
 
   constructor(deps: { db: Database; store: CounterStore; clock: Clock; bus: ChangeBus }) {
     this.#db = deps.db;
@@ -30,8 +38,8 @@ export class CapacitySync {
   async sync(accountId: string): Promise<void> {
     const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
     if (!config) return;
-    await this.#store.setCapacity(accountId, capacityOf(config), config.account.capacityVersion);
-    await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
+    const landed = await this.#store.setCapacity(accountId, capacityOf(config), config.account.capacityVersion);
+    if (landed !== "absent") await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
   }
 
   /** First touch after the store lost the account (or never had it): capacity plus the last usage snapshot. */
@@ -49,11 +57,26 @@ export class CapacitySync {
     return p;
   }
 
-  /** One reconciler pass: re-sync accounts whose capacity version is ahead of what Redis was given. */
-  async reconcile(max = 100): Promise<number> {
+  /** One reconciler pass: re-sync accounts whose capacity version is ahead of what the store was given, then
+   * compare the versions the store holds for the next `verify` accounts with Postgres and re-sync any behind. */
+  async reconcile(max = 100, verify = 1000): Promise<number> {
     const stale = await this.#db.listCapacityStale(max);
     // Also tell every replica: the change may have come from outside a server (e.g. `plans apply` on the CLI).
     for (const a of stale) await this.afterCommit(a.id);
-    return stale.length;
+    let repaired = 0;
+    if (verify > 0) {
+      const page = await this.#db.listAccountVersions(this.#verifyAfter, verify);
+      this.#verifyAfter = page.length < verify ? "" : page[page.length - 1]!.id;
+      const held = await this.#store.capacityVersions(page.map((a) => a.id));
+      for (const a of page) {
+        const v = held.get(a.id);
+        // Absent: nothing to repair (its next call restores it from Postgres).
+        if (v !== null && v !== undefined && v < a.capacityVersion) {
+          await this.afterCommit(a.id);
+          repaired++;
+        }
+      }
+    }
+    return stale.length + repaired;
   }
 }

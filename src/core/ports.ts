@@ -168,6 +168,8 @@ export interface Database {
   loadUsageSnapshot(accountId: string): Promise<StateSnapshot>;
   markCapacitySynced(accountId: string, version: number): Promise<void>;
   listCapacityStale(limit: number): Promise<AccountRecord[]>;
+  /** Accounts with id > `after`, in id order, with their capacity version (the reconciler's walk). */
+  listAccountVersions(after: string, limit: number): Promise<Array<{ id: string; capacityVersion: number }>>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

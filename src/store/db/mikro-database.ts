@@ -338,6 +338,13 @@ export class MikroDatabase implements Database {
     )).map((r) => ({ id: r.id as string, name: "", createdAt: new Date(0), capacityVersion: 0, capacitySynced: 0 }));
   }
 
+  async listAccountVersions(after: string, limit: number) {
+    return (await this.#orm.em.fork().execute<AnyRow[]>(
+      `select id, capacity_version from accounts where id > ? order by id limit ?`,
+      [after, limit],
+    )).map((r) => ({ id: r.id as string, capacityVersion: Number(r.capacity_version) }));
+  }
+
   async ping() {
     await this.#orm.em.fork().execute("select 1");
   }

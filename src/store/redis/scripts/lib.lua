@@ -7,14 +7,16 @@ Conventions:
   built here are derived from KEYS[1]'s prefix, so they live in the same Redis Cluster slot. (Reservations name
   limit state keys that were declared when the reservation was made; release and sweep reach them through that
   prefix — same slot, so cluster-safe.)
-- Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as decimal strings inside JSON
-  and are written with string.format('%d') (tostring would round above 1e14).
+- Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as positional decimal strings
+  (no JSON decoding on the hot path) and are written with string.format('%d') (tostring would round above 1e14).
 - Time: ARGV[1] overrides the clock when it is not empty (tests with a controlled clock); otherwise Redis TIME.
+- Compact state: a capacity entry is a packed string (parse_cap), an open reservation a MessagePack map
+  (cmsgpack, C-coded), a settled result a short packed string (settled_string). An `rs` field "r:<id>" holds the
+  open reservation and, once settled, its result, kept until `retention_of` (a bounded grace past the TTL).
 - This file mirrors src/store/memory/in-memory-counter-store.ts; test/contract holds both to one behaviour.
 ]==]
 
 local DAY_MS = 86400000
-local SETTLED_RETENTION_MS = 86400000
 local SWEEP_BATCH = 16
 local KIND_ORDER = { WINDOW = 0, RATE = 1, CONCURRENCY = 2, QUOTA = 3, BUDGET = 4 }
 local REASON_BY_KIND = { WINDOW = 'OUTSIDE_ACCESS_WINDOW', RATE = 'RATE_LIMITED', CONCURRENCY = 'CONCURRENCY_LIMITED',
@@ -29,14 +31,26 @@ end
 local function fmt(n) return string.format('%d', n) end
 
 local PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 3) -- "{a:<id>}:" from "{a:<id>}:cap"
-local RS = PREFIX .. 'rs'   -- hash: r:<id> reservation, d:<id> settled result, i:<idem> reservation id
-local RX = PREFIX .. 'rx'   -- zset: expiry index of the members above
+local RS = PREFIX .. 'rs'   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
+local RX = PREFIX .. 'rx'   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
 local function state_key(limit_id) return PREFIX .. 's:' .. limit_id end
 
 local function hget_num(key, field)
   local v = redis.call('HGET', key, field)
   if v then return tonumber(v) end
   return 0
+end
+
+-- A capacity entry, packed by the store: "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,
+-- <seq>,<product|''>" per grant (ids and products never contain ',' or ';').
+local function parse_cap(raw)
+  local b, bp, rest = string.match(raw, '^([^,;]*),([^,;]*)(.*)$')
+  local g = {}
+  for item in string.gmatch(rest, ';([^;]*)') do
+    local id, amount, prio, from, till, seq, product = string.match(item, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
+    g[#g + 1] = { id, amount, prio, from, till, seq, product }
+  end
+  return { b = b, bp = bp, g = g }
 end
 
 -- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
@@ -112,7 +126,7 @@ local function evaluate(l, product, now)
     cap = { b = l.limit, bp = '0', g = {} }
   else
     local raw = redis.call('HGET', KEYS[1], l.id)
-    if raw then cap = cjson.decode(raw) else cap = { b = '0', bp = '0', g = {} } end
+    if raw then cap = parse_cap(raw) else cap = { b = '0', bp = '0', g = {} } end
   end
   local period = l.period or { type = 'none' }
   local win, reset, rolling = '0', nil, false
@@ -198,6 +212,8 @@ local function evaluate(l, product, now)
   end
 
   ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
+  -- A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
+  if kind == 'BUDGET' and remaining <= 0 then ev.pass = false end
   ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
   ev.overage_total = hget_num(key, 'ot')
   ev.sources, ev.win, ev.rolling = sources, win, rolling
@@ -251,10 +267,21 @@ end
 
 local function is_overage_field(f) return string.sub(f, 1, 1) == 'o' end
 
+-- Settled results: "<state>|<overage>|<meter>=<reserved>=<charged>,..." with state C COMMITTED, X CANCELLED,
+-- E EXPIRED_CHARGED, R EXPIRED_REFUNDED, T tombstone (a CANCEL that found nothing: a late reserve of that id is a
+-- no-op). An open reservation is MessagePack, whose first byte is >= 0x80; a settled result starts with a letter.
+local STATE_CODE = { COMMITTED = 'C', CANCELLED = 'X', EXPIRED_CHARGED = 'E', EXPIRED_REFUNDED = 'R' }
+local function is_open(raw) return string.byte(raw, 1) >= 128 end
+
+-- How long an "rs" record is kept: until `grace` ms past the reservation's TTL (or past now, if later). Bounded, so
+-- an account's memory is bounded by its call rate times (TTL + grace), not by its history.
+local function retention_of(expires, now, grace) return math.max(expires, now) + grace end
+
 -- Settles a stored reservation: charges `charged[meter]` per limit (refunding or charging the difference),
--- frees concurrency slots, stores the result for idempotent replays. state is one of COMMITTED, CANCELLED,
--- EXPIRED_CHARGED, EXPIRED_REFUNDED; actual maps meter -> amount string (COMMITTED only).
-local function settle(id, r, state, actual, now)
+-- frees concurrency slots, stores the compact result for idempotent replays (same field, re-scored to its
+-- retention). state is one of COMMITTED, CANCELLED, EXPIRED_CHARGED, EXPIRED_REFUNDED; actual maps meter ->
+-- amount string (COMMITTED only). Returns the settled string.
+local function settle(id, r, state, actual, now, grace)
   local charged = {}
   for meter, reserved in pairs(r.m) do
     if state == 'COMMITTED' then charged[meter] = actual[meter] or reserved
@@ -303,30 +330,31 @@ local function settle(id, r, state, actual, now)
       if entry_over > overage then overage = entry_over end
     end
   end
-  redis.call('HDEL', RS, 'r:' .. id)
-  redis.call('ZREM', RX, 'r:' .. id)
-  local done = { s = state, m = r.m, c = charged, o = fmt(overage) }
-  redis.call('HSET', RS, 'd:' .. id, cjson.encode(done))
-  redis.call('ZADD', RX, now + SETTLED_RETENTION_MS, 'd:' .. id)
+  local meters = {}
+  for meter, reserved in pairs(r.m) do meters[#meters + 1] = meter .. '=' .. reserved .. '=' .. charged[meter] end
+  table.sort(meters)
+  local done = STATE_CODE[state] .. '|' .. fmt(overage) .. '|' .. table.concat(meters, ',')
+  redis.call('HSET', RS, 'r:' .. id, done)
+  redis.call('ZADD', RX, retention_of(tonumber(r.e), now, grace), 'r:' .. id)
   return done
 end
 
--- Settles up to `max` expired reservations by their policy and drops expired idempotency/result records.
-local function sweep(now, max)
+-- Settles up to `max` expired reservations by their policy and drops records whose retention is over. Peeks at
+-- the earliest deadline first, so a call with nothing due costs one ZRANGE.
+local function sweep(now, max, grace)
+  local first = redis.call('ZRANGE', RX, 0, 0, 'WITHSCORES')
+  if not first[2] or tonumber(first[2]) > now then return 0 end
   local due = redis.call('ZRANGEBYSCORE', RX, '-inf', now, 'LIMIT', 0, max)
   local n = 0
   for _, member in ipairs(due) do
-    redis.call('ZREM', RX, member)
-    local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
-    if kind == 'r' then
-      local raw = redis.call('HGET', RS, member)
-      if raw then
-        local r = cjson.decode(raw)
-        settle(id, r, (r.p == 'charge') and 'EXPIRED_CHARGED' or 'EXPIRED_REFUNDED', {}, now)
-        n = n + 1
-      end
+    local raw = (string.sub(member, 1, 1) == 'r') and redis.call('HGET', RS, member) or nil
+    if raw and is_open(raw) then
+      local r = cmsgpack.unpack(raw)
+      settle(string.sub(member, 3), r, (r.p == 'charge') and 'EXPIRED_CHARGED' or 'EXPIRED_REFUNDED', {}, now, grace)
+      n = n + 1
     else
       redis.call('HDEL', RS, member)
+      redis.call('ZREM', RX, member)
     end
   end
   return n

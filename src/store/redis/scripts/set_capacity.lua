@@ -5,8 +5,8 @@ or after Redis lost data) also restores usage state for limits whose state key i
 
 KEYS[1]  {a:<id>}:cap
 ARGV[1]  clock override (unused; kept for a uniform signature)
-ARGV[2]  JSON { limitId: capacityJSON } — capacityJSON = { b, bp, g = [[id, amount, priority, from, until|'', seq,
-         product]] }
+ARGV[2]  JSON { limitId: packed capacity } — the packed form parse_cap (lib.lua) reads:
+         "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,<seq>,<product|''>" per grant
 ARGV[3]  optional JSON { limitId: { field: value } } usage snapshot to restore where absent
 ARGV[4]  the account's capacity version in Postgres; stored as field "v". A write whose version is lower than the
          stored one is ignored, so two racing syncs never leave the older capacity last.
@@ -44,7 +44,7 @@ redis.call('DEL', KEYS[1])
 local args = { 'v', string.format('%d', version) }
 for id, c in pairs(caps) do
   table.insert(args, id)
-  table.insert(args, cjson.encode(c))
+  table.insert(args, c)
 end
 redis.call('HSET', KEYS[1], unpack(args))
 return restored
