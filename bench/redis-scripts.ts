@@ -31,10 +31,19 @@ try {
     { id: "k:key1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 1_000_000_000n },
   ];
   const ids: string[] = [];
-  const stats = async (): Promise<{ calls: number; usec: number }> => {
+  // usec_per_call (commandstats) is wall time inside the command, so it grows when the machine is overloaded and
+  // Redis is descheduled mid-script; INFO cpu (user + sys seconds of the process) is the CPU it really used, which
+  // also counts the per-command network and parsing work. Both are reported.
+  const cpu = async (): Promise<number> => {
+    const info = await redis.info("cpu");
+    return Number(/used_cpu_user:([\d.]+)/.exec(info)![1]) + Number(/used_cpu_sys:([\d.]+)/.exec(info)![1]);
+  };
+  let cpuAt = 0;
+  const stats = async (): Promise<{ calls: number; usec: number; cpuUsec: number }> => {
     const info = await redis.info("commandstats");
     const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(info);
-    return m ? { calls: Number(m[1]), usec: Number(m[2]) } : { calls: 0, usec: 0 };
+    const cpuUsec = ((await cpu()) - cpuAt) * 1e6;
+    return m ? { calls: Number(m[1]), usec: Number(m[2]), cpuUsec } : { calls: 0, usec: 0, cpuUsec };
   };
   // Warm up (script load, hash encodings), then measure.
   for (let i = 0; i < 200; i++) {
@@ -42,6 +51,7 @@ try {
     await store.release({ accountId: account, reservationId: r.reservationId!, outcome: "COMMIT", actual: {} });
   }
   await redis.config("RESETSTAT");
+  cpuAt = await cpu();
   const t0 = Date.now();
   for (let i = 0; i < N; i += WINDOW) {
     const batch = [];
@@ -54,16 +64,32 @@ try {
   }
   const reserve = await stats();
   await redis.config("RESETSTAT");
+  cpuAt = await cpu();
   for (let i = 0; i < N; i += WINDOW) {
     const batch = ids.slice(i, i + WINDOW).map((id) => store.release({ accountId: account, reservationId: id, outcome: "COMMIT", actual: { units: 1n } }));
     for (const r of await Promise.all(batch)) if (r.outcome !== "SETTLED") throw new Error(`release ${r.outcome}`);
   }
   const release = await stats();
+  // The floor on this machine at this moment: an EVALSHA of a script that only reads TIME, same pipelining.
+  await redis.config("RESETSTAT");
+  cpuAt = await cpu();
+  const sha = (await redis.script("LOAD", "return redis.call('TIME')[1]")) as string;
+  for (let i = 0; i < N; i += WINDOW) {
+    const batch = [];
+    for (let j = i; j < Math.min(N, i + WINDOW); j++) batch.push(redis.evalsha(sha, 0));
+    await Promise.all(batch);
+  }
+  const floor = await stats();
   const out = {
     calls: N,
     limitsPerCall: limits.length,
     reserveUsecPerCall: +(reserve.usec / reserve.calls).toFixed(1),
     releaseUsecPerCall: +(release.usec / release.calls).toFixed(1),
+    reserveCpuUsecPerCall: +(reserve.cpuUsec / reserve.calls).toFixed(1),
+    releaseCpuUsecPerCall: +(release.cpuUsec / release.calls).toFixed(1),
+    floorUsecPerCall: +(floor.usec / floor.calls).toFixed(1),
+    floorCpuUsecPerCall: +(floor.cpuUsec / floor.calls).toFixed(1),
+    loadAverage: (await import("node:os")).loadavg()[0]!.toFixed(1),
     wallSeconds: +((Date.now() - t0) / 1000).toFixed(1),
     redis: (await redis.info("server")).match(/redis_version:(\S+)/)?.[1],
   };
