@@ -35,14 +35,16 @@ export interface RedisCounterStoreOptions {
   clock?: () => number;
   /** How long past a reservation's TTL its settled result (and its idempotency id) is kept for replays. */
   retentionGraceMs?: number;
+  /** Lua placed before every script (tests: test/support/redis-guard.ts refuses any key not declared in KEYS). */
+  scriptPrelude?: string;
 }
 
 /** Registers the scripts once on the connection (EVALSHA; ioredis reloads on NOSCRIPT). */
-export function defineScripts(redis: Redis | Cluster): void {
+export function defineScripts(redis: Redis | Cluster, prelude = ""): void {
   for (const name of SCRIPTS) {
     const body = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8");
     if (typeof (redis as unknown as Record<string, unknown>)[`qa_${name}`] === "function") continue;
-    redis.defineCommand(`qa_${name}`, { lua: `${LIB}\n${body}` });
+    redis.defineCommand(`qa_${name}`, { lua: `${prelude}${LIB}\n${body}` });
   }
 }
 
@@ -57,11 +59,17 @@ export class RedisCounterStore implements CounterStore {
     this.#prefix = options.keyPrefix ?? "qa:";
     this.#clock = options.clock;
     this.#grace = String(options.retentionGraceMs ?? DEFAULT_RETENTION_GRACE_MS);
-    defineScripts(redis);
+    defineScripts(redis, options.scriptPrelude);
   }
 
   #tag(accountId: string): string {
     return `${this.#prefix}{a:${accountId}}:`;
+  }
+
+  /** The four keys every script declares first (lib.lua): capacity, reservations, their expiry index, usage. */
+  #fixedKeys(accountId: string): [string, string, string, string] {
+    const tag = this.#tag(accountId);
+    return [`${tag}cap`, `${tag}rs`, `${tag}rx`, `${tag}u`];
   }
 
   #now(): string {
@@ -74,7 +82,7 @@ export class RedisCounterStore implements CounterStore {
 
   async reserve(cmd: ReserveCommand): Promise<ReserveResult> {
     const tag = this.#tag(cmd.accountId);
-    const keys = [`${tag}cap`, `${tag}rs`, `${tag}rx`, ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
+    const keys = [...this.#fixedKeys(cmd.accountId), ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
     // Positional arguments (reserve.lua's header): the script decodes no JSON on the hot path.
     const args: string[] = [
       this.#now(), this.#grace, cmd.reservationId, cmd.idempotencyId ?? "", MODE_CODE[cmd.mode], String(cmd.ttlMs), cmd.product,
@@ -103,11 +111,10 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
-    const tag = this.#tag(cmd.accountId);
     const actual: string[] = [];
     for (const [meter, amount] of Object.entries(cmd.actual)) actual.push(meter, String(amount));
     const [code, raw] = (await this.#script("release")(
-      3, `${tag}cap`, `${tag}rs`, `${tag}rx`, this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
+      4, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
     )) as [number, string];
     if (code === 2) return { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n };
     return { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) };
@@ -123,9 +130,8 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<number> {
-    const tag = this.#tag(accountId);
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    return (await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
+    return (await this.#script("set_capacity")(4, ...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
   }
 
   async capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>> {
@@ -136,8 +142,7 @@ export class RedisCounterStore implements CounterStore {
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
     if (limitIds.length === 0) return {};
-    const tag = this.#tag(accountId);
-    const reply = (await this.#script("export_state")(1, `${tag}cap`, this.#now(), ...limitIds)) as Array<string | string[]>;
+    const reply = (await this.#script("export_state")(4, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
     const out: StateSnapshot = {};
     for (let i = 0; i < reply.length; i += 2) {
       const flat = reply[i + 1] as string[];
@@ -149,8 +154,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async sweep(accountId: string): Promise<number> {
-    const tag = this.#tag(accountId);
-    return (await this.#script("sweep")(3, `${tag}cap`, `${tag}rs`, `${tag}rx`, this.#now(), 1000, this.#grace)) as number;
+    return (await this.#script("sweep")(4, ...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
   }
 
   async now(): Promise<number> {

@@ -3,10 +3,17 @@ lib.lua: functions shared by every script. It is prepended to each script when t
 (src/store/redis/scripts.ts), so every script stays one atomic EVALSHA.
 
 Conventions:
-- Every key of one account carries the hash tag {a:<accountId>}; KEYS[1] is always "{a:<id>}:cap", and all keys
-  built here are derived from KEYS[1]'s prefix, so they live in the same Redis Cluster slot. (Reservations name
-  limit state keys that were declared when the reservation was made; release and sweep reach them through that
-  prefix — same slot, so cluster-safe.)
+- Every key a script touches is declared in KEYS (Redis Cluster, proxies and Redis-compatible servers that enforce
+  declared keys, slot migration). Every script declares the account's four fixed keys first:
+    KEYS[1] {a:<id>}:cap  capacity per limit (packed) and the presence marker / capacity version (field "v")
+    KEYS[2] {a:<id>}:rs   reservations and settled results (r:<id>), idempotency ids (i:<idem>)
+    KEYS[3] {a:<id>}:rx   expiry index of KEYS[2]
+    KEYS[4] {a:<id>}:u    usage of every QUOTA/BUDGET limit of the account, fields "<limit id>|<field>", and per
+                          CONCURRENCY limit "<limit id>|fr": slots freed by Release/sweep, dropped from the limit's
+                          zset the next time it is evaluated
+  RATE and CONCURRENCY logs are sorted sets "{a:<id>}:s:<limit id>", declared by reserve.lua (KEYS[5..]). So
+  Release and the sweep only ever touch the four fixed keys, whatever the reservation names. Same hash tag: one
+  cluster slot.
 - Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as positional decimal strings
   (no JSON decoding on the hot path) and are written with string.format('%d') (tostring would round above 1e14).
 - Time: ARGV[1] overrides the clock when it is not empty (tests with a controlled clock); otherwise Redis TIME.
@@ -30,13 +37,15 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
-local PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 3) -- "{a:<id>}:" from "{a:<id>}:cap"
-local RS = PREFIX .. 'rs'   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
-local RX = PREFIX .. 'rx'   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
-local function state_key(limit_id) return PREFIX .. 's:' .. limit_id end
+local RS = KEYS[2]   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
+local RX = KEYS[3]   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
+local U = KEYS[4]    -- hash: "<limit id>|<field>" usage of QUOTA/BUDGET limits; "<limit id>|fr" freed slots
 
-local function hget_num(key, field)
-  local v = redis.call('HGET', key, field)
+-- Usage fields of one limit inside U. A limit's own field names (win, b, o, ot, g:<grant>, b:<start>, o:<start>,
+-- bk = the rolling buckets present) are those of a per-limit hash, prefixed; limit ids never contain '|'.
+local function uf(limit_id, field) return limit_id .. '|' .. field end
+local function uget(limit_id, field)
+  local v = redis.call('HGET', U, uf(limit_id, field))
   if v then return tonumber(v) end
   return 0
 end
@@ -65,7 +74,7 @@ end
 
 -- Evaluates one limit without changing usage (it may drop entries that already left their window).
 -- Returns a table: pass, limit, used, remaining, reset (or nil), overage, retry (or nil), available (or nil),
--- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key.
+-- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key (RATE/CONCURRENCY: l.key, the declared sorted set).
 local function evaluate(l, product, now)
   local kind = l.kind
   local amount = tonumber(l.amount)
@@ -89,7 +98,7 @@ local function evaluate(l, product, now)
     end
     return ev
   end
-  local key = state_key(l.id)
+  local key = l.key -- RATE and CONCURRENCY: the limit's sorted set, declared by the caller
   ev.key = key
   if kind == 'RATE' then
     local window = tonumber(l.windowMs)
@@ -107,6 +116,14 @@ local function evaluate(l, product, now)
     return ev
   end
   if kind == 'CONCURRENCY' then
+    -- Slots released since the last evaluation (Release and the sweep record them in U: they never touch this key).
+    local freed = redis.call('HGET', U, uf(l.id, 'fr'))
+    if freed then
+      local ids = {}
+      for rid in string.gmatch(freed, '[^,]+') do ids[#ids + 1] = rid end
+      redis.call('ZREM', key, unpack(ids))
+      redis.call('HDEL', U, uf(l.id, 'fr'))
+    end
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local count = redis.call('ZCARD', key)
     local max = tonumber(l.limit)
@@ -145,26 +162,44 @@ local function evaluate(l, product, now)
     local bucket_ms, window = tonumber(period.bucketMs), tonumber(period.windowMs)
     local bucket = math.floor(now / bucket_ms) * bucket_ms
     local horizon = now - window - bucket_ms
-    local all = redis.call('HGETALL', key)
+    -- The buckets present are listed in field "bk" (no HGETALL of a hash shared by every limit of the account).
+    local list = redis.call('HGET', U, uf(l.id, 'bk'))
     local oldest = nil
-    for k = 1, #all, 2 do
-      local f, v = all[k], tonumber(all[k + 1])
-      local p = string.sub(f, 1, 2)
-      if p == 'b:' or p == 'o:' then
-        local start = tonumber(string.sub(f, 3))
-        if start <= horizon then
-          redis.call('HDEL', key, f)
-        elseif p == 'b:' then
-          used = used + v
-          if v > 0 and (oldest == nil or start < oldest) then oldest = start end
+    local kept, fields, gone = {}, {}, {}
+    if list then
+      for start in string.gmatch(list, '[^,]+') do
+        if tonumber(start) <= horizon then
+          gone[#gone + 1] = uf(l.id, 'b:' .. start)
+          gone[#gone + 1] = uf(l.id, 'o:' .. start)
+        else
+          kept[#kept + 1] = start
+          fields[#fields + 1] = uf(l.id, 'b:' .. start)
+          fields[#fields + 1] = uf(l.id, 'o:' .. start)
         end
       end
     end
+    if #gone > 0 then
+      redis.call('HDEL', U, unpack(gone))
+      if #kept > 0 then redis.call('HSET', U, uf(l.id, 'bk'), table.concat(kept, ',')) else redis.call('HDEL', U, uf(l.id, 'bk')) end
+    end
+    ev.rolling_over = 0
+    if #fields > 0 then
+      local vals = redis.call('HMGET', U, unpack(fields))
+      for k, start in ipairs(kept) do
+        local b, o = tonumber(vals[2 * k - 1] or '0'), tonumber(vals[2 * k] or '0')
+        used = used + b
+        ev.rolling_over = ev.rolling_over + o
+        if b > 0 and (oldest == nil or tonumber(start) < oldest) then oldest = tonumber(start) end
+      end
+    end
+    ev.buckets = kept
+    ev.bucket = fmt(bucket)
     ev.ufield = 'b:' .. fmt(bucket)
     ev.ofield = 'o:' .. fmt(bucket)
     if oldest then reset = oldest + bucket_ms + window else reset = now + window end
   end
-  local same = redis.call('HGET', key, 'win') == win
+  ev.id = l.id
+  local same = redis.call('HGET', U, uf(l.id, 'win')) == win
 
   local sources = {}
   local base = tonumber(cap.b)
@@ -172,7 +207,7 @@ local function evaluate(l, product, now)
     local s = { id = 'base', amount = base, priority = tonumber(cap.bp), product = '', seq = -1, used = 0 }
     if rolling then s.field = ev.ufield else
       s.field = 'b'
-      if same then s.used = hget_num(key, 'b') end
+      if same then s.used = uget(l.id, 'b') end
       s.expires = reset
     end
     table.insert(sources, s)
@@ -185,7 +220,7 @@ local function evaluate(l, product, now)
         product = g[7], used = 0 }
       if rolling then s.field = ev.ufield else
         s.field = 'g:' .. g[1]
-        s.used = hget_num(key, s.field)
+        s.used = uget(l.id, s.field)
       end
       table.insert(sources, s)
     end
@@ -203,19 +238,16 @@ local function evaluate(l, product, now)
   if rolling then remaining = math.max(0, total - used) end
   local overage = 0
   if rolling then
-    local all = redis.call('HGETALL', key)
-    for k = 1, #all, 2 do
-      if string.sub(all[k], 1, 2) == 'o:' then overage = overage + tonumber(all[k + 1]) end
-    end
+    overage = ev.rolling_over
   elseif same then
-    overage = hget_num(key, 'o')
+    overage = uget(l.id, 'o')
   end
 
   ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
   -- A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
   if kind == 'BUDGET' and remaining <= 0 then ev.pass = false end
   ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
-  ev.overage_total = hget_num(key, 'ot')
+  ev.overage_total = uget(l.id, 'ot')
   ev.sources, ev.win, ev.rolling = sources, win, rolling
   if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
   return ev
@@ -224,16 +256,25 @@ end
 -- Takes `amount` from the sources in burn order; what no source can cover becomes overage.
 -- Returns the parts consumed as { {field, amount-string}, ... }.
 local function consume(ev, amount)
-  local key = ev.key
-  if not ev.rolling and redis.call('HGET', key, 'win') ~= ev.win then
-    redis.call('HSET', key, 'win', ev.win, 'b', '0', 'o', '0')
+  local id = ev.id
+  if not ev.rolling and redis.call('HGET', U, uf(id, 'win')) ~= ev.win then
+    redis.call('HSET', U, uf(id, 'win'), ev.win, uf(id, 'b'), '0', uf(id, 'o'), '0')
+  end
+  if ev.rolling and amount > 0 then
+    -- list the current bucket once (its b:/o: fields are about to exist)
+    local listed = false
+    for _, b in ipairs(ev.buckets) do if b == ev.bucket then listed = true; break end end
+    if not listed then
+      table.insert(ev.buckets, ev.bucket)
+      redis.call('HSET', U, uf(id, 'bk'), table.concat(ev.buckets, ','))
+    end
   end
   local parts = {}
   local take = amount
   if ev.rolling then
     local room = math.min(ev.remaining, take)
     if room > 0 then
-      redis.call('HINCRBY', key, ev.ufield, fmt(room))
+      redis.call('HINCRBY', U, uf(id, ev.ufield), fmt(room))
       table.insert(parts, { ev.ufield, fmt(room) })
       take = take - room
     end
@@ -243,7 +284,7 @@ local function consume(ev, amount)
       local avail = s.amount - s.used
       if avail > 0 then
         local t = math.min(avail, take)
-        redis.call('HINCRBY', key, s.field, fmt(t))
+        redis.call('HINCRBY', U, uf(id, s.field), fmt(t))
         s.used = s.used + t
         table.insert(parts, { s.field, fmt(t) })
         take = take - t
@@ -252,8 +293,8 @@ local function consume(ev, amount)
   end
   if take > 0 then
     -- 'ot' never resets: overage units ever charged on this limit, for billing.
-    redis.call('HINCRBY', key, ev.ofield, fmt(take))
-    redis.call('HINCRBY', key, 'ot', fmt(take))
+    redis.call('HINCRBY', U, uf(id, ev.ofield), fmt(take))
+    redis.call('HINCRBY', U, uf(id, 'ot'), fmt(take))
     table.insert(parts, { ev.ofield, fmt(take) })
   end
   -- Keep the evaluation current, so the answer reports the state after this call without evaluating again.
@@ -291,8 +332,14 @@ local function settle(id, r, state, actual, now, grace)
   local overage = 0
   for _, en in ipairs(r.en) do
     local l = en.l
-    local key = state_key(l.id)
-    if l.kind == 'CONCURRENCY' then redis.call('ZREM', key, id) end
+    if l.kind == 'CONCURRENCY' and state ~= 'EXPIRED_CHARGED' and state ~= 'EXPIRED_REFUNDED' then
+      -- Freed here, dropped from the limit's sorted set by its next evaluation (this script does not declare it).
+      -- At most as many ids wait as the limit has slots: each is one open reservation of that limit. (An expired
+      -- slot needs nothing: its score, the TTL, has passed, and evaluation drops it by score.)
+      local f = uf(l.id, 'fr')
+      local freed = redis.call('HGET', U, f)
+      redis.call('HSET', U, f, freed and (freed .. ',' .. id) or id)
+    end
     if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
       local reserved = 0
       local entry_over = 0
@@ -303,7 +350,7 @@ local function settle(id, r, state, actual, now, grace)
       local target = tonumber(charged[l.meter] or fmt(reserved))
       if target < reserved then
         local refund = reserved - target
-        local win = redis.call('HGET', key, 'win')
+        local win = redis.call('HGET', U, uf(l.id, 'win'))
         for i = #en.pa, 1, -1 do
           if refund <= 0 then break end
           local f, a = en.pa[i][1], tonumber(en.pa[i][2])
@@ -311,12 +358,12 @@ local function settle(id, r, state, actual, now, grace)
           refund = refund - back
           if is_overage_field(f) then
             entry_over = entry_over - back
-            redis.call('HINCRBY', key, 'ot', fmt(-back))
+            redis.call('HINCRBY', U, uf(l.id, 'ot'), fmt(-back))
           end
           -- A part charged in a window that has since rolled over is not refunded: that window is history.
           local stale = (f == 'b' or f == 'o') and win ~= en.w
-          if redis.call('HEXISTS', key, f) == 1 and not stale then
-            redis.call('HINCRBY', key, f, fmt(-back))
+          if redis.call('HEXISTS', U, uf(l.id, f)) == 1 and not stale then
+            redis.call('HINCRBY', U, uf(l.id, f), fmt(-back))
           end
         end
       elseif target > reserved then

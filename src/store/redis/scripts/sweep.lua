@@ -6,6 +6,7 @@ accounts that were active, so slots and refunds do not wait for the next call.
 KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs
 KEYS[3]  {a:<id>}:rx
+KEYS[4]  {a:<id>}:u
 ARGV[1]  clock override in ms, or '' for Redis TIME
 ARGV[2]  maximum number of members to process
 ARGV[3]  retention grace in ms (for the results of the reservations settled here)
