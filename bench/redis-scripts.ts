@@ -63,6 +63,14 @@ try {
     for (const r of await Promise.all(batch)) if (r.outcome !== "ALLOWED") throw new Error(`reserve ${r.outcome} ${r.reason}`);
   }
   const reserve = await stats();
+  // Memory of the account's keys with N reservations open, then with N settled results retained.
+  const accountBytes = async () => {
+    const keys = await redis.keys(`bench:{a:${account}}:*`);
+    let bytes = 0;
+    for (const k of keys) bytes += Number(await redis.call("MEMORY", "USAGE", k, "SAMPLES", "0"));
+    return bytes;
+  };
+  const openBytes = await accountBytes();
   await redis.config("RESETSTAT");
   cpuAt = await cpu();
   for (let i = 0; i < N; i += WINDOW) {
@@ -70,6 +78,7 @@ try {
     for (const r of await Promise.all(batch)) if (r.outcome !== "SETTLED") throw new Error(`release ${r.outcome}`);
   }
   const release = await stats();
+  const settledBytes = await accountBytes();
   // The floor on this machine at this moment: an EVALSHA of a script that only reads TIME, same pipelining.
   await redis.config("RESETSTAT");
   cpuAt = await cpu();
@@ -89,6 +98,8 @@ try {
     releaseCpuUsecPerCall: +(release.cpuUsec / release.calls).toFixed(1),
     floorUsecPerCall: +(floor.usec / floor.calls).toFixed(1),
     floorCpuUsecPerCall: +(floor.cpuUsec / floor.calls).toFixed(1),
+    bytesPerOpenReservation: Math.round(openBytes / N),
+    bytesPerSettledResult: Math.round(settledBytes / N),
     loadAverage: (await import("node:os")).loadavg()[0]!.toFixed(1),
     wallSeconds: +((Date.now() - t0) / 1000).toFixed(1),
     redis: (await redis.info("server")).match(/redis_version:(\S+)/)?.[1],
