@@ -66,10 +66,11 @@ export class RedisCounterStore implements CounterStore {
     return `${this.#prefix}{a:${accountId}}:`;
   }
 
-  /** The four keys every script declares first (lib.lua): capacity, reservations, their expiry index, usage. */
-  #fixedKeys(accountId: string): [string, string, string, string] {
+  /** The five keys every script declares first (lib.lua): capacity, reservations, their expiry index, usage, freed
+   * concurrency slots. */
+  #fixedKeys(accountId: string): string[] {
     const tag = this.#tag(accountId);
-    return [`${tag}cap`, `${tag}rs`, `${tag}rx`, `${tag}u`];
+    return [`${tag}cap`, `${tag}rs`, `${tag}rx`, `${tag}u`, `${tag}fr`];
   }
 
   #now(): string {
@@ -114,7 +115,7 @@ export class RedisCounterStore implements CounterStore {
     const actual: string[] = [];
     for (const [meter, amount] of Object.entries(cmd.actual)) actual.push(meter, String(amount));
     const [code, raw] = (await this.#script("release")(
-      4, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
+      5, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
     )) as [number, string];
     if (code === 2) return { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n };
     return { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) };
@@ -131,7 +132,7 @@ export class RedisCounterStore implements CounterStore {
 
   async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<number> {
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    return (await this.#script("set_capacity")(4, ...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
+    return (await this.#script("set_capacity")(5, ...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
   }
 
   async capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>> {
@@ -142,7 +143,7 @@ export class RedisCounterStore implements CounterStore {
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
     if (limitIds.length === 0) return {};
-    const reply = (await this.#script("export_state")(4, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
+    const reply = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
     const out: StateSnapshot = {};
     for (let i = 0; i < reply.length; i += 2) {
       const flat = reply[i + 1] as string[];
@@ -154,7 +155,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async sweep(accountId: string): Promise<number> {
-    return (await this.#script("sweep")(4, ...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
+    return (await this.#script("sweep")(5, ...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
   }
 
   async now(): Promise<number> {

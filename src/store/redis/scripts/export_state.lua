@@ -1,12 +1,13 @@
 --[==[
 export_state.lua: reads the durable usage state (QUOTA/BUDGET fields) of the given limits, for usage snapshots.
 A snapshot has the same shape as the in-memory store's: per limit, its own field names (no "<limit id>|" prefix,
-no rolling bucket list "bk", no freed-slot list "fr").
+no rolling bucket list "bk").
 
 KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs   (declared for the uniform layout; unused)
 KEYS[3]  {a:<id>}:rx   (unused)
 KEYS[4]  {a:<id>}:u
+KEYS[5]  {a:<id>}:fr   (unused)
 ARGV[1]  clock override (unused)
 ARGV[2..] limit ids
 
@@ -21,7 +22,7 @@ for k = 1, #all, 2 do
   if bar then
     local fields = wanted[string.sub(all[k], 1, bar - 1)]
     local f = string.sub(all[k], bar + 1)
-    if fields and f ~= 'bk' and f ~= 'fr' then
+    if fields and f ~= 'bk' then
       table.insert(fields, f)
       table.insert(fields, all[k + 1])
     end

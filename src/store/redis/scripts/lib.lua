@@ -4,15 +4,15 @@ lib.lua: functions shared by every script. It is prepended to each script when t
 
 Conventions:
 - Every key a script touches is declared in KEYS (Redis Cluster, proxies and Redis-compatible servers that enforce
-  declared keys, slot migration). Every script declares the account's four fixed keys first:
+  declared keys, slot migration). Every script declares the account's five fixed keys first:
     KEYS[1] {a:<id>}:cap  capacity per limit (packed) and the presence marker / capacity version (field "v")
     KEYS[2] {a:<id>}:rs   reservations and settled results (r:<id>), idempotency ids (i:<idem>)
     KEYS[3] {a:<id>}:rx   expiry index of KEYS[2]
-    KEYS[4] {a:<id>}:u    usage of every QUOTA/BUDGET limit of the account, fields "<limit id>|<field>", and per
-                          CONCURRENCY limit "<limit id>|fr": slots freed by Release/sweep, dropped from the limit's
-                          zset the next time it is evaluated
-  RATE and CONCURRENCY logs are sorted sets "{a:<id>}:s:<limit id>", declared by reserve.lua (KEYS[5..]). So
-  Release and the sweep only ever touch the four fixed keys, whatever the reservation names. Same hash tag: one
+    KEYS[4] {a:<id>}:u    usage of every QUOTA/BUDGET limit of the account, fields "<limit id>|<field>"
+    KEYS[5] {a:<id>}:fr   zset, every score 0: "<limit id>|<reservation id>" concurrency slots freed by Release,
+                          dropped from the limit's sorted set the next time the limit is evaluated (ZRANGEBYLEX)
+  RATE and CONCURRENCY logs are sorted sets "{a:<id>}:s:<limit id>", declared by reserve.lua (KEYS[6..]). So
+  Release and the sweep only ever touch the five fixed keys, whatever the reservation names. Same hash tag: one
   cluster slot.
 - Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as positional decimal strings
   (no JSON decoding on the hot path) and are written with string.format('%d') (tostring would round above 1e14).
@@ -39,16 +39,12 @@ local function fmt(n) return string.format('%d', n) end
 
 local RS = KEYS[2]   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
 local RX = KEYS[3]   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
-local U = KEYS[4]    -- hash: "<limit id>|<field>" usage of QUOTA/BUDGET limits; "<limit id>|fr" freed slots
+local U = KEYS[4]    -- hash: "<limit id>|<field>" usage of QUOTA/BUDGET limits
+local FR = KEYS[5]   -- zset (scores 0): "<limit id>|<reservation id>" slots freed, not yet dropped from the limit
 
 -- Usage fields of one limit inside U. A limit's own field names (win, b, o, ot, g:<grant>, b:<start>, o:<start>,
 -- bk = the rolling buckets present) are those of a per-limit hash, prefixed; limit ids never contain '|'.
 local function uf(limit_id, field) return limit_id .. '|' .. field end
-local function uget(limit_id, field)
-  local v = redis.call('HGET', U, uf(limit_id, field))
-  if v then return tonumber(v) end
-  return 0
-end
 
 -- A capacity entry, packed by the store: "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,
 -- <seq>,<product|''>" per grant (ids and products never contain ',' or ';').
@@ -116,13 +112,18 @@ local function evaluate(l, product, now)
     return ev
   end
   if kind == 'CONCURRENCY' then
-    -- Slots released since the last evaluation (Release and the sweep record them in U: they never touch this key).
-    local freed = redis.call('HGET', U, uf(l.id, 'fr'))
-    if freed then
-      local ids = {}
-      for rid in string.gmatch(freed, '[^,]+') do ids[#ids + 1] = rid end
+    -- Slots released since the last evaluation (Release records them in FR: it never touches this key).
+    local lo, hi = '[' .. l.id .. '|', '(' .. l.id .. '}' -- '}' sorts right after '|'
+    local freed = redis.call('ZRANGEBYLEX', FR, lo, hi)
+    -- all of them (work proportional to the releases since the last evaluation), in chunks unpack can take
+    for c = 1, #freed, 1000 do
+      local ids, ms = {}, {}
+      for k = c, math.min(#freed, c + 999) do
+        ms[#ms + 1] = freed[k]
+        ids[#ids + 1] = string.sub(freed[k], #l.id + 2)
+      end
       redis.call('ZREM', key, unpack(ids))
-      redis.call('HDEL', U, uf(l.id, 'fr'))
+      redis.call('ZREM', FR, unpack(ms))
     end
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local count = redis.call('ZCARD', key)
@@ -199,17 +200,13 @@ local function evaluate(l, product, now)
     if oldest then reset = oldest + bucket_ms + window else reset = now + window end
   end
   ev.id = l.id
-  local same = redis.call('HGET', U, uf(l.id, 'win')) == win
 
+  -- Sources active now; then every usage field this limit needs in one HMGET (win, b, o, ot, g:<grant>...).
   local sources = {}
   local base = tonumber(cap.b)
   if base > 0 or #cap.g == 0 then
     local s = { id = 'base', amount = base, priority = tonumber(cap.bp), product = '', seq = -1, used = 0 }
-    if rolling then s.field = ev.ufield else
-      s.field = 'b'
-      if same then s.used = uget(l.id, 'b') end
-      s.expires = reset
-    end
+    if rolling then s.field = ev.ufield else s.field = 'b'; s.expires = reset end
     table.insert(sources, s)
   end
   for _, g in ipairs(cap.g) do
@@ -218,11 +215,19 @@ local function evaluate(l, product, now)
     if from <= now and (till == nil or now < till) and (g[7] == '' or g[7] == product) then
       local s = { id = g[1], amount = tonumber(g[2]), priority = tonumber(g[3]), expires = till, seq = tonumber(g[6]),
         product = g[7], used = 0 }
-      if rolling then s.field = ev.ufield else
-        s.field = 'g:' .. g[1]
-        s.used = uget(l.id, s.field)
-      end
+      if rolling then s.field = ev.ufield else s.field = 'g:' .. g[1] end
       table.insert(sources, s)
+    end
+  end
+  local names = { uf(l.id, 'win'), uf(l.id, 'o'), uf(l.id, 'ot') }
+  if not rolling then for _, s in ipairs(sources) do names[#names + 1] = uf(l.id, s.field) end end
+  local vals = redis.call('HMGET', U, unpack(names))
+  local same = vals[1] == win
+  ev.same = same
+  if not rolling then
+    for i, s in ipairs(sources) do
+      -- the base resets with the window; a grant's use is kept across windows (it has its own validity)
+      if s.id ~= 'base' or same then s.used = tonumber(vals[3 + i] or '0') end
     end
   end
   table.sort(sources, burn_sort)
@@ -240,14 +245,14 @@ local function evaluate(l, product, now)
   if rolling then
     overage = ev.rolling_over
   elseif same then
-    overage = uget(l.id, 'o')
+    overage = tonumber(vals[2] or '0')
   end
 
   ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
   -- A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
   if kind == 'BUDGET' and remaining <= 0 then ev.pass = false end
   ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
-  ev.overage_total = uget(l.id, 'ot')
+  ev.overage_total = tonumber(vals[3] or '0')
   ev.sources, ev.win, ev.rolling = sources, win, rolling
   if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
   return ev
@@ -257,8 +262,9 @@ end
 -- Returns the parts consumed as { {field, amount-string}, ... }.
 local function consume(ev, amount)
   local id = ev.id
-  if not ev.rolling and redis.call('HGET', U, uf(id, 'win')) ~= ev.win then
+  if not ev.rolling and not ev.same then
     redis.call('HSET', U, uf(id, 'win'), ev.win, uf(id, 'b'), '0', uf(id, 'o'), '0')
+    ev.same = true
   end
   if ev.rolling and amount > 0 then
     -- list the current bucket once (its b:/o: fields are about to exist)
@@ -334,11 +340,9 @@ local function settle(id, r, state, actual, now, grace)
     local l = en.l
     if l.kind == 'CONCURRENCY' and state ~= 'EXPIRED_CHARGED' and state ~= 'EXPIRED_REFUNDED' then
       -- Freed here, dropped from the limit's sorted set by its next evaluation (this script does not declare it).
-      -- At most as many ids wait as the limit has slots: each is one open reservation of that limit. (An expired
-      -- slot needs nothing: its score, the TTL, has passed, and evaluation drops it by score.)
-      local f = uf(l.id, 'fr')
-      local freed = redis.call('HGET', U, f)
-      redis.call('HSET', U, f, freed and (freed .. ',' .. id) or id)
+      -- At most as many ids wait as the limit had open reservations. (An expired slot needs nothing: its score, the
+      -- TTL, has passed, and evaluation drops it by score.)
+      redis.call('ZADD', FR, 0, l.id .. '|' .. id)
     end
     if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
       local reserved = 0

@@ -4,7 +4,8 @@ release.lua: settles one reservation, once.
 KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs
 KEYS[3]  {a:<id>}:rx
-KEYS[4]  {a:<id>}:u    (the only keys settling touches: usage in KEYS[4], slots freed there too — lib.lua)
+KEYS[4]  {a:<id>}:u    usage
+KEYS[5]  {a:<id>}:fr   freed slots (the only keys settling touches — lib.lua)
 ARGV[1]  clock override in ms, or '' for Redis TIME
 ARGV[2]  retention grace in ms: the settled result is kept this long past the reservation's TTL
 ARGV[3]  reservation id

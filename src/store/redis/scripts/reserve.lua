@@ -8,8 +8,9 @@ stored and returns the stored outcome; an id cancelled before it arrived (tombst
 KEYS[1]   {a:<id>}:cap   capacity hash (field per limit id, packed string) and presence marker (field "v")
 KEYS[2]   {a:<id>}:rs    reservations and settled results (r:<id>), idempotency ids (i:<idem>)
 KEYS[3]   {a:<id>}:rx    expiry index of KEYS[2]
-KEYS[4]   {a:<id>}:u     QUOTA/BUDGET usage of every limit, freed concurrency slots (lib.lua)
-KEYS[5..] {a:<id>}:s:<limit id>  one key per limit, in the command's order: the sorted set of a RATE or
+KEYS[4]   {a:<id>}:u     QUOTA/BUDGET usage of every limit (lib.lua)
+KEYS[5]   {a:<id>}:fr    concurrency slots freed by Release, not yet dropped (lib.lua)
+KEYS[6..] {a:<id>}:s:<limit id>  one key per limit, in the command's order: the sorted set of a RATE or
           CONCURRENCY limit (declared, unused, for the other kinds)
 ARGV, positional, every number a decimal string:
   [1] clock override in ms, or '' for Redis TIME      [2] retention grace in ms (kept past the TTL)
@@ -42,7 +43,7 @@ for _ = 1, tonumber(ARGV[9]) do
   a = a + 3
 end
 local limits = {}
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   local l = { id = ARGV[a], kind = ARGV[a + 1], meter = ARGV[a + 2], amount = ARGV[a + 3], key = KEYS[i] }
   if ARGV[a + 4] ~= '' then l.limit = ARGV[a + 4] end
   if ARGV[a + 5] ~= '' then l.windowMs = ARGV[a + 5] end

@@ -7,6 +7,7 @@ KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs   (declared for the uniform layout; unused)
 KEYS[3]  {a:<id>}:rx   (unused)
 KEYS[4]  {a:<id>}:u    usage, where snapshot states are restored (fields "<limit id>|<field>")
+KEYS[5]  {a:<id>}:fr   (unused)
 ARGV[1]  clock override (unused; kept for a uniform signature)
 ARGV[2]  JSON { limitId: packed capacity } — the packed form parse_cap (lib.lua) reads:
          "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,<seq>,<product|''>" per grant

@@ -7,6 +7,7 @@ KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs
 KEYS[3]  {a:<id>}:rx
 KEYS[4]  {a:<id>}:u
+KEYS[5]  {a:<id>}:fr
 ARGV[1]  clock override in ms, or '' for Redis TIME
 ARGV[2]  maximum number of members to process
 ARGV[3]  retention grace in ms (for the results of the reservations settled here)
