@@ -86,10 +86,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       retryStrategy: (times) => Math.min(times * 100, 1000),
     });
     redis.on("error", (e) => logger.warn({ err: e.message }, "redis error"));
-    store = new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, ...(options.clock ? { clock: options.clock.now } : {}) });
+    store = new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
     bus = new RedisChangeBus(redis, `${config.redisKeyPrefix}changes`);
   } else {
-    store = new InMemoryCounterStore(options.clock ? { clock: options.clock.now } : {});
+    store = new InMemoryCounterStore({ retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
     bus = new LocalChangeBus();
   }
 

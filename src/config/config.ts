@@ -30,6 +30,9 @@ const schema = z.strictObject({
   /** How often usage is flushed from the counter store to Postgres (ms). */
   flushIntervalMs: z.coerce.number().int().min(100).max(600_000).default(2_000),
   reconcileIntervalMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
+  /** How long past a reservation's TTL its settled result, a CANCEL tombstone and its idempotency id are kept for
+   * replays (a repeated Release, a resent or repeated CheckAndReserve). Bounds Redis memory per account. */
+  retentionGraceMs: z.coerce.number().int().min(1_000).max(86_400_000).default(300_000),
   maxMessageBytes: z.coerce.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
   /** Admin API calls per minute per credential. */
   adminRatePerMinute: z.coerce.number().int().min(1).default(600),
@@ -94,6 +97,7 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_STORE_DEADLINE_MS: "storeDeadlineMs",
   QUOTA_FLUSH_INTERVAL_MS: "flushIntervalMs",
   QUOTA_RECONCILE_INTERVAL_MS: "reconcileIntervalMs",
+  QUOTA_RETENTION_GRACE_MS: "retentionGraceMs",
   QUOTA_MAX_MESSAGE_BYTES: "maxMessageBytes",
   QUOTA_ADMIN_RATE_PER_MINUTE: "adminRatePerMinute",
   QUOTA_SHUTDOWN_GRACE_MS: "shutdownGraceMs",

@@ -2,6 +2,12 @@
  * Keeps the counter store's capacity in step with Postgres, and rebuilds an account's hot state after the store
  * lost it. Postgres is the source of truth: a top-up commits there first; `sync` then rewrites the account's whole
  * capacity (idempotent), and the reconciler repeats it for any account whose post-commit write was lost.
+ *
+ * `capacity_synced` is raised only when the version landed in the store (written, or an equal or newer one already
+ * there). A sync that finds the account absent marks nothing: a restore that read an older version may be racing
+ * it, and the reconciler must still see the account as stale afterwards. The reconciler also compares the version
+ * the store holds with Postgres, page by page over all accounts, so a store that lost writes (a failover to a lagging
+ * replica) is repaired even though Postgres says "synced".
  */
 import type { CounterStore } from "./counter-store.ts";
 import { capacityOf } from "./limits.ts";
@@ -14,6 +20,8 @@ export class CapacitySync {
   readonly #bus: ChangeBus;
   readonly #restoring = new Map<string, Promise<void>>();
   #reconcileAfter = "";
+  /** The reconciler's position in its walk over all accounts (compare store and Postgres versions). */
+  #verifyAfter = "";
 
   constructor(deps: { db: Database; store: CounterStore; clock: Clock; bus: ChangeBus }) {
     this.#db = deps.db;
@@ -31,8 +39,8 @@ export class CapacitySync {
   async sync(accountId: string): Promise<void> {
     const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
     if (!config) return;
-    await this.#store.setCapacity(accountId, capacityOf(config), config.account.capacityVersion);
-    await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
+    const landed = await this.#store.setCapacity(accountId, capacityOf(config), config.account.capacityVersion);
+    if (landed !== "absent") await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
   }
 
   /** First touch after the store lost the account (or never had it): capacity plus the last usage snapshot. */
@@ -51,24 +59,41 @@ export class CapacitySync {
   }
 
   /**
-   * One reconciler pass: re-sync accounts whose capacity version is ahead of what Redis was given. An account that
-   * fails is reported and skipped — it stays stale, so the next pass tries it again — and never stops the others.
+   * One reconciler pass: re-sync accounts whose capacity version is ahead of what the store was given, then compare
+   * the versions the store holds for the next `verify` accounts with Postgres and re-sync any behind. An account that
+   * fails is reported and skipped — it stays stale, so a later pass tries it again — and never stops the others. Stale
+   * accounts are walked round robin from where the last pass stopped, so accounts that keep failing cannot hold every
+   * place of a pass.
    */
-  async reconcile(max = 100, onError?: (accountId: string, err: unknown) => void): Promise<{ synced: number; failed: number }> {
-    // Round robin from where the last pass stopped: accounts that keep failing cannot hold every place of a pass.
+  async reconcile(max = 100, onError?: (accountId: string, err: unknown) => void, verify = 1000): Promise<{ synced: number; failed: number; repaired: number }> {
     let stale = await this.#db.listCapacityStale(max, this.#reconcileAfter);
     if (stale.length === 0 && this.#reconcileAfter) stale = await this.#db.listCapacityStale(max);
     this.#reconcileAfter = stale.length === max ? stale[stale.length - 1]!.id : "";
     let failed = 0;
-    // Also tell every replica: the change may have come from outside a server (e.g. `plans apply` on the CLI).
-    for (const a of stale) {
+    const resync = async (id: string) => {
       try {
-        await this.afterCommit(a.id);
+        // Also tell every replica: the change may have come from outside a server (e.g. `plans apply` on the CLI).
+        await this.afterCommit(id);
+        return true;
       } catch (err) {
         failed++;
-        onError?.(a.id, err);
+        onError?.(id, err);
+        return false;
+      }
+    };
+    let synced = 0;
+    for (const a of stale) if (await resync(a.id)) synced++;
+    let repaired = 0;
+    if (verify > 0) {
+      const page = await this.#db.listAccountVersions(this.#verifyAfter, verify);
+      this.#verifyAfter = page.length < verify ? "" : page[page.length - 1]!.id;
+      const held = await this.#store.capacityVersions(page.map((a) => a.id));
+      for (const a of page) {
+        const v = held.get(a.id);
+        // Absent: nothing to repair (its next call restores it from Postgres).
+        if (v !== null && v !== undefined && v < a.capacityVersion && (await resync(a.id))) repaired++;
       }
     }
-    return { synced: stale.length - failed, failed };
+    return { synced, failed, repaired };
   }
 }

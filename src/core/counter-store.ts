@@ -7,6 +7,12 @@
  * - Time is the store's own clock (Redis TIME), unless the store was built with an explicit clock (tests).
  * - Every amount is an integer below 2^53 (Redis Lua numbers are doubles); the core validates inputs to 1e15 per call.
  * - State of one account never depends on another account's (all keys share the account hash tag).
+ * - Idempotent on the reservation id: a reserve whose id is already stored (open or settled) returns the stored
+ *   outcome and applies nothing; a CANCEL that finds nothing leaves a tombstone, so a reserve of that id arriving
+ *   later (a command resent after a reconnect) is a no-op. Settled results, tombstones and idempotency ids are kept
+ *   for a bounded grace past the reservation's TTL (`retentionGraceMs`), so an account's memory is bounded by its
+ *   call rate, not its history.
+ * - An idempotency id recorded by a SHADOW call is never replayed to an ENFORCE or CHECK_ONLY call.
  */
 
 export type LimitKind = "RATE" | "QUOTA" | "CONCURRENCY" | "BUDGET" | "WINDOW";
@@ -112,6 +118,8 @@ export interface ReserveResult {
   /** Set when a reservation was stored (ENFORCE/SHADOW allowed, SHADOW would-deny). */
   reservationId?: string;
   overage: boolean;
+  /** The reservation (by its id or idempotency id) was stored before: nothing was applied. A replay of a tombstone
+   * (the reservation was cancelled before this command arrived) is DENIED with no reason and no reservation. */
   replayed: boolean;
   now: number;
   /** One per command limit, same order. Empty for NEED_RESTORE and replays. */
@@ -159,6 +167,10 @@ export interface CapacityEntry {
   grants: GrantCapacity[];
 }
 
+/** What a capacity sync did: wrote it; found an equal or newer version stored (nothing to do); found the account
+ * absent (nothing written — the account's next call restores it). Only the first two mean the version landed. */
+export type CapacityWrite = "written" | "stale" | "absent";
+
 /** What `exportState` returns and `restore` takes: opaque per-limit fields that round-trip between the two. */
 export type StateSnapshot = Record<string, Record<string, string>>;
 
@@ -167,12 +179,15 @@ export interface CounterStore {
   release(cmd: ReleaseCommand): Promise<ReleaseResult>;
   /** Replaces every capacity entry of a present account (not the usage). `version` is the account's capacity version
    * in Postgres: a write older than the one already stored is ignored (two syncs racing can never leave the older
-   * capacity last). An absent account is left absent — its next call restores it with its usage. Returns false when
-   * nothing was written. */
-  setCapacity(accountId: string, entries: readonly CapacityEntry[], version?: number): Promise<boolean>;
+   * capacity last). An absent account is left absent — its next call restores it with its usage. Returns
+   * what happened. */
+  setCapacity(accountId: string, entries: readonly CapacityEntry[], version?: number): Promise<CapacityWrite>;
   /** Restores, for each limit whose state is absent, the snapshot state; sets capacity (unless an equal or newer
    * version is stored) and marks the account present. */
   restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version?: number): Promise<boolean>;
+  /** The capacity version stored for each account (null: the account is absent), for the reconciler to compare
+   * with Postgres (e.g. after a failover to a replica that had not received the last writes). */
+  capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>>;
   /** Reads the durable part of usage (QUOTA/BUDGET states) of the given limits. */
   exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot>;
   /** Settles expired reservations of the account by their policy; returns how many. */
@@ -184,7 +199,8 @@ export interface CounterStore {
   close(): Promise<void>;
 }
 
-/** Keeps reservation results (for idempotent Release and CheckAndReserve replays) this long after settlement. */
-export const SETTLED_RETENTION_MS = 24 * 60 * 60 * 1000;
+/** Settled results, tombstones and idempotency ids are kept this long past the reservation's TTL by default (what a
+ * retrying caller needs; configurable: QUOTA_RETENTION_GRACE_MS). */
+export const DEFAULT_RETENTION_GRACE_MS = 5 * 60 * 1000;
 /** At most this many expired reservations are settled per call (bounded work on the hot path). */
 export const SWEEP_BATCH = 16;

@@ -181,6 +181,8 @@ export interface Database {
   listCapacityStale(limit: number, afterId?: string): Promise<AccountRecord[]>;
   /** Ids of active subscriptions with at least one add-on (the renewal pass). */
   listSubscriptionsWithAddOns(): Promise<string[]>;
+  /** Accounts with id > `after`, in id order, with their capacity version (the reconciler's walk). */
+  listAccountVersions(after: string, limit: number): Promise<Array<{ id: string; capacityVersion: number }>>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -64,7 +64,7 @@ export async function release(d: QuotaDeps, req: ReleaseRequest): Promise<Releas
     if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
     throw new UnavailableError("counter store unreachable; retry the Release (it is idempotent)", { cause: e });
   }
-  if (r.outcome === "NOT_FOUND") throw new QuotaError("NOT_FOUND", "RESERVATION_NOT_FOUND", `reservation ${JSON.stringify(req.reservationId)} not found (never made, or settled more than 24 h ago)`);
+  if (r.outcome === "NOT_FOUND") throw new QuotaError("NOT_FOUND", "RESERVATION_NOT_FOUND", `reservation ${JSON.stringify(req.reservationId)} not found (never made, or settled longer ago than the retention grace past its TTL)`);
   d.touched?.(accountId);
   const reservedUnits = r.reserved.units ?? 0n;
   const chargedUnits = r.charged.units ?? 0n;

@@ -3,7 +3,7 @@
  * proven to behave like production.
  */
 import { afterAll, beforeEach, describe, expect, it } from "vitest";
-import type { CapacityEntry, CounterLimit, CounterStore, ReserveCommand } from "../../src/core/counter-store.ts";
+import { DEFAULT_RETENTION_GRACE_MS, type CapacityEntry, type CounterLimit, type CounterStore, type ReserveCommand } from "../../src/core/counter-store.ts";
 import { ManualClock, T0, uniqueId } from "../support/env.ts";
 
 export interface StoreHarness {
@@ -308,10 +308,10 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
 
     it("ignores a capacity write older than the one stored (racing syncs)", async () => {
       expect(await store.restore(account, [cap("s:1:q", 7n)], {}, 5)).toBe(true);
-      expect(await store.setCapacity(account, [cap("s:1:q", 3n)], 4)).toBe(false);
+      expect(await store.setCapacity(account, [cap("s:1:q", 3n)], 4)).toBe("stale");
       const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
       expect(peek.states[0]!.limit).toBe(7n);
-      expect(await store.setCapacity(account, [cap("s:1:q", 9n)], 5)).toBe(true);
+      expect(await store.setCapacity(account, [cap("s:1:q", 9n)], 5)).toBe("written");
       expect((await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }))).states[0]!.limit).toBe(9n);
     });
 
@@ -320,13 +320,97 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       await store.reserve(cmd([quota("s:1:q", 4n)]));
       const snap = await store.exportState(account, ["s:1:q"]);
       await h.wipe();
-      expect(await store.setCapacity(account, [cap("s:1:q", 20n)], 2)).toBe(false); // e.g. a top-up committed now
+      expect(await store.setCapacity(account, [cap("s:1:q", 20n)], 2)).toBe("absent"); // e.g. a top-up committed now
       expect((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome).toBe("NEED_RESTORE");
       // the restore carries an older capacity version than a sync that raced it: usage is restored regardless
       await store.restore(account, [cap("s:1:q", 20n)], snap, 2);
       expect(await store.restore(account, [cap("s:1:q", 10n)], snap, 1)).toBe(false);
       const after = await store.reserve(cmd([quota("s:1:q", 1n)]));
       expect(after.states[0]).toMatchObject({ limit: 20n, used: 5n });
+    });
+
+    it("applies a resent reserve (same reservation id) once and answers it with the stored outcome", async () => {
+      await store.restore(account, [cap("s:1:q", 100n)], {});
+      const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 5n });
+      const rate = (): CounterLimit => ({ id: "k:1:rps", kind: "RATE", meter: "calls", amount: 1n, limit: 10n, windowMs: 60_000 });
+      const sent = cmd([quota("s:1:q", 7n), conc(), rate()]);
+      const first = await store.reserve(sent);
+      const resent = await store.reserve(sent); // e.g. ioredis resending a command whose reply was lost
+      expect(first).toMatchObject({ outcome: "ALLOWED", replayed: false, reservationId: sent.reservationId });
+      expect(resent).toMatchObject({ outcome: "ALLOWED", replayed: true, reservationId: sent.reservationId });
+      expect(resent.states.map((x) => x.used)).toEqual([7n, 1n, 1n]);
+      await store.release({ accountId: account, reservationId: sent.reservationId, outcome: "COMMIT", actual: {} });
+      // settled: still the same answer, still nothing applied
+      expect(await store.reserve(sent)).toMatchObject({ outcome: "ALLOWED", replayed: true });
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n), { ...conc(), amount: 0n }, { ...rate(), amount: 0n }], { mode: "CHECK_ONLY" }));
+      expect(peek.states.map((x) => x.used)).toEqual([7n, 0n, 1n]);
+    });
+
+    it("makes a reserve that arrives after its CANCEL a no-op (tombstone)", async () => {
+      await store.restore(account, [cap("s:1:q", 100n)], {});
+      const late = cmd([quota("s:1:q", 9n)]);
+      // the caller gave up at its deadline and cancelled; the reserve itself was still queued
+      const cancel = await store.release({ accountId: account, reservationId: late.reservationId, outcome: "CANCEL", actual: {} });
+      expect(cancel.outcome).toBe("NOT_FOUND");
+      const r = await store.reserve(late);
+      expect(r).toMatchObject({ outcome: "DENIED", replayed: true });
+      expect(r.reservationId).toBeUndefined();
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.used).toBe(0n);
+      expect((await store.release({ accountId: account, reservationId: late.reservationId, outcome: "COMMIT", actual: {} })).outcome).toBe("NOT_FOUND");
+      // the tombstone is short-lived: after the grace the id is unknown again
+      clock.advance(DEFAULT_RETENTION_GRACE_MS + 1);
+      await store.sweep(account);
+      expect((await store.reserve(late)).outcome).toBe("ALLOWED");
+    });
+
+    it("keeps a settled result for a bounded grace past the reservation's TTL, then forgets it", async () => {
+      await store.restore(account, [cap("s:1:q", 100n)], {});
+      const r = await store.reserve(cmd([quota("s:1:q", 2n)], { ttlMs: 30_000, idempotencyId: "req-r" }));
+      await store.release({ accountId: account, reservationId: r.reservationId!, outcome: "COMMIT", actual: {} });
+      clock.advance(30_000 + DEFAULT_RETENTION_GRACE_MS - 1);
+      expect((await store.release({ accountId: account, reservationId: r.reservationId!, outcome: "COMMIT", actual: {} })).outcome).toBe("REPLAYED");
+      expect(await store.reserve(cmd([quota("s:1:q", 2n)], { idempotencyId: "req-r" }))).toMatchObject({ replayed: true, reservationId: r.reservationId });
+      clock.advance(1);
+      expect((await store.release({ accountId: account, reservationId: r.reservationId!, outcome: "COMMIT", actual: {} })).outcome).toBe("NOT_FOUND");
+      expect(await store.reserve(cmd([quota("s:1:q", 2n)], { idempotencyId: "req-r" }))).toMatchObject({ outcome: "ALLOWED", replayed: false });
+    });
+
+    it("denies every call, a zero-cost one too, once spend has reached the budget", async () => {
+      await store.restore(account, [
+        { limitId: "a:credit", base: 0n, basePriority: 0, grants: [{ id: "dep1", amount: 1_000n, priority: 0, validFrom: 0, seq: 1, product: "" }] },
+      ], {});
+      const b = (amount: bigint): CounterLimit => ({ id: "a:credit", kind: "BUDGET", meter: "spend", amount, period: { type: "none" } });
+      expect((await store.reserve(cmd([b(0n)]))).outcome).toBe("ALLOWED"); // spend 0 < budget: a free call passes
+      expect((await store.reserve(cmd([b(1_000n)]))).outcome).toBe("ALLOWED");
+      expect(await store.reserve(cmd([b(0n)]))).toMatchObject({ outcome: "DENIED", reason: "BUDGET_EXHAUSTED", deniedLimitId: "a:credit" });
+      expect((await store.reserve(cmd([b(1n)]))).outcome).toBe("DENIED");
+    });
+
+    it("never lets a SHADOW decision's idempotency id satisfy an enforcing call", async () => {
+      await store.restore(account, [cap("s:1:q", 1n)], {});
+      expect((await store.reserve(cmd([quota("s:1:q", 1n)]))).outcome).toBe("ALLOWED"); // quota now exhausted
+      const shadow = await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "SHADOW", idempotencyId: "req-s" }));
+      expect(shadow).toMatchObject({ outcome: "ALLOWED", shadowReason: "QUOTA_EXHAUSTED" });
+      // the same SHADOW call again is a replay of the shadow decision
+      expect(await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "SHADOW", idempotencyId: "req-s" }))).toMatchObject({ replayed: true, reservationId: shadow.reservationId });
+      const enforced = await store.reserve(cmd([quota("s:1:q", 1n)], { idempotencyId: "req-s" }));
+      expect(enforced).toMatchObject({ outcome: "DENIED", reason: "QUOTA_EXHAUSTED", replayed: false });
+      expect((await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "CHECK_ONLY", idempotencyId: "req-s" }))).outcome).toBe("DENIED");
+      // an enforced decision does satisfy a later SHADOW call with its id
+      await store.setCapacity(account, [cap("s:1:q", 5n)]);
+      const e = await store.reserve(cmd([quota("s:1:q", 1n)], { idempotencyId: "req-e" }));
+      expect(await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "SHADOW", idempotencyId: "req-e" }))).toMatchObject({ replayed: true, reservationId: e.reservationId });
+    });
+
+    it("reports the capacity version it holds per account (null when absent)", async () => {
+      const other = `${account}x`;
+      await store.restore(account, [cap("s:1:q", 1n)], {}, 4);
+      expect(await store.setCapacity(account, [cap("s:1:q", 2n)], 6)).toBe("written");
+      const v = await store.capacityVersions([account, other]);
+      expect([v.get(account), v.get(other)]).toEqual([6, null]);
+      await h.wipe();
+      expect((await store.capacityVersions([account])).get(account)).toBeNull();
     });
 
     it("round-trips usage through export and restore after losing all hot state", async () => {

@@ -5,7 +5,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import type { CounterLimit, CounterStore } from "../../src/core/counter-store.ts";
+import { DEFAULT_RETENTION_GRACE_MS, type CounterLimit, type CounterStore } from "../../src/core/counter-store.ts";
 import { ManualClock, T0, uniqueId } from "../support/env.ts";
 
 const DAY = 86_400_000;
@@ -36,7 +36,7 @@ class Model {
   base = 0; // quota units used from the base, in the current window
   over = 0; // overage units, in the current window
   win = 0; // 0 before ROLL_AT, 1 after
-  settledAt = new Map<string, number>(); // results are kept 24 h after settlement
+  forgetAt = new Map<string, number>(); // results are kept until the grace past max(TTL end, settlement)
   calls: number[] = []; // rate log (times)
   slots = new Map<string, number>(); // reservation -> expiry
   open = new Map<string, { parts: Array<["b" | "o", number]>; slot: boolean; expires: number; reserved: number; quota: boolean; win: number }>();
@@ -83,7 +83,7 @@ class Model {
   settle(id: string, target: number, at: number) {
     const r = this.open.get(id)!;
     this.open.delete(id);
-    this.settledAt.set(id, at);
+    this.forgetAt.set(id, Math.max(r.expires, at) + DEFAULT_RETENTION_GRACE_MS);
     this.slots.delete(id);
     if (!r.quota) return;
     const reserved = r.parts.reduce((s, [, a]) => s + a, 0);
@@ -149,8 +149,8 @@ export function describeCounterStoreProperties(name: string, factory: (clock: ()
                   expect(got.outcome).toBe("SETTLED");
                   model.settle(id, op.cancel ? 0 : (op.actual ?? r.reserved), clock.now());
                 } else {
-                  // Settled before (by a release or by expiry): its result is kept 24 h, then forgotten.
-                  const forgotten = clock.now() - model.settledAt.get(id)! >= 86_400_000;
+                  // Settled before (by a release or by expiry): its result is kept for the grace, then forgotten.
+                  const forgotten = clock.now() >= model.forgetAt.get(id)!;
                   expect(got.outcome).toBe(forgotten ? "NOT_FOUND" : "REPLAYED");
                 }
               }

@@ -376,6 +376,13 @@ export class MikroDatabase implements Database {
     return rows.map((r) => r.id as string);
   }
 
+  async listAccountVersions(after: string, limit: number) {
+    return (await this.#orm.em.fork().execute<AnyRow[]>(
+      `select id, capacity_version from accounts where id > ? order by id limit ?`,
+      [after, limit],
+    )).map((r) => ({ id: r.id as string, capacityVersion: Number(r.capacity_version) }));
+  }
+
   async ping() {
     await this.#orm.em.fork().execute("select 1");
   }

@@ -6,9 +6,10 @@
  * to completion without awaiting in between, which gives the same all-or-nothing atomicity a Lua script has.
  */
 import {
-  SETTLED_RETENTION_MS,
+  DEFAULT_RETENTION_GRACE_MS,
   SWEEP_BATCH,
   type CapacityEntry,
+  type CapacityWrite,
   type CounterLimit,
   type CounterStore,
   type DenyReasonName,
@@ -36,6 +37,8 @@ interface Reservation {
 }
 
 interface Settled {
+  /** A CANCEL that found nothing: a later reserve of that id is a no-op; a Release of it is NOT_FOUND. */
+  tombstone?: true;
   state: ReleaseState;
   reserved: Record<string, bigint>;
   charged: Record<string, bigint>;
@@ -48,8 +51,10 @@ interface AccountState {
   cap: Map<string, CapacityEntry>;
   reservations: Map<string, Reservation>;
   settled: Map<string, Settled>;
-  idempotency: Map<string, string>;
-  /** Expiry index: "r:<id>" reservation TTL, "d:<id>" settled retention, "i:<id>" idempotency retention. */
+  /** idempotency id -> the mode that recorded it and the reservation id. */
+  idempotency: Map<string, { mode: "E" | "S"; reservationId: string }>;
+  /** Expiry index, as reserve.lua's: "r:<id>" reservation TTL, then its settled result's retention; "i:<id>"
+   * idempotency retention. */
   expiry: ZSet;
   /** Min-heap over `expiry` (lazy: may hold stale pairs). */
   heap: Array<[number, string]>;
@@ -90,14 +95,18 @@ interface Evaluation {
 export interface InMemoryCounterStoreOptions {
   /** Overrides the store clock (tests). Default: Date.now. */
   clock?: () => number;
+  /** How long past a reservation's TTL its settled result (and its idempotency id) is kept for replays. */
+  retentionGraceMs?: number;
 }
 
 export class InMemoryCounterStore implements CounterStore {
   readonly #accounts = new Map<string, AccountState>();
   readonly #clock: () => number;
+  readonly #grace: number;
 
   constructor(options: InMemoryCounterStoreOptions = {}) {
     this.#clock = options.clock ?? Date.now;
+    this.#grace = options.retentionGraceMs ?? DEFAULT_RETENTION_GRACE_MS;
   }
 
   async reserve(cmd: ReserveCommand): Promise<ReserveResult> {
@@ -106,14 +115,22 @@ export class InMemoryCounterStore implements CounterStore {
     if (!acct?.present) return { outcome: "NEED_RESTORE", overage: false, replayed: false, now, states: [] };
     this.#sweep(acct, now, SWEEP_BATCH);
 
+    // The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
+    const replay = (id: string): ReserveResult => {
+      const states = cmd.limits.map((l) => this.#evaluate(acct, { ...l, amount: 0n }, cmd.product, now).state);
+      const r = acct.reservations.get(id);
+      const done = acct.settled.get(id);
+      const overage = r ? r.entries.some((e) => e.parts.some(([f]) => f.startsWith("o"))) : done ? done.overage > 0n : false;
+      return { outcome: "ALLOWED", reservationId: id, overage, replayed: true, now, states };
+    };
+    if (cmd.mode !== "CHECK_ONLY") {
+      if (acct.settled.get(cmd.reservationId)?.tombstone) return { outcome: "DENIED", overage: false, replayed: true, now, states: [] };
+      if (acct.reservations.has(cmd.reservationId) || acct.settled.has(cmd.reservationId)) return replay(cmd.reservationId);
+    }
     if (cmd.idempotencyId) {
+      // A SHADOW decision never satisfies an enforcing call (it was not enforced); an enforced one satisfies every mode.
       const earlier = acct.idempotency.get(cmd.idempotencyId);
-      if (earlier !== undefined) {
-        const states = cmd.limits.map((l) => this.#evaluate(acct, { ...l, amount: 0n }, cmd.product, now).state);
-        const r = acct.reservations.get(earlier);
-        const overage = r ? r.entries.some((e) => e.parts.some(([f]) => f.startsWith("o"))) : false;
-        return { outcome: "ALLOWED", reservationId: earlier, overage, replayed: true, now, states };
-      }
+      if (earlier !== undefined && (earlier.mode === "E" || cmd.mode === "SHADOW")) return replay(earlier.reservationId);
     }
 
     let denial: { reason: DenyReasonName; retryAfterMs?: number; availableAt?: number; limitId?: string } | undefined;
@@ -184,8 +201,8 @@ export class InMemoryCounterStore implements CounterStore {
     acct.reservations.set(cmd.reservationId, reservation);
     setExpiry(acct, `r:${cmd.reservationId}`, reservation.expiresAt);
     if (cmd.idempotencyId) {
-      acct.idempotency.set(cmd.idempotencyId, cmd.reservationId);
-      setExpiry(acct, `i:${cmd.idempotencyId}`, reservation.expiresAt + SETTLED_RETENTION_MS);
+      acct.idempotency.set(cmd.idempotencyId, { mode: cmd.mode === "SHADOW" ? "S" : "E", reservationId: cmd.reservationId });
+      setExpiry(acct, `i:${cmd.idempotencyId}`, retentionOf(reservation.expiresAt, now, this.#grace));
     }
     base.reservationId = cmd.reservationId;
     // #apply and #consume keep `evals` current, so the answer needs no second evaluation.
@@ -196,23 +213,37 @@ export class InMemoryCounterStore implements CounterStore {
 
   async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
     const now = this.#clock();
-    const acct = this.#accounts.get(cmd.accountId);
+    const acct = this.#account(cmd.accountId);
     const empty = { reserved: {}, charged: {}, overage: 0n };
-    if (!acct) return { outcome: "NOT_FOUND", ...empty };
     this.#sweep(acct, now, SWEEP_BATCH);
     const done = acct.settled.get(cmd.reservationId);
-    if (done) return { outcome: "REPLAYED", ...done };
+    if (done?.tombstone) return { outcome: "NOT_FOUND", ...empty };
+    if (done) return { outcome: "REPLAYED", state: done.state, reserved: done.reserved, charged: done.charged, overage: done.overage };
     const reservation = acct.reservations.get(cmd.reservationId);
-    if (!reservation) return { outcome: "NOT_FOUND", ...empty };
+    if (!reservation) {
+      if (cmd.outcome === "CANCEL") {
+        // A CANCEL before its reserve (e.g. the reserve is still queued for a resend): a late reserve is a no-op.
+        acct.settled.set(cmd.reservationId, { tombstone: true, state: "CANCELLED", reserved: {}, charged: {}, overage: 0n });
+        setExpiry(acct, `r:${cmd.reservationId}`, now + this.#grace);
+      }
+      return { outcome: "NOT_FOUND", ...empty };
+    }
     const settled = this.#settle(acct, cmd.reservationId, reservation, cmd.outcome === "COMMIT" ? "COMMITTED" : "CANCELLED", cmd.actual, now);
     return { outcome: "SETTLED", ...settled };
   }
 
-  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
+  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<CapacityWrite> {
     const acct = this.#accounts.get(accountId);
     // A sync never creates the account: if its state was lost, the next call must restore usage first.
-    if (!acct?.present) return false;
-    return this.#writeCapacity(acct, entries, version);
+    if (!acct?.present) return "absent";
+    return this.#writeCapacity(acct, entries, version) ? "written" : "stale";
+  }
+
+  async capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>> {
+    return new Map(accountIds.map((id) => {
+      const acct = this.#accounts.get(id);
+      return [id, acct?.present ? acct.capacityVersion : null];
+    }));
   }
 
   async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
@@ -312,9 +343,9 @@ export class InMemoryCounterStore implements CounterStore {
         if (r) {
           this.#settle(acct, id, r, r.policy === "charge" ? "EXPIRED_CHARGED" : "EXPIRED_REFUNDED", {}, now);
           settled++;
+        } else {
+          acct.settled.delete(id);
         }
-      } else if (member.startsWith("d:")) {
-        acct.settled.delete(id);
       } else {
         acct.idempotency.delete(id);
       }
@@ -479,7 +510,8 @@ export class InMemoryCounterStore implements CounterStore {
       overage = BigInt(hash.get("o") ?? "0");
     }
 
-    const pass = limit.amount <= remaining || (limit.kind === "QUOTA" && limit.overage === true);
+    // A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
+    const pass = (limit.amount <= remaining || (limit.kind === "QUOTA" && limit.overage === true)) && !(limit.kind === "BUDGET" && remaining <= 0n);
     const state: LimitState = { limit: total, used, remaining, overage, overageTotal: BigInt(hash.get("ot") ?? "0"), exceeded: false, sources: sources.map(publicSource) };
     if (resetAt !== undefined) state.resetAt = resetAt;
     const ev: Evaluation = { pass, state, sources, hash, overageField, win, rolling };
@@ -589,12 +621,16 @@ export class InMemoryCounterStore implements CounterStore {
       if (entryOverage > overage) overage = entryOverage;
     }
     acct.reservations.delete(id);
-    acct.expiry.delete(`r:${id}`);
     const settled: Settled = { state, reserved: { ...r.meters }, charged, overage };
     acct.settled.set(id, settled);
-    setExpiry(acct, `d:${id}`, now + SETTLED_RETENTION_MS);
+    setExpiry(acct, `r:${id}`, retentionOf(r.expiresAt, now, this.#grace));
     return settled;
   }
+}
+
+/** Settled results are kept `grace` ms past the reservation's TTL (or past now, if later): bounded memory. */
+function retentionOf(expiresAt: number, now: number, grace: number): number {
+  return Math.max(expiresAt, now) + grace;
 }
 
 function setExpiry(acct: AccountState, member: string, score: number): void {

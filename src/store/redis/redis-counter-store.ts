@@ -6,7 +6,9 @@
 import { readFileSync } from "node:fs";
 import type { Cluster, Redis } from "ioredis";
 import {
+  DEFAULT_RETENTION_GRACE_MS,
   type CapacityEntry,
+  type CapacityWrite,
   type CounterLimit,
   type CounterStore,
   type DenyReasonName,
@@ -31,14 +33,18 @@ export interface RedisCounterStoreOptions {
   keyPrefix?: string;
   /** Overrides Redis TIME (tests with a controlled clock only). */
   clock?: () => number;
+  /** How long past a reservation's TTL its settled result (and its idempotency id) is kept for replays. */
+  retentionGraceMs?: number;
+  /** Lua placed before every script (tests: test/support/redis-guard.ts refuses any key not declared in KEYS). */
+  scriptPrelude?: string;
 }
 
 /** Registers the scripts once on the connection (EVALSHA; ioredis reloads on NOSCRIPT). */
-export function defineScripts(redis: Redis | Cluster): void {
+export function defineScripts(redis: Redis | Cluster, prelude = ""): void {
   for (const name of SCRIPTS) {
     const body = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8");
     if (typeof (redis as unknown as Record<string, unknown>)[`qa_${name}`] === "function") continue;
-    redis.defineCommand(`qa_${name}`, { lua: `${LIB}\n${body}` });
+    redis.defineCommand(`qa_${name}`, { lua: `${prelude}${LIB}\n${body}` });
   }
 }
 
@@ -46,16 +52,25 @@ export class RedisCounterStore implements CounterStore {
   readonly #redis: Redis | Cluster;
   readonly #prefix: string;
   readonly #clock: (() => number) | undefined;
+  readonly #grace: string;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
     this.#redis = redis;
     this.#prefix = options.keyPrefix ?? "qa:";
     this.#clock = options.clock;
-    defineScripts(redis);
+    this.#grace = String(options.retentionGraceMs ?? DEFAULT_RETENTION_GRACE_MS);
+    defineScripts(redis, options.scriptPrelude);
   }
 
   #tag(accountId: string): string {
     return `${this.#prefix}{a:${accountId}}:`;
+  }
+
+  /** The five keys every script declares first (lib.lua): capacity, reservations, their expiry index, usage, freed
+   * concurrency slots. */
+  #fixedKeys(accountId: string): string[] {
+    const tag = this.#tag(accountId);
+    return [`${tag}cap`, `${tag}rs`, `${tag}rx`, `${tag}u`, `${tag}fr`];
   }
 
   #now(): string {
@@ -68,22 +83,15 @@ export class RedisCounterStore implements CounterStore {
 
   async reserve(cmd: ReserveCommand): Promise<ReserveResult> {
     const tag = this.#tag(cmd.accountId);
-    const keys = [`${tag}cap`, `${tag}rs`, `${tag}rx`, ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
-    const payload = {
-      reservationId: cmd.reservationId,
-      idempotencyId: cmd.idempotencyId ?? "",
-      mode: cmd.mode,
-      ttlMs: String(cmd.ttlMs),
-      product: cmd.product,
-      expiryPolicy: cmd.expiryPolicy,
-      gates: cmd.gates.map((g) => ({
-        reason: g.reason,
-        from: g.from === undefined ? "" : String(g.from),
-        until: g.until === undefined ? "" : String(g.until),
-      })),
-      limits: cmd.limits.map(encodeLimit),
-    };
-    const reply = (await this.#script("reserve")(keys.length, ...keys, this.#now(), JSON.stringify(payload))) as unknown[];
+    const keys = [...this.#fixedKeys(cmd.accountId), ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
+    // Positional arguments (reserve.lua's header): the script decodes no JSON on the hot path.
+    const args: string[] = [
+      this.#now(), this.#grace, cmd.reservationId, cmd.idempotencyId ?? "", MODE_CODE[cmd.mode], String(cmd.ttlMs), cmd.product,
+      cmd.expiryPolicy, String(cmd.gates.length),
+    ];
+    for (const g of cmd.gates) args.push(g.reason, g.from === undefined ? "" : String(g.from), g.until === undefined ? "" : String(g.until));
+    for (const l of cmd.limits) pushLimit(args, l);
+    const reply = (await this.#script("reserve")(keys.length, ...keys, ...args)) as unknown[];
     const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
       number, string, string, number, number, string, number, number, number, string, unknown[][],
     ];
@@ -104,41 +112,38 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
-    const tag = this.#tag(cmd.accountId);
-    const actual = Object.fromEntries(Object.entries(cmd.actual).map(([k, v]) => [k, String(v)]));
+    const actual: string[] = [];
+    for (const [meter, amount] of Object.entries(cmd.actual)) actual.push(meter, String(amount));
     const [code, raw] = (await this.#script("release")(
-      3, `${tag}cap`, `${tag}rs`, `${tag}rx`, this.#now(), cmd.reservationId, cmd.outcome, JSON.stringify(actual),
+      5, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
     )) as [number, string];
     if (code === 2) return { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n };
-    const done = JSON.parse(raw) as { s: ReleaseState; m: Record<string, string>; c: Record<string, string>; o: string };
-    return {
-      outcome: code === 0 ? "SETTLED" : "REPLAYED",
-      state: done.s,
-      reserved: toBigints(done.m),
-      charged: toBigints(done.c),
-      overage: BigInt(done.o),
-    };
+    return { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) };
   }
 
-  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<boolean> {
-    return this.#setCapacity(accountId, entries, {}, version, "sync");
+  async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<CapacityWrite> {
+    const r = await this.#setCapacity(accountId, entries, {}, version, "sync");
+    return r === -2 ? "absent" : r === -1 ? "stale" : "written";
   }
 
   async restore(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version = 0): Promise<boolean> {
-    return this.#setCapacity(accountId, entries, states, version, "restore");
+    return (await this.#setCapacity(accountId, entries, states, version, "restore")) >= 0;
   }
 
-  async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<boolean> {
-    const tag = this.#tag(accountId);
+  async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<number> {
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    const r = (await this.#script("set_capacity")(1, `${tag}cap`, this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
-    return r >= 0;
+    return (await this.#script("set_capacity")(5, ...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
+  }
+
+  async capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>> {
+    // One HGET per account (each in its own cluster slot), sent together by auto-pipelining.
+    const versions = await Promise.all(accountIds.map((id) => this.#redis.hget(`${this.#tag(id)}cap`, "v")));
+    return new Map(accountIds.map((id, i) => [id, versions[i] == null ? null : Number(versions[i])]));
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
     if (limitIds.length === 0) return {};
-    const tag = this.#tag(accountId);
-    const reply = (await this.#script("export_state")(1, `${tag}cap`, this.#now(), ...limitIds)) as Array<string | string[]>;
+    const reply = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
     const out: StateSnapshot = {};
     for (let i = 0; i < reply.length; i += 2) {
       const flat = reply[i + 1] as string[];
@@ -150,8 +155,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async sweep(accountId: string): Promise<number> {
-    const tag = this.#tag(accountId);
-    return (await this.#script("sweep")(3, `${tag}cap`, `${tag}rs`, `${tag}rx`, this.#now(), 1000)) as number;
+    return (await this.#script("sweep")(5, ...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
   }
 
   async now(): Promise<number> {
@@ -169,33 +173,43 @@ export class RedisCounterStore implements CounterStore {
   }
 }
 
-function encodeLimit(l: CounterLimit): Record<string, unknown> {
-  const out: Record<string, unknown> = { id: l.id, kind: l.kind, meter: l.meter, amount: String(l.amount) };
-  if (l.limit !== undefined) out.limit = String(l.limit);
-  if (l.windowMs !== undefined) out.windowMs = String(l.windowMs);
-  if (l.overage !== undefined) out.overage = l.overage;
-  if (l.blocks) out.blocks = l.blocks.map(([s, e]) => [String(s), String(e)]);
-  if (l.period) {
-    const p = l.period;
-    out.period =
-      p.type === "fixed"
-        ? { type: "fixed", bounds: p.bounds.map(String) }
-        : p.type === "rolling"
-          ? { type: "rolling", windowMs: String(p.windowMs), bucketMs: String(p.bucketMs) }
-          : { type: "none" };
-  }
+const MODE_CODE = { ENFORCE: "E", CHECK_ONLY: "C", SHADOW: "S" } as const;
+const STATE_OF_CODE: Record<string, ReleaseState> = { C: "COMMITTED", X: "CANCELLED", E: "EXPIRED_CHARGED", R: "EXPIRED_REFUNDED" };
+
+/** A limit as reserve.lua's 13 positional fields. */
+function pushLimit(args: string[], l: CounterLimit): void {
+  const p = l.period;
+  const period =
+    p === undefined ? ["", "", "", "", ""]
+    : p.type === "fixed" ? ["fixed", String(p.bounds[0]), String(p.bounds[1]), String(p.bounds[2]), String(p.bounds[3])]
+    : p.type === "rolling" ? ["rolling", String(p.windowMs), String(p.bucketMs), "", ""]
+    : ["none", "", "", "", ""];
+  args.push(
+    l.id, l.kind, l.meter, String(l.amount), l.limit === undefined ? "" : String(l.limit), l.windowMs === undefined ? "" : String(l.windowMs),
+    l.overage ? "1" : "", ...period, l.blocks ? l.blocks.map(([s, e]) => `${s}-${e}`).join(",") : "",
+  );
+}
+
+/** The packed capacity parse_cap (lib.lua) reads; ids and products never contain ',' or ';' (validated names). */
+function encodeCapacity(e: CapacityEntry): string {
+  let out = `${e.base},${e.basePriority}`;
+  for (const g of e.grants) out += `;${g.id},${g.amount},${g.priority},${g.validFrom},${g.validUntil ?? ""},${g.seq},${g.product}`;
   return out;
 }
 
-function encodeCapacity(e: CapacityEntry): Record<string, unknown> {
-  return {
-    b: String(e.base),
-    bp: String(e.basePriority),
-    g: e.grants.map((g) => [
-      g.id, String(g.amount), String(g.priority), String(g.validFrom), g.validUntil === undefined ? "" : String(g.validUntil),
-      String(g.seq), g.product,
-    ]),
-  };
+/** "<state>|<overage>|<meter>=<reserved>=<charged>,..." (lib.lua settle). */
+function decodeSettled(raw: string): Pick<ReleaseResult, "state" | "reserved" | "charged" | "overage"> {
+  const [code, overage, meters] = raw.split("|") as [string, string, string];
+  const reserved: Record<string, bigint> = {};
+  const charged: Record<string, bigint> = {};
+  if (meters) {
+    for (const m of meters.split(",")) {
+      const [meter, r, c] = m.split("=") as [string, string, string];
+      reserved[meter] = BigInt(r);
+      charged[meter] = BigInt(c);
+    }
+  }
+  return { state: STATE_OF_CODE[code]!, reserved, charged, overage: BigInt(overage) };
 }
 
 function decodeState(raw: unknown[]): LimitState {
@@ -219,10 +233,4 @@ function decodeState(raw: unknown[]): LimitState {
     });
   }
   return state;
-}
-
-function toBigints(m: Record<string, string> | unknown[]): Record<string, bigint> {
-  // cjson encodes an empty Lua table as {} (or [] for arrays): both mean "no meters".
-  if (Array.isArray(m)) return {};
-  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, BigInt(v)]));
 }

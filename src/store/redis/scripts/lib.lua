@@ -3,18 +3,27 @@ lib.lua: functions shared by every script. It is prepended to each script when t
 (src/store/redis/scripts.ts), so every script stays one atomic EVALSHA.
 
 Conventions:
-- Every key of one account carries the hash tag {a:<accountId>}; KEYS[1] is always "{a:<id>}:cap", and all keys
-  built here are derived from KEYS[1]'s prefix, so they live in the same Redis Cluster slot. (Reservations name
-  limit state keys that were declared when the reservation was made; release and sweep reach them through that
-  prefix — same slot, so cluster-safe.)
-- Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as decimal strings inside JSON
-  and are written with string.format('%d') (tostring would round above 1e14).
+- Every key a script touches is declared in KEYS (Redis Cluster, proxies and Redis-compatible servers that enforce
+  declared keys, slot migration). Every script declares the account's five fixed keys first:
+    KEYS[1] {a:<id>}:cap  capacity per limit (packed) and the presence marker / capacity version (field "v")
+    KEYS[2] {a:<id>}:rs   reservations and settled results (r:<id>), idempotency ids (i:<idem>)
+    KEYS[3] {a:<id>}:rx   expiry index of KEYS[2]
+    KEYS[4] {a:<id>}:u    usage of every QUOTA/BUDGET limit of the account, fields "<limit id>|<field>"
+    KEYS[5] {a:<id>}:fr   zset, every score 0: "<limit id>|<reservation id>" concurrency slots freed by Release,
+                          dropped from the limit's sorted set the next time the limit is evaluated (ZRANGEBYLEX)
+  RATE and CONCURRENCY logs are sorted sets "{a:<id>}:s:<limit id>", declared by reserve.lua (KEYS[6..]). So
+  Release and the sweep only ever touch the five fixed keys, whatever the reservation names. Same hash tag: one
+  cluster slot.
+- Numbers: Lua numbers are doubles, exact for integers below 2^53. Amounts travel as positional decimal strings
+  (no JSON decoding on the hot path) and are written with string.format('%d') (tostring would round above 1e14).
 - Time: ARGV[1] overrides the clock when it is not empty (tests with a controlled clock); otherwise Redis TIME.
+- Compact state: a capacity entry is a packed string (parse_cap), an open reservation a MessagePack map
+  (cmsgpack, C-coded), a settled result a short packed string (settled_string). An `rs` field "r:<id>" holds the
+  open reservation and, once settled, its result, kept until `retention_of` (a bounded grace past the TTL).
 - This file mirrors src/store/memory/in-memory-counter-store.ts; test/contract holds both to one behaviour.
 ]==]
 
 local DAY_MS = 86400000
-local SETTLED_RETENTION_MS = 86400000
 local SWEEP_BATCH = 16
 local KIND_ORDER = { WINDOW = 0, RATE = 1, CONCURRENCY = 2, QUOTA = 3, BUDGET = 4 }
 local REASON_BY_KIND = { WINDOW = 'OUTSIDE_ACCESS_WINDOW', RATE = 'RATE_LIMITED', CONCURRENCY = 'CONCURRENCY_LIMITED',
@@ -28,15 +37,25 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
-local PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 3) -- "{a:<id>}:" from "{a:<id>}:cap"
-local RS = PREFIX .. 'rs'   -- hash: r:<id> reservation, d:<id> settled result, i:<idem> reservation id
-local RX = PREFIX .. 'rx'   -- zset: expiry index of the members above
-local function state_key(limit_id) return PREFIX .. 's:' .. limit_id end
+local RS = KEYS[2]   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
+local RX = KEYS[3]   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
+local U = KEYS[4]    -- hash: "<limit id>|<field>" usage of QUOTA/BUDGET limits
+local FR = KEYS[5]   -- zset (scores 0): "<limit id>|<reservation id>" slots freed, not yet dropped from the limit
 
-local function hget_num(key, field)
-  local v = redis.call('HGET', key, field)
-  if v then return tonumber(v) end
-  return 0
+-- Usage fields of one limit inside U. A limit's own field names (win, b, o, ot, g:<grant>, b:<start>, o:<start>,
+-- bk = the rolling buckets present) are those of a per-limit hash, prefixed; limit ids never contain '|'.
+local function uf(limit_id, field) return limit_id .. '|' .. field end
+
+-- A capacity entry, packed by the store: "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,
+-- <seq>,<product|''>" per grant (ids and products never contain ',' or ';').
+local function parse_cap(raw)
+  local b, bp, rest = string.match(raw, '^([^,;]*),([^,;]*)(.*)$')
+  local g = {}
+  for item in string.gmatch(rest, ';([^;]*)') do
+    local id, amount, prio, from, till, seq, product = string.match(item, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
+    g[#g + 1] = { id, amount, prio, from, till, seq, product }
+  end
+  return { b = b, bp = bp, g = g }
 end
 
 -- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
@@ -51,7 +70,7 @@ end
 
 -- Evaluates one limit without changing usage (it may drop entries that already left their window).
 -- Returns a table: pass, limit, used, remaining, reset (or nil), overage, retry (or nil), available (or nil),
--- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key.
+-- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key (RATE/CONCURRENCY: l.key, the declared sorted set).
 local function evaluate(l, product, now)
   local kind = l.kind
   local amount = tonumber(l.amount)
@@ -75,7 +94,7 @@ local function evaluate(l, product, now)
     end
     return ev
   end
-  local key = state_key(l.id)
+  local key = l.key -- RATE and CONCURRENCY: the limit's sorted set, declared by the caller
   ev.key = key
   if kind == 'RATE' then
     local window = tonumber(l.windowMs)
@@ -93,6 +112,19 @@ local function evaluate(l, product, now)
     return ev
   end
   if kind == 'CONCURRENCY' then
+    -- Slots released since the last evaluation (Release records them in FR: it never touches this key).
+    local lo, hi = '[' .. l.id .. '|', '(' .. l.id .. '}' -- '}' sorts right after '|'
+    local freed = redis.call('ZRANGEBYLEX', FR, lo, hi)
+    -- all of them (work proportional to the releases since the last evaluation), in chunks unpack can take
+    for c = 1, #freed, 1000 do
+      local ids, ms = {}, {}
+      for k = c, math.min(#freed, c + 999) do
+        ms[#ms + 1] = freed[k]
+        ids[#ids + 1] = string.sub(freed[k], #l.id + 2)
+      end
+      redis.call('ZREM', key, unpack(ids))
+      redis.call('ZREM', FR, unpack(ms))
+    end
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local count = redis.call('ZCARD', key)
     local max = tonumber(l.limit)
@@ -112,7 +144,7 @@ local function evaluate(l, product, now)
     cap = { b = l.limit, bp = '0', g = {} }
   else
     local raw = redis.call('HGET', KEYS[1], l.id)
-    if raw then cap = cjson.decode(raw) else cap = { b = '0', bp = '0', g = {} } end
+    if raw then cap = parse_cap(raw) else cap = { b = '0', bp = '0', g = {} } end
   end
   local period = l.period or { type = 'none' }
   local win, reset, rolling = '0', nil, false
@@ -131,36 +163,50 @@ local function evaluate(l, product, now)
     local bucket_ms, window = tonumber(period.bucketMs), tonumber(period.windowMs)
     local bucket = math.floor(now / bucket_ms) * bucket_ms
     local horizon = now - window - bucket_ms
-    local all = redis.call('HGETALL', key)
+    -- The buckets present are listed in field "bk" (no HGETALL of a hash shared by every limit of the account).
+    local list = redis.call('HGET', U, uf(l.id, 'bk'))
     local oldest = nil
-    for k = 1, #all, 2 do
-      local f, v = all[k], tonumber(all[k + 1])
-      local p = string.sub(f, 1, 2)
-      if p == 'b:' or p == 'o:' then
-        local start = tonumber(string.sub(f, 3))
-        if start <= horizon then
-          redis.call('HDEL', key, f)
-        elseif p == 'b:' then
-          used = used + v
-          if v > 0 and (oldest == nil or start < oldest) then oldest = start end
+    local kept, fields, gone = {}, {}, {}
+    if list then
+      for start in string.gmatch(list, '[^,]+') do
+        if tonumber(start) <= horizon then
+          gone[#gone + 1] = uf(l.id, 'b:' .. start)
+          gone[#gone + 1] = uf(l.id, 'o:' .. start)
+        else
+          kept[#kept + 1] = start
+          fields[#fields + 1] = uf(l.id, 'b:' .. start)
+          fields[#fields + 1] = uf(l.id, 'o:' .. start)
         end
       end
     end
+    if #gone > 0 then
+      redis.call('HDEL', U, unpack(gone))
+      if #kept > 0 then redis.call('HSET', U, uf(l.id, 'bk'), table.concat(kept, ',')) else redis.call('HDEL', U, uf(l.id, 'bk')) end
+    end
+    ev.rolling_over = 0
+    if #fields > 0 then
+      local vals = redis.call('HMGET', U, unpack(fields))
+      for k, start in ipairs(kept) do
+        local b, o = tonumber(vals[2 * k - 1] or '0'), tonumber(vals[2 * k] or '0')
+        used = used + b
+        ev.rolling_over = ev.rolling_over + o
+        if b > 0 and (oldest == nil or tonumber(start) < oldest) then oldest = tonumber(start) end
+      end
+    end
+    ev.buckets = kept
+    ev.bucket = fmt(bucket)
     ev.ufield = 'b:' .. fmt(bucket)
     ev.ofield = 'o:' .. fmt(bucket)
     if oldest then reset = oldest + bucket_ms + window else reset = now + window end
   end
-  local same = redis.call('HGET', key, 'win') == win
+  ev.id = l.id
 
+  -- Sources active now; then every usage field this limit needs in one HMGET (win, b, o, ot, g:<grant>...).
   local sources = {}
   local base = tonumber(cap.b)
   if base > 0 or #cap.g == 0 then
     local s = { id = 'base', amount = base, priority = tonumber(cap.bp), product = '', seq = -1, used = 0 }
-    if rolling then s.field = ev.ufield else
-      s.field = 'b'
-      if same then s.used = hget_num(key, 'b') end
-      s.expires = reset
-    end
+    if rolling then s.field = ev.ufield else s.field = 'b'; s.expires = reset end
     table.insert(sources, s)
   end
   for _, g in ipairs(cap.g) do
@@ -169,11 +215,19 @@ local function evaluate(l, product, now)
     if from <= now and (till == nil or now < till) and (g[7] == '' or g[7] == product) then
       local s = { id = g[1], amount = tonumber(g[2]), priority = tonumber(g[3]), expires = till, seq = tonumber(g[6]),
         product = g[7], used = 0 }
-      if rolling then s.field = ev.ufield else
-        s.field = 'g:' .. g[1]
-        s.used = hget_num(key, s.field)
-      end
+      if rolling then s.field = ev.ufield else s.field = 'g:' .. g[1] end
       table.insert(sources, s)
+    end
+  end
+  local names = { uf(l.id, 'win'), uf(l.id, 'o'), uf(l.id, 'ot') }
+  if not rolling then for _, s in ipairs(sources) do names[#names + 1] = uf(l.id, s.field) end end
+  local vals = redis.call('HMGET', U, unpack(names))
+  local same = vals[1] == win
+  ev.same = same
+  if not rolling then
+    for i, s in ipairs(sources) do
+      -- the base resets with the window; a grant's use is kept across windows (it has its own validity)
+      if s.id ~= 'base' or same then s.used = tonumber(vals[3 + i] or '0') end
     end
   end
   table.sort(sources, burn_sort)
@@ -189,17 +243,16 @@ local function evaluate(l, product, now)
   if rolling then remaining = math.max(0, total - used) end
   local overage = 0
   if rolling then
-    local all = redis.call('HGETALL', key)
-    for k = 1, #all, 2 do
-      if string.sub(all[k], 1, 2) == 'o:' then overage = overage + tonumber(all[k + 1]) end
-    end
+    overage = ev.rolling_over
   elseif same then
-    overage = hget_num(key, 'o')
+    overage = tonumber(vals[2] or '0')
   end
 
   ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
+  -- A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
+  if kind == 'BUDGET' and remaining <= 0 then ev.pass = false end
   ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
-  ev.overage_total = hget_num(key, 'ot')
+  ev.overage_total = tonumber(vals[3] or '0')
   ev.sources, ev.win, ev.rolling = sources, win, rolling
   if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
   return ev
@@ -208,16 +261,26 @@ end
 -- Takes `amount` from the sources in burn order; what no source can cover becomes overage.
 -- Returns the parts consumed as { {field, amount-string}, ... }.
 local function consume(ev, amount)
-  local key = ev.key
-  if not ev.rolling and redis.call('HGET', key, 'win') ~= ev.win then
-    redis.call('HSET', key, 'win', ev.win, 'b', '0', 'o', '0')
+  local id = ev.id
+  if not ev.rolling and not ev.same then
+    redis.call('HSET', U, uf(id, 'win'), ev.win, uf(id, 'b'), '0', uf(id, 'o'), '0')
+    ev.same = true
+  end
+  if ev.rolling and amount > 0 then
+    -- list the current bucket once (its b:/o: fields are about to exist)
+    local listed = false
+    for _, b in ipairs(ev.buckets) do if b == ev.bucket then listed = true; break end end
+    if not listed then
+      table.insert(ev.buckets, ev.bucket)
+      redis.call('HSET', U, uf(id, 'bk'), table.concat(ev.buckets, ','))
+    end
   end
   local parts = {}
   local take = amount
   if ev.rolling then
     local room = math.min(ev.remaining, take)
     if room > 0 then
-      redis.call('HINCRBY', key, ev.ufield, fmt(room))
+      redis.call('HINCRBY', U, uf(id, ev.ufield), fmt(room))
       table.insert(parts, { ev.ufield, fmt(room) })
       take = take - room
     end
@@ -227,7 +290,7 @@ local function consume(ev, amount)
       local avail = s.amount - s.used
       if avail > 0 then
         local t = math.min(avail, take)
-        redis.call('HINCRBY', key, s.field, fmt(t))
+        redis.call('HINCRBY', U, uf(id, s.field), fmt(t))
         s.used = s.used + t
         table.insert(parts, { s.field, fmt(t) })
         take = take - t
@@ -236,8 +299,8 @@ local function consume(ev, amount)
   end
   if take > 0 then
     -- 'ot' never resets: overage units ever charged on this limit, for billing.
-    redis.call('HINCRBY', key, ev.ofield, fmt(take))
-    redis.call('HINCRBY', key, 'ot', fmt(take))
+    redis.call('HINCRBY', U, uf(id, ev.ofield), fmt(take))
+    redis.call('HINCRBY', U, uf(id, 'ot'), fmt(take))
     table.insert(parts, { ev.ofield, fmt(take) })
   end
   -- Keep the evaluation current, so the answer reports the state after this call without evaluating again.
@@ -251,10 +314,21 @@ end
 
 local function is_overage_field(f) return string.sub(f, 1, 1) == 'o' end
 
+-- Settled results: "<state>|<overage>|<meter>=<reserved>=<charged>,..." with state C COMMITTED, X CANCELLED,
+-- E EXPIRED_CHARGED, R EXPIRED_REFUNDED, T tombstone (a CANCEL that found nothing: a late reserve of that id is a
+-- no-op). An open reservation is MessagePack, whose first byte is >= 0x80; a settled result starts with a letter.
+local STATE_CODE = { COMMITTED = 'C', CANCELLED = 'X', EXPIRED_CHARGED = 'E', EXPIRED_REFUNDED = 'R' }
+local function is_open(raw) return string.byte(raw, 1) >= 128 end
+
+-- How long an "rs" record is kept: until `grace` ms past the reservation's TTL (or past now, if later). Bounded, so
+-- an account's memory is bounded by its call rate times (TTL + grace), not by its history.
+local function retention_of(expires, now, grace) return math.max(expires, now) + grace end
+
 -- Settles a stored reservation: charges `charged[meter]` per limit (refunding or charging the difference),
--- frees concurrency slots, stores the result for idempotent replays. state is one of COMMITTED, CANCELLED,
--- EXPIRED_CHARGED, EXPIRED_REFUNDED; actual maps meter -> amount string (COMMITTED only).
-local function settle(id, r, state, actual, now)
+-- frees concurrency slots, stores the compact result for idempotent replays (same field, re-scored to its
+-- retention). state is one of COMMITTED, CANCELLED, EXPIRED_CHARGED, EXPIRED_REFUNDED; actual maps meter ->
+-- amount string (COMMITTED only). Returns the settled string.
+local function settle(id, r, state, actual, now, grace)
   local charged = {}
   for meter, reserved in pairs(r.m) do
     if state == 'COMMITTED' then charged[meter] = actual[meter] or reserved
@@ -264,8 +338,12 @@ local function settle(id, r, state, actual, now)
   local overage = 0
   for _, en in ipairs(r.en) do
     local l = en.l
-    local key = state_key(l.id)
-    if l.kind == 'CONCURRENCY' then redis.call('ZREM', key, id) end
+    if l.kind == 'CONCURRENCY' and state ~= 'EXPIRED_CHARGED' and state ~= 'EXPIRED_REFUNDED' then
+      -- Freed here, dropped from the limit's sorted set by its next evaluation (this script does not declare it).
+      -- At most as many ids wait as the limit had open reservations. (An expired slot needs nothing: its score, the
+      -- TTL, has passed, and evaluation drops it by score.)
+      redis.call('ZADD', FR, 0, l.id .. '|' .. id)
+    end
     if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
       local reserved = 0
       local entry_over = 0
@@ -276,7 +354,7 @@ local function settle(id, r, state, actual, now)
       local target = tonumber(charged[l.meter] or fmt(reserved))
       if target < reserved then
         local refund = reserved - target
-        local win = redis.call('HGET', key, 'win')
+        local win = redis.call('HGET', U, uf(l.id, 'win'))
         for i = #en.pa, 1, -1 do
           if refund <= 0 then break end
           local f, a = en.pa[i][1], tonumber(en.pa[i][2])
@@ -284,12 +362,12 @@ local function settle(id, r, state, actual, now)
           refund = refund - back
           if is_overage_field(f) then
             entry_over = entry_over - back
-            redis.call('HINCRBY', key, 'ot', fmt(-back))
+            redis.call('HINCRBY', U, uf(l.id, 'ot'), fmt(-back))
           end
           -- A part charged in a window that has since rolled over is not refunded: that window is history.
           local stale = (f == 'b' or f == 'o') and win ~= en.w
-          if redis.call('HEXISTS', key, f) == 1 and not stale then
-            redis.call('HINCRBY', key, f, fmt(-back))
+          if redis.call('HEXISTS', U, uf(l.id, f)) == 1 and not stale then
+            redis.call('HINCRBY', U, uf(l.id, f), fmt(-back))
           end
         end
       elseif target > reserved then
@@ -303,30 +381,31 @@ local function settle(id, r, state, actual, now)
       if entry_over > overage then overage = entry_over end
     end
   end
-  redis.call('HDEL', RS, 'r:' .. id)
-  redis.call('ZREM', RX, 'r:' .. id)
-  local done = { s = state, m = r.m, c = charged, o = fmt(overage) }
-  redis.call('HSET', RS, 'd:' .. id, cjson.encode(done))
-  redis.call('ZADD', RX, now + SETTLED_RETENTION_MS, 'd:' .. id)
+  local meters = {}
+  for meter, reserved in pairs(r.m) do meters[#meters + 1] = meter .. '=' .. reserved .. '=' .. charged[meter] end
+  table.sort(meters)
+  local done = STATE_CODE[state] .. '|' .. fmt(overage) .. '|' .. table.concat(meters, ',')
+  redis.call('HSET', RS, 'r:' .. id, done)
+  redis.call('ZADD', RX, retention_of(tonumber(r.e), now, grace), 'r:' .. id)
   return done
 end
 
--- Settles up to `max` expired reservations by their policy and drops expired idempotency/result records.
-local function sweep(now, max)
+-- Settles up to `max` expired reservations by their policy and drops records whose retention is over. Peeks at
+-- the earliest deadline first, so a call with nothing due costs one ZRANGE.
+local function sweep(now, max, grace)
+  local first = redis.call('ZRANGE', RX, 0, 0, 'WITHSCORES')
+  if not first[2] or tonumber(first[2]) > now then return 0 end
   local due = redis.call('ZRANGEBYSCORE', RX, '-inf', now, 'LIMIT', 0, max)
   local n = 0
   for _, member in ipairs(due) do
-    redis.call('ZREM', RX, member)
-    local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
-    if kind == 'r' then
-      local raw = redis.call('HGET', RS, member)
-      if raw then
-        local r = cjson.decode(raw)
-        settle(id, r, (r.p == 'charge') and 'EXPIRED_CHARGED' or 'EXPIRED_REFUNDED', {}, now)
-        n = n + 1
-      end
+    local raw = (string.sub(member, 1, 1) == 'r') and redis.call('HGET', RS, member) or nil
+    if raw and is_open(raw) then
+      local r = cmsgpack.unpack(raw)
+      settle(string.sub(member, 3), r, (r.p == 'charge') and 'EXPIRED_CHARGED' or 'EXPIRED_REFUNDED', {}, now, grace)
+      n = n + 1
     else
       redis.call('HDEL', RS, member)
+      redis.call('ZREM', RX, member)
     end
   end
   return n

@@ -4,23 +4,38 @@ release.lua: settles one reservation, once.
 KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs
 KEYS[3]  {a:<id>}:rx
+KEYS[4]  {a:<id>}:u    usage
+KEYS[5]  {a:<id>}:fr   freed slots (the only keys settling touches — lib.lua)
 ARGV[1]  clock override in ms, or '' for Redis TIME
-ARGV[2]  reservation id
-ARGV[3]  COMMIT | CANCEL
-ARGV[4]  actual amounts as JSON { meter: "amount" } (meters not named are charged what was reserved)
+ARGV[2]  retention grace in ms: the settled result is kept this long past the reservation's TTL
+ARGV[3]  reservation id
+ARGV[4]  COMMIT | CANCEL
+ARGV[5..] actual amounts as pairs: meter, amount (meters not named are charged what was reserved)
 
-Returns { code, resultJSON }
-  code 0 SETTLED, 1 REPLAYED (resultJSON is the first settlement), 2 NOT_FOUND (never existed or retention over)
-  resultJSON = { s = state, m = {meter: reserved}, c = {meter: charged}, o = overage } (numbers as strings)
+Returns { code, result }
+  code 0 SETTLED, 1 REPLAYED (result is the first settlement), 2 NOT_FOUND (never existed or retention over)
+  result = "<state>|<overage>|<meter>=<reserved>=<charged>,..." (settled_string in lib.lua)
+A CANCEL that finds nothing leaves a tombstone for the retention grace, so a reserve of that id arriving late
+(resent by the client library after a reconnect) is a no-op.
 ]==]
 
 local now = clock(ARGV[1])
-sweep(now, SWEEP_BATCH)
-local id = ARGV[2]
-local done = redis.call('HGET', KEYS[2], 'd:' .. id)
-if done then return { 1, done } end
+local grace = tonumber(ARGV[2])
+sweep(now, SWEEP_BATCH, grace)
+local id = ARGV[3]
 local raw = redis.call('HGET', KEYS[2], 'r:' .. id)
-if not raw then return { 2, '' } end
-local state = (ARGV[3] == 'CANCEL') and 'CANCELLED' or 'COMMITTED'
-local result = settle(id, cjson.decode(raw), state, cjson.decode(ARGV[4]), now)
-return { 0, cjson.encode(result) }
+if not raw then
+  if ARGV[4] == 'CANCEL' then
+    redis.call('HSET', KEYS[2], 'r:' .. id, 'T|0|')
+    redis.call('ZADD', KEYS[3], now + grace, 'r:' .. id)
+  end
+  return { 2, '' }
+end
+if not is_open(raw) then
+  if string.sub(raw, 1, 1) == 'T' then return { 2, '' } end
+  return { 1, raw }
+end
+local actual = {}
+for i = 5, #ARGV, 2 do actual[ARGV[i]] = ARGV[i + 1] end
+local state = (ARGV[4] == 'CANCEL') and 'CANCELLED' or 'COMMITTED'
+return { 0, settle(id, cmsgpack.unpack(raw), state, actual, now, grace) }

@@ -2,63 +2,119 @@
 reserve.lua: CheckAndReserve for one call — check every limit, and only when all pass apply all of them and store
 the reservation. Why one Lua script and not MULTI: the decision depends on values read in the same atomic step
 (check-then-act); MULTI cannot branch on what it reads, WATCH would retry under contention.
+Idempotent on the reservation id: a resent command (ioredis resends a command whose reply was lost) finds its id
+stored and returns the stored outcome; an id cancelled before it arrived (tombstone) is a no-op.
 
-KEYS[1]   {a:<id>}:cap   capacity hash (field per limit id, JSON) and presence marker (field "v")
-KEYS[2]   {a:<id>}:rs    reservations / settled results / idempotency ids
+KEYS[1]   {a:<id>}:cap   capacity hash (field per limit id, packed string) and presence marker (field "v")
+KEYS[2]   {a:<id>}:rs    reservations and settled results (r:<id>), idempotency ids (i:<idem>)
 KEYS[3]   {a:<id>}:rx    expiry index of KEYS[2]
-KEYS[4..] {a:<id>}:s:<limit id>  one state key per limit, in the command's order
-ARGV[1]   clock override in ms, or '' for Redis TIME
-ARGV[2]   the command as JSON, every number a decimal string:
-          { reservationId, idempotencyId, mode (ENFORCE|CHECK_ONLY|SHADOW), ttlMs, product, expiryPolicy,
-            gates = [{reason, from, until}], limits = [{id, kind, meter, amount, limit, windowMs, period, overage,
-            blocks}] }
+KEYS[4]   {a:<id>}:u     QUOTA/BUDGET usage of every limit (lib.lua)
+KEYS[5]   {a:<id>}:fr    concurrency slots freed by Release, not yet dropped (lib.lua)
+KEYS[6..] {a:<id>}:s:<limit id>  one key per limit, in the command's order: the sorted set of a RATE or
+          CONCURRENCY limit (declared, unused, for the other kinds)
+ARGV, positional, every number a decimal string:
+  [1] clock override in ms, or '' for Redis TIME      [2] retention grace in ms (kept past the TTL)
+  [3] reservation id   [4] idempotency id or ''   [5] mode E (ENFORCE) | C (CHECK_ONLY) | S (SHADOW)
+  [6] ttl ms   [7] product   [8] expiry policy (charge | refund)   [9] number of gates G
+  then G x 3: reason, from or '', until or ''
+  then per limit 13 fields (one per state key): id, kind, meter, amount, limit or '', windowMs or '', overage
+       ('1' or ''), period type (fixed | rolling | none | ''), p1..p4 (fixed: the four bounds; rolling: windowMs,
+       bucketMs), blocks ('<start>-<end>,...' or '')
 
 Returns { code, reason, deniedLimitId, retryAfterMs, availableAt, reservationId, overage, replayed, now,
           shadowReason, states }
   code      0 ALLOWED, 1 DENIED, 2 NEED_RESTORE (account state absent: restore from Postgres, then call again)
   reason    '' or a deny reason; retryAfterMs/availableAt -1 when not applicable; overage/replayed 0|1
-  states    one reply_state (lib.lua) per limit
+  states    one reply_state (lib.lua) per limit (empty for a replay of a tombstone)
 ]==]
 
 local now = clock(ARGV[1])
-local cmd = cjson.decode(ARGV[2])
 if redis.call('HEXISTS', KEYS[1], 'v') == 0 then
   return { 2, '', '', -1, -1, '', 0, 0, now, '', {} }
 end
-sweep(now, SWEEP_BATCH)
+local grace = tonumber(ARGV[2])
+local rid, idem, mode, ttl, product, policy = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+sweep(now, SWEEP_BATCH, grace)
+
+local gates = {}
+local a = 10
+for _ = 1, tonumber(ARGV[9]) do
+  gates[#gates + 1] = { reason = ARGV[a], from = ARGV[a + 1], till = ARGV[a + 2] }
+  a = a + 3
+end
+local limits = {}
+for i = 6, #KEYS do
+  local l = { id = ARGV[a], kind = ARGV[a + 1], meter = ARGV[a + 2], amount = ARGV[a + 3], key = KEYS[i] }
+  if ARGV[a + 4] ~= '' then l.limit = ARGV[a + 4] end
+  if ARGV[a + 5] ~= '' then l.windowMs = ARGV[a + 5] end
+  l.overage = ARGV[a + 6] == '1'
+  local pt = ARGV[a + 7]
+  if pt == 'fixed' then
+    l.period = { type = 'fixed', bounds = { ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11] } }
+  elseif pt == 'rolling' then
+    l.period = { type = 'rolling', windowMs = ARGV[a + 8], bucketMs = ARGV[a + 9] }
+  elseif pt == 'none' then
+    l.period = { type = 'none' }
+  end
+  if ARGV[a + 12] ~= '' then
+    l.blocks = {}
+    for s, e in string.gmatch(ARGV[a + 12], '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
+  end
+  limits[#limits + 1] = l
+  a = a + 13
+end
 
 local function zero_states()
   local out = {}
-  for _, l in ipairs(cmd.limits) do
+  for _, l in ipairs(limits) do
     local copy = {}
     for k, v in pairs(l) do copy[k] = v end
     copy.amount = '0'
-    table.insert(out, reply_state(evaluate(copy, cmd.product, now), false))
+    table.insert(out, reply_state(evaluate(copy, product, now), false))
   end
   return out
 end
 
-if cmd.idempotencyId ~= '' then
-  local earlier = redis.call('HGET', KEYS[2], 'i:' .. cmd.idempotencyId)
-  if earlier then
-    local overage = 0
-    local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
-    if raw then
-      for _, en in ipairs(cjson.decode(raw).en) do
-        for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = 1 end end
-      end
+-- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
+local function replay(id, raw)
+  local overage = 0
+  if is_open(raw) then
+    for _, en in ipairs(cmsgpack.unpack(raw).en) do
+      for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = 1 end end
     end
-    return { 0, '', '', -1, -1, earlier, overage, 1, now, '', zero_states() }
+  elseif string.match(raw, '^.|(%d+)|') ~= '0' then
+    overage = 1
+  end
+  return { 0, '', '', -1, -1, id, overage, 1, now, '', zero_states() }
+end
+
+if mode ~= 'C' then
+  local prior = redis.call('HGET', KEYS[2], 'r:' .. rid)
+  if prior then
+    if string.sub(prior, 1, 1) == 'T' then return { 1, '', '', -1, -1, '', 0, 1, now, '', {} } end
+    return replay(rid, prior)
+  end
+end
+
+if idem ~= '' then
+  -- The record is the mode's letter and the reservation id. A SHADOW decision never satisfies an enforcing call
+  -- (it was not enforced); an enforced one satisfies every mode.
+  local rec = redis.call('HGET', KEYS[2], 'i:' .. idem)
+  if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
+    local earlier = string.sub(rec, 2)
+    local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
+    if raw then return replay(earlier, raw) end
+    return { 0, '', '', -1, -1, earlier, 0, 1, now, '', zero_states() }
   end
 end
 
 local reason, retry, available, denied_id = '', -1, -1, ''
-for _, g in ipairs(cmd.gates) do
-  if g.from and g.from ~= '' and now < tonumber(g.from) then
+for _, g in ipairs(gates) do
+  if g.from ~= '' and now < tonumber(g.from) then
     reason, available, retry = g.reason, tonumber(g.from), tonumber(g.from) - now
     break
   end
-  if g['until'] and g['until'] ~= '' and now >= tonumber(g['until']) then
+  if g.till ~= '' and now >= tonumber(g.till) then
     reason = g.reason
     break
   end
@@ -66,66 +122,69 @@ end
 
 local evals = {}
 local worst = nil
-for i, l in ipairs(cmd.limits) do
-  local ev = evaluate(l, cmd.product, now)
+for i, l in ipairs(limits) do
+  local ev = evaluate(l, product, now)
   evals[i] = ev
-  if not ev.pass and (worst == nil or KIND_ORDER[l.kind] < KIND_ORDER[cmd.limits[worst].kind]) then worst = i end
+  if not ev.pass and (worst == nil or KIND_ORDER[l.kind] < KIND_ORDER[limits[worst].kind]) then worst = i end
 end
 if reason == '' and worst then
   local ev = evals[worst]
-  reason = REASON_BY_KIND[cmd.limits[worst].kind]
-  denied_id = cmd.limits[worst].id
+  reason = REASON_BY_KIND[limits[worst].kind]
+  denied_id = limits[worst].id
   retry = ev.retry or -1
   available = ev.available or -1
 end
 
 local function states_of(list)
   local out = {}
-  for i, ev in ipairs(list) do table.insert(out, reply_state(ev, cmd.limits[i].id == denied_id)) end
+  for i, ev in ipairs(list) do table.insert(out, reply_state(ev, limits[i].id == denied_id)) end
   return out
 end
 
-if cmd.mode == 'CHECK_ONLY' or (reason ~= '' and cmd.mode == 'ENFORCE') then
+if mode == 'C' or (reason ~= '' and mode == 'E') then
   return { (reason ~= '') and 1 or 0, reason, denied_id, retry, available, '', 0, 0, now, '', states_of(evals) }
 end
 
 -- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
-local expires = now + tonumber(cmd.ttlMs)
-local r = { e = fmt(expires), p = cmd.expiryPolicy, pr = cmd.product, m = {}, en = {} }
+-- Stored compactly: only what settling needs (QUOTA/BUDGET parts and their limit, CONCURRENCY ids, meters).
+local expires = now + ttl
+local r = { e = expires, p = policy, pr = product, m = {}, en = {} }
 local overage = 0
 local shadow = ''
 if reason ~= '' then
   shadow = reason
 else
-  for i, l in ipairs(cmd.limits) do
+  for i, l in ipairs(limits) do
     local ev = evals[i]
     local amount = tonumber(l.amount)
     r.m[l.meter] = l.amount
-    local parts = {}
-    if amount > 0 then
+    if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
+      -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
+      -- Kept even for a zero amount: a Release may still charge its actual on this limit.
+      local parts = {}
+      if amount > 0 then parts = consume(ev, amount) end
+      for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
+      local kept = { id = l.id, kind = l.kind, meter = l.meter, limit = l.limit, period = l.period, overage = l.overage }
+      table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
+    elseif amount > 0 then
       if l.kind == 'RATE' then
-        redis.call('ZADD', ev.key, now, cmd.reservationId)
+        redis.call('ZADD', ev.key, now, rid)
         redis.call('PEXPIRE', ev.key, tonumber(l.windowMs))
         ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
         if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
       elseif l.kind == 'CONCURRENCY' then
-        redis.call('ZADD', ev.key, expires, cmd.reservationId)
-        table.insert(parts, { 'slot', '1' })
+        redis.call('ZADD', ev.key, expires, rid)
         ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
-      elseif l.kind == 'QUOTA' or l.kind == 'BUDGET' then
-        -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
-        parts = consume(ev, amount)
-        for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
+        table.insert(r.en, { l = { id = l.id, kind = l.kind }, pa = {}, w = '0' })
       end
     end
-    table.insert(r.en, { l = l, pa = parts, w = ev.win or '0' })
   end
 end
-redis.call('HSET', KEYS[2], 'r:' .. cmd.reservationId, cjson.encode(r))
-redis.call('ZADD', KEYS[3], expires, 'r:' .. cmd.reservationId)
-if cmd.idempotencyId ~= '' then
-  redis.call('HSET', KEYS[2], 'i:' .. cmd.idempotencyId, cmd.reservationId)
-  redis.call('ZADD', KEYS[3], expires + SETTLED_RETENTION_MS, 'i:' .. cmd.idempotencyId)
+redis.call('HSET', KEYS[2], 'r:' .. rid, cmsgpack.pack(r))
+redis.call('ZADD', KEYS[3], expires, 'r:' .. rid)
+if idem ~= '' then
+  redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. rid)
+  redis.call('ZADD', KEYS[3], retention_of(expires, now, grace), 'i:' .. idem)
 end
 -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
-return { 0, '', denied_id, retry, available, cmd.reservationId, overage, 0, now, shadow, states_of(evals) }
+return { 0, '', denied_id, retry, available, rid, overage, 0, now, shadow, states_of(evals) }
