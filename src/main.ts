@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import pino, { type Logger } from "pino";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
@@ -27,6 +28,7 @@ import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { createApi } from "./transport/api.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
+import { staticSite } from "./transport/connect/static-site.ts";
 import { startGrpcServer, type RunningGrpcServer } from "./transport/grpc/grpc-server.ts";
 
 export interface App {
@@ -147,6 +149,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
   const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
+  // The usage dashboard (web/dist, built by `npm run build:web` and checked in) at /dashboard/.
+  const site = staticSite({ root: fileURLToPath(new URL("../web/dist", import.meta.url)) });
+  if (!site) logger.warn("web/dist/index.html not found: the dashboard is not served (npm run build:web)");
   const http: RunningConnectServer = await startConnectServer({
     api,
     host: config.host,
@@ -158,6 +163,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
     onError,
     onCall,
+    ...(site ? { site } : {}),
   });
 
   const timers = [

@@ -20,7 +20,7 @@ import { InMemoryCounterStore } from "../store/memory/in-memory-counter-store.ts
 import { LocalChangeBus } from "../store/memory/local-change-bus.ts";
 import { systemClock } from "../core/ports.ts";
 import type { QuotaService } from "../core/quota-service.ts";
-import { seedDemo } from "./demo.ts";
+import { demoOrigins, seedDemo } from "./demo.ts";
 
 const USAGE = `usage: quota-authority <command>
   serve [--demo]            start the service
@@ -41,7 +41,11 @@ async function main(argv: string[]): Promise<number> {
   }
   try {
     if (command === "serve") {
-      const config = loadConfig(process.env, values.demo ? { demo: "true" } : {});
+      let config = loadConfig(process.env, values.demo ? { demo: "true" } : {});
+      // --demo without an origin allow-list: allow the dashboard this server serves (its own origin).
+      if (config.demo && config.allowedOrigins.length === 0) {
+        config = loadConfig(process.env, { demo: "true", allowedOrigins: demoOrigins(config.host, config.httpPort) });
+      }
       const app = await startApp(config);
       if (config.demo) console.log(await seedDemo(app));
       let signals = 0;
