@@ -67,8 +67,9 @@ export function relativeTime(targetMs: number, nowMs: number): string {
   if (abs < 60_000) text = `${Math.max(1, Math.round(abs / 1000))} s`;
   else if (abs < 3_600_000) text = `${Math.round(abs / 60_000)} min`;
   else if (abs < 48 * 3_600_000) {
-    const h = Math.floor(abs / 3_600_000);
-    const min = Math.round((abs % 3_600_000) / 60_000);
+    const minutes = Math.round(abs / 60_000);
+    const h = Math.floor(minutes / 60);
+    const min = minutes % 60;
     text = min ? `${h} h ${min} min` : `${h} h`;
   } else text = `${Math.round(abs / 86_400_000)} days`;
   return delta >= 0 ? `in ${text}` : `${text} ago`;

@@ -60,7 +60,7 @@ const SOURCE_WORDS: Record<string, string> = { plan: "plan", add_on: "add-on", g
 
 function limitView(l: LimitStatus, now: number): HTMLElement {
   const share = usedShare(l.used, l.limit);
-  const unit = l.unit || "units";
+  const unit = (l.unit || "units").replaceAll("_", " ");
   const item = el("li", { class: "limit", "data-limit": l.name, ...(l.product ? { "data-product": l.product } : {}) });
   if (l.exceeded) item.classList.add("exceeded");
   else if (share >= 0.8) item.classList.add("high");
@@ -102,7 +102,8 @@ function limitView(l: LimitStatus, now: number): HTMLElement {
         `${SOURCE_WORDS[s.kind] ?? s.kind}${s.id && s.kind !== "plan" ? ` ${s.id}` : ""}: ${formatCount(s.amount)}` +
         (s.used > 0n && s.kind !== "plan" ? ` (${formatCount(s.used)} used)` : "") +
         (s.product ? ` for ${s.product}` : "") +
-        (expires !== undefined ? `, expires ${formatInstant(expires)}` : "");
+        // The plan's own capacity "expires" at the reset shown above; grants and add-ons have their own end.
+        (expires !== undefined && s.kind !== "plan" ? `, expires ${formatInstant(expires)}` : "");
       sources.append(el("li", { class: "source", "data-kind": s.kind }, text));
     }
     item.append(sources);

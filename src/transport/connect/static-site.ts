@@ -88,7 +88,7 @@ export function staticSite(opts: StaticSiteOptions): StaticSite | undefined {
   return (req, res) => {
     if (req.method !== "GET" && req.method !== "HEAD") return false;
     const path = (req.url ?? "/").split("?")[0]!;
-    if (path === "/" || path === mount.slice(0, -1)) {
+    if (mount !== "/" && (path === "/" || path === mount.slice(0, -1))) {
       res.writeHead(302, { location: mount, "content-length": "0" });
       res.end();
       return true;
