@@ -5,6 +5,9 @@
  *   migrate                     apply pending database migrations and exit
  *   plans apply -f FILE         validate a plans file and load it (create or replace the plans)
  *   plans validate -f FILE      validate only
+ *
+ * and the commands that call a running server over gRPC (remote.ts): plans diff, accounts, keys, subscriptions,
+ * deposit, topup, limits, ledger list, check. `quota-authority COMMAND --help` describes each.
  */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -21,23 +24,51 @@ import { LocalChangeBus } from "../store/memory/local-change-bus.ts";
 import { systemClock } from "../core/ports.ts";
 import type { QuotaService } from "../core/quota-service.ts";
 import { demoOrigins, seedDemo } from "./demo.ts";
+import { COMMANDS, runRemote } from "./remote.ts";
 
-const USAGE = `usage: quota-authority <command>
-  serve [--demo]            start the service
-  migrate                   apply database migrations
-  plans apply -f FILE       validate and load a plans file
-  plans validate -f FILE    validate a plans file`;
+const LOCAL: Array<[string, string, string]> = [
+  ["serve", "serve [--demo]", "start the service (--demo: seed a plan, an account, $25 and a key; print the key and the dashboard URL)"],
+  ["migrate", "migrate", "apply database migrations (DATABASE_URL, or the embedded PGlite in QUOTA_DATA_DIR) and exit"],
+  ["plans apply", "plans apply -f FILE", "validate a plans file and load it into the configured database"],
+  ["plans validate", "plans validate -f FILE", "validate a plans file (errors name the field)"],
+];
+
+const NAMES = [...LOCAL.map(([, u]) => u), ...COMMANDS.map((c) => c.name + (c.usage ? ` ${c.usage}` : ""))];
+const PAD = Math.max(...NAMES.map((n) => n.length)) + 2;
+const USAGE = [
+  "usage: quota-authority <command> [options]   (quota-authority <command> --help for its options)",
+  "",
+  "on this machine:",
+  ...LOCAL.map(([, u, d]) => `  ${u.padEnd(PAD)}${d}`),
+  "",
+  "against a running server over gRPC (--server / QUOTA_SERVER, QUOTA_ADMIN_TOKEN / QUOTA_SERVICE_TOKEN, --json):",
+  ...COMMANDS.map((c) => `  ${(c.name + (c.usage ? ` ${c.usage}` : "")).padEnd(PAD)}${c.summary}`),
+].join("\n");
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { demo: { type: "boolean", default: false }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
-  });
+  const remote = await runRemote(argv, { out: (s) => console.log(s), err: (s) => console.error(s), env: process.env });
+  if (remote >= 0) return remote;
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { demo: { type: "boolean", default: false }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
+    });
+  } catch (e) {
+    console.error(`quota-authority: ${(e as Error).message} (see --help)`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   const [command, sub] = positionals;
-  if (values.help || !command) {
-    console.log(USAGE);
-    return command ? 0 : 2;
+  const local = LOCAL.find(([name]) => name === command || name === `${command} ${sub}`);
+  if (values.help) {
+    console.log(local ? `usage: quota-authority ${local[1]}\n\n${local[2]}` : USAGE);
+    return 0;
+  }
+  if (!command) {
+    console.error(USAGE);
+    return 2;
   }
   try {
     if (command === "serve") {
@@ -97,7 +128,7 @@ async function main(argv: string[]): Promise<number> {
       await db.close();
       return 0;
     }
-    console.error(USAGE);
+    console.error(`quota-authority: unknown command ${JSON.stringify(positionals.join(" "))}\n\n${USAGE}`);
     return 2;
   } catch (e) {
     if (e instanceof ConfigError) {
@@ -108,7 +139,12 @@ async function main(argv: string[]): Promise<number> {
       console.error(`error: ${e.message}`);
       return 1;
     }
-    throw e;
+    if ((e as NodeJS.ErrnoException).code === "ENOENT" && (e as NodeJS.ErrnoException).path) {
+      console.error(`error: cannot read ${(e as NodeJS.ErrnoException).path}: no such file`);
+      return 1;
+    }
+    console.error(`error: ${(e as Error).message ?? e}`);
+    return 1;
   }
 }
 
