@@ -12,6 +12,7 @@ import { create, toJson, type DescMessage, type MessageShape } from "@bufbuild/p
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { QuotaError } from "../core/errors.ts";
 import { formatMicros, microsToMoney, parseDecimalMicros } from "../core/money.ts";
 import { parsePlansDocument } from "../core/plan.ts";
 import { QuotaAdminService } from "../gen/quota/v1/admin_pb.ts";
@@ -27,6 +28,7 @@ interface Ctx {
   values: Record<string, string | boolean | string[] | undefined>;
   args: string[];
   json: boolean;
+  env: NodeJS.ProcessEnv;
   admin(): Client<typeof QuotaAdminService>;
   quota(): Client<typeof QuotaService>;
   out(line?: string): void;
@@ -466,7 +468,7 @@ export const COMMANDS: Command[] = [
     async run(ctx) {
       const accountId = str(ctx, "account");
       const keyId = str(ctx, "key-id");
-      const apiKey = accountId || keyId ? "" : (process.env.QUOTA_API_KEY ?? "");
+      const apiKey = accountId || keyId ? "" : (ctx.env.QUOTA_API_KEY ?? "");
       if ([accountId, keyId, apiKey].filter(Boolean).length !== 1) throw new UsageError("exactly one of --account, --key-id (or QUOTA_API_KEY) is required");
       const r = await ctx.quota().getLimits({ accountId, keyId, apiKey, product: str(ctx, "product") });
       if (ctx.json) return printJson(ctx, QuotaService.method.getLimits.output, r);
@@ -519,7 +521,7 @@ export const COMMANDS: Command[] = [
     ],
     async run(ctx) {
       const keyId = str(ctx, "key-id");
-      const apiKey = keyId ? "" : (process.env.QUOTA_API_KEY ?? "");
+      const apiKey = keyId ? "" : (ctx.env.QUOTA_API_KEY ?? "");
       if (!keyId && !apiKey) throw new UsageError("--key-id (or QUOTA_API_KEY in the environment) is required");
       const modes: Record<string, Mode> = { enforce: Mode.ENFORCE, "check-only": Mode.CHECK_ONLY, shadow: Mode.SHADOW };
       const mode = modes[str(ctx, "mode")];
@@ -615,6 +617,7 @@ export async function runRemote(argv: string[], io: { out(s: string): void; err(
       values: parsed.values as Ctx["values"],
       args,
       json: parsed.values.json === true,
+      env: io.env,
       admin: () => wrapClient(QuotaAdminService, () => bearer("QUOTA_ADMIN_TOKEN", true)),
       quota: () => wrapClient(QuotaService, () => bearer("QUOTA_SERVICE_TOKEN", false)),
       out: (line = "") => io.out(line),
@@ -626,15 +629,16 @@ export async function runRemote(argv: string[], io: { out(s: string): void; err(
       return 2;
     }
     if (e instanceof ConnectError) {
+      const name = CODE_NAMES[e.code] ?? String(e.code);
       const reason = e.metadata.get("x-error-reason");
       if (e.code === Code.Unavailable && /ECONNREFUSED|connect|ENOTFOUND|EHOSTUNREACH/i.test(e.rawMessage)) {
         io.err(`error: cannot reach the server at ${server} (UNAVAILABLE): ${e.rawMessage}`);
       } else {
-        io.err(`error: ${CODE_NAMES[e.code] ?? e.code}${reason ? ` (${reason})` : ""}: ${e.rawMessage}`);
+        io.err(`error: ${name}${reason && reason !== name ? ` (${reason})` : ""}: ${e.rawMessage}`);
       }
       return 1;
     }
-    if ((e as { name?: string }).name === "InvalidArgumentError") {
+    if (e instanceof QuotaError) {
       io.err(`error: ${(e as Error).message}`);
       return 1;
     }

@@ -131,7 +131,7 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
       expect(await page.locator('dd[data-wallet="prepaid"]').textContent()).toBe("25.00 USD");
       // The key is in memory only: not in the address, storage or cookies, and the field was cleared.
       expect(page.url()).toBe(url);
-      expect(await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie])).toEqual([0, 0, ""]);
+      expect(await page.evaluate("[localStorage.length, sessionStorage.length, document.cookie]")).toEqual([0, 0, ""]);
       expect(await page.inputValue("#api-key")).toBe("");
 
       // A call made by a backend shows up after the next refresh.
