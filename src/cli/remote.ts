@@ -163,7 +163,7 @@ export function renderLimits(v: GetLimitsResponse): string {
     out.push(s.limits.length ? limitRows(s.limits) : "(no limits)");
   }
   if (v.wallets.length) out.push("", table([["WALLET", "BALANCE", "DEPOSITED"], ...v.wallets.map((w) => [w.kind, money(w.balance), money(w.totalDeposited)])]));
-  if (v.credit) out.push("", `credit: ${money(v.credit.remaining)} remaining of ${money(v.credit.totalToppedUp)} (spent ${money(v.credit.spent)}), ${v.credit.creditKeys} credit key(s)`);
+  if (v.credit && (v.credit.creditKeys > 0 || (v.credit.totalToppedUp?.units ?? 0n) > 0n || (v.credit.totalToppedUp?.nanos ?? 0) > 0)) out.push("", `credit: ${money(v.credit.remaining)} remaining of ${money(v.credit.totalToppedUp)} (spent ${money(v.credit.spent)}), ${v.credit.creditKeys} credit key(s)`);
   if (v.grants.length) {
     out.push("", table([["GRANT", "LIMIT", "PRODUCT", "UNITS", "SOURCE", "EXPIRES"], ...v.grants.map((g) => [g.id, g.limit, g.product || "*", count(g.amount), g.source, when(g.validUntil)])]));
   }
