@@ -121,7 +121,7 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
       await login(page, url, apiKey);
       await page.waitForSelector("#dashboard:not([hidden])");
       expect(await page.locator("#login").isHidden()).toBe(true);
-      await expect.poll(() => page.locator("h2.plan").textContent()).toBe("Demo (5 requests a day)");
+      await expect.poll(() => page.locator("h2.plan").textContent(), { timeout: 15_000 }).toBe("Demo (5 requests a day)");
       expect(await page.locator(".cycle").textContent()).toMatch(/Plan demo · active · cycle \d{4}-\d\d-\d\d \d\d:\d\d UTC → /);
       const before = await bar(page, "requests-daily");
       expect(before).toMatchObject({ max: "5", value: "0", used: "0", total: "5", remaining: "5" });
@@ -143,7 +143,7 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
         c.close();
       }
       await page.click("#refresh");
-      await expect.poll(async () => (await bar(page, "requests-daily")).value).toBe("1");
+      await expect.poll(async () => (await bar(page, "requests-daily")).value, { timeout: 15_000 }).toBe("1");
       expect(await bar(page, "requests-daily")).toMatchObject({ used: "1", remaining: "4" });
 
       // Buy 100 requests from the wallet ($1.00).
@@ -153,7 +153,7 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
       expect(await page.locator("#buy-new-limit").textContent()).toBe("105");
       expect(await page.locator("#buy-new-balance").textContent()).toBe("24.00 USD");
       expect(await page.locator("#buy-result").textContent()).toMatch(/^Bought 100 units\. New limit: 105\. Wallet balance: 24\.00 USD\. Transaction \S+\.$/);
-      await expect.poll(async () => (await bar(page, "requests-daily")).max).toBe("105");
+      await expect.poll(async () => (await bar(page, "requests-daily")).max, { timeout: 15_000 }).toBe("105");
       const after = await bar(page, "requests-daily");
       expect(after).toMatchObject({ value: "1", used: "1", total: "105", remaining: "104" });
       expect(after.sources[0]).toBe("plan: 5");
@@ -184,10 +184,17 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
   it("works from another origin listed in QUOTA_ALLOWED_ORIGINS (CORS, config.json names the API)", async () => {
     const page = await browser.newPage();
     try {
-      await login(page, `${allowedHost.origin}/dashboard/`, apiKey);
+      // A key the server does not know: said in words, nothing shown, the form stays.
+      await login(page, `${allowedHost.origin}/dashboard/`, "qa_aaaaaaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+      await page.waitForSelector("#error:not([hidden])");
+      expect(await page.locator("#error").textContent()).toBe("This API key is not known (check that it was copied whole): api key not found.");
+      expect(await page.locator("#dashboard").isHidden()).toBe(true);
+      await page.fill("#api-key", apiKey);
+      await page.click("#login button[type=submit]");
       await page.waitForSelector("#dashboard:not([hidden])");
+      expect(await page.locator("#error").isHidden()).toBe(true);
       expect(await page.locator("#api-base").textContent()).toBe(`Quota service: http://127.0.0.1:${server.httpPort}`);
-      await expect.poll(async () => (await bar(page, "requests-daily")).total).toBe("105");
+      await expect.poll(async () => (await bar(page, "requests-daily")).total, { timeout: 15_000 }).toBe("105");
       await page.fill("#buy-value", "100");
       await page.click("#buy-submit");
       await page.waitForSelector("#buy-result:not([hidden])");
@@ -204,6 +211,16 @@ describe("the dashboard in headless Chromium against the real server (--demo)", 
         }
       }, `http://127.0.0.1:${server.httpPort}`);
       expect(blocked).toBe("blocked: Failed to fetch");
+
+      // The page refreshes by itself (config.json: every 2 s): a backend call shows up without a click.
+      const before = Number((await bar(page, "requests-daily")).value);
+      const c = clients("grpc-js", server.ports);
+      try {
+        expect((await c.quota.checkAndReserve({ apiKey, product: "demo-api", method: "things.list" })).decision).toBe(Decision.ALLOWED);
+      } finally {
+        c.close();
+      }
+      await expect.poll(async () => Number((await bar(page, "requests-daily")).value), { timeout: 15_000 }).toBe(before + 1);
     } finally {
       await page.close();
     }

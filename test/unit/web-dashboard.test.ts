@@ -54,6 +54,7 @@ describe("dashboard formatting", () => {
       "Your wallet balance is too low for this purchase: insufficient wallet balance: 5.00 USD available, 10.00 USD needed.",
     );
     expect(describeError({ code: 16, rawMessage: "unknown api key" }, api)).toBe("The API key was not accepted: unknown api key.");
+    expect(describeError({ code: 5, rawMessage: "api key not found", reason: "KEY_NOT_FOUND" }, api)).toBe("This API key is not known (check that it was copied whole): api key not found.");
     expect(describeError({ code: 7, rawMessage: "origin https://x.example is not allowed" }, api)).toMatch(/QUOTA_ALLOWED_ORIGINS/);
     expect(describeError({ code: 2, rawMessage: "Failed to fetch" }, api)).toMatch(/^Could not reach the quota service at http:\/\/127\.0\.0\.1:8080\./);
     expect(describeError({ code: 14, rawMessage: "storage unavailable" }, api)).toBe("The quota service is unavailable right now; try again in a moment: storage unavailable.");

@@ -109,6 +109,11 @@ const CODE_WORDS: Record<number, string> = {
 const REASON_WORDS: Record<string, string> = {
   INSUFFICIENT_BALANCE: "Your wallet balance is too low for this purchase",
   PRICE_EXCEEDS_MAXIMUM: "The price is higher than the maximum you set",
+  KEY_NOT_FOUND: "This API key is not known (check that it was copied whole)",
+  KEY_INVALID: "This is not a valid API key (keys look like qa_…_…)",
+  KEY_REVOKED: "This API key has been revoked",
+  SUBSCRIPTION_ENDED: "The subscription of this key has ended",
+  TOPUP_NOT_OFFERED: "This plan does not sell extra quota",
 };
 
 /**

@@ -184,12 +184,18 @@ async function start(): Promise<void> {
   let apiKey = "";
   let timer: ReturnType<typeof setInterval> | undefined;
   let inFlight = false;
+  // A refresh asked for while one is in flight runs once more after it (that one may predate the change).
+  let again = false;
   // Reused when a purchase is retried after an answer never came (the first attempt may have been applied).
   let pending: { input: string; key: string } | undefined;
 
   const errorBox = $("error");
   const refresh = async (): Promise<boolean> => {
-    if (!apiKey || inFlight) return false;
+    if (!apiKey) return false;
+    if (inFlight) {
+      again = true;
+      return false;
+    }
     inFlight = true;
     try {
       const view = await client.getLimits({ apiKey }, { timeoutMs: 10_000 });
@@ -202,6 +208,10 @@ async function start(): Promise<void> {
       return false;
     } finally {
       inFlight = false;
+      if (again) {
+        again = false;
+        void refresh();
+      }
     }
   };
 
