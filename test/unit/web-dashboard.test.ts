@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { describe, expect, it } from "vitest";
 import { describeError, formatCount, formatMoney, formatWindow, InputError, parseDollars, parseUnits, relativeTime, usedShare } from "../../web/src/format.ts";
+import { demoOrigins } from "../../src/cli/demo.ts";
 import { REPO_ROOT } from "../support/server-process.ts";
 
 describe("dashboard formatting", () => {
@@ -58,6 +59,15 @@ describe("dashboard formatting", () => {
     expect(describeError({ code: 7, rawMessage: "origin https://x.example is not allowed" }, api)).toMatch(/QUOTA_ALLOWED_ORIGINS/);
     expect(describeError({ code: 2, rawMessage: "Failed to fetch" }, api)).toMatch(/^Could not reach the quota service at http:\/\/127\.0\.0\.1:8080\./);
     expect(describeError({ code: 14, rawMessage: "storage unavailable" }, api)).toBe("The quota service is unavailable right now; try again in a moment: storage unavailable.");
+  });
+});
+
+describe("--demo without QUOTA_ALLOWED_ORIGINS", () => {
+  it("allows the origins of the dashboard the server itself serves", () => {
+    expect(demoOrigins("127.0.0.1", 8080)).toBe("http://127.0.0.1:8080,http://localhost:8080");
+    expect(demoOrigins("0.0.0.0", 9000)).toBe("http://127.0.0.1:9000,http://localhost:9000");
+    expect(demoOrigins("quota.internal", 8080)).toBe("http://quota.internal:8080");
+    expect(demoOrigins("::1", 8080)).toBe("http://[::1]:8080");
   });
 });
 
