@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import pino, { type Logger } from "pino";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
@@ -29,6 +30,7 @@ import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { createApi } from "./transport/api.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
+import { staticSite } from "./transport/connect/static-site.ts";
 import { startGrpcServer, type RunningGrpcServer } from "./transport/grpc/grpc-server.ts";
 import { createEnvoyRlsApi } from "./transport/grpc/envoy-rls.ts";
 
@@ -173,6 +175,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   };
   const envoy = createEnvoyRlsApi({ rateLimit: envoyRateLimit, auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins } });
   const grpc: RunningGrpcServer = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
+  // The usage dashboard (web/dist, built by `npm run build:web` and checked in) at /dashboard/.
+  const site = staticSite({ root: fileURLToPath(new URL("../web/dist", import.meta.url)) });
+  if (!site) logger.warn("web/dist/index.html not found: the dashboard is not served (npm run build:web)");
   const http: RunningConnectServer = await startConnectServer({
     api,
     host: config.host,
@@ -184,6 +189,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
     onError,
     onCall,
+    ...(site ? { site } : {}),
   });
 
   const timers = [

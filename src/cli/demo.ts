@@ -4,6 +4,15 @@
  */
 import type { App } from "../main.ts";
 
+/**
+ * The origins of the dashboard this server serves itself, for --demo when QUOTA_ALLOWED_ORIGINS is not set: the
+ * page's calls carry an Origin header (browsers send one on every POST), and only allow-listed origins may call.
+ */
+export function demoOrigins(host: string, httpPort: number): string {
+  const hosts = host === "127.0.0.1" || host === "localhost" || host === "0.0.0.0" ? ["127.0.0.1", "localhost"] : [host.includes(":") ? `[${host}]` : host];
+  return hosts.map((h) => `http://${h}:${httpPort}`).join(",");
+}
+
 export const DEMO_PLANS = `
 plans:
   - id: demo
@@ -34,11 +43,15 @@ export async function seedDemo(app: App): Promise<string> {
   const http = `http://${app.config.host}:${app.httpPort}`;
   const grpc = `${app.config.host}:${app.grpcPort}`;
   const auth = app.config.serviceToken ? ` -H 'authorization: Bearer ${app.config.serviceToken}'` : "";
+  const origins = app.config.allowedOrigins.length ? app.config.allowedOrigins.join(", ") : "none (the dashboard cannot call the API: set QUOTA_ALLOWED_ORIGINS)";
   return [
     "",
     "Demo seeded: plan demo (5 requests/day, 10 rps), account demo, $25.00 in the prepaid wallet.",
     `API key (shown once): ${apiKey}`,
     `Admin token for this run: ${app.adminToken}`,
+    "",
+    `Dashboard (paste the API key there): ${http}/dashboard/`,
+    `  browser origins allowed (QUOTA_ALLOWED_ORIGINS): ${origins}`,
     "",
     "Check and reserve a call (Connect JSON over HTTP/1.1) — repeat it 6 times to see QUOTA_EXHAUSTED:",
     `  curl -s ${http}/quota.v1.QuotaService/CheckAndReserve -H 'content-type: application/json'${auth} \\`,

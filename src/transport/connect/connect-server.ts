@@ -15,6 +15,7 @@ import { QuotaAdminService } from "../../gen/quota/v1/admin_pb.ts";
 import { QuotaService } from "../../gen/quota/v1/quota_pb.ts";
 import { BROWSER_METHODS, type Api, type CallContext } from "../api.ts";
 import { mapError } from "../errors.ts";
+import type { StaticSite } from "./static-site.ts";
 
 export interface ConnectServerOptions {
   api: Api;
@@ -28,6 +29,8 @@ export interface ConnectServerOptions {
   metrics: () => Promise<{ contentType: string; body: string }>;
   onError?: (method: string, err: unknown) => void;
   onCall?: (method: string, code: string, seconds: number) => void;
+  /** The dashboard's static files (GET/HEAD under its mount path); absent = API only. */
+  site?: StaticSite;
 }
 
 export interface RunningConnectServer {
@@ -178,6 +181,7 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
       );
       return;
     }
+    if (opts.site?.(req, res)) return;
     const origin = req.headers.origin;
     if (typeof origin === "string") {
       const path = url.split("?")[0]!;
