@@ -215,12 +215,13 @@ export class EnvoyRateLimit {
       throw new InvalidArgumentError("domain", `unknown domain ${JSON.stringify(req.domain.slice(0, 100))} (configured: ${known.length ? known.join(", ") : "none"})`);
     }
     const p = this.#parse(req, domain);
-    if (p.conflict) return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
+    const keyMode: Mode = domain.shadow ? "SHADOW" : "ENFORCE";
+    if (p.conflict) return this.#answer(p, callDenial("KEY_INVALID"), keyMode);
     if (!p.apiKey && !p.keyId) {
       if (domain.missingKey === "ok") return unchecked(req, "KEY_MISSING", domain.product);
-      return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
+      return this.#answer(p, callDenial("KEY_INVALID"), keyMode);
     }
-    if (p.keyId && !p.apiKey && !KEY_ID_RE.test(p.keyId)) return this.#answer(p, callDenial("KEY_INVALID"), "ENFORCE");
+    if (p.keyId && !p.apiKey && !KEY_ID_RE.test(p.keyId)) return this.#answer(p, callDenial("KEY_INVALID"), keyMode);
 
     const mode: Mode = p.hits === 0n ? "CHECK_ONLY" : domain.shadow ? "SHADOW" : "ENFORCE";
     const check: CheckRequest = {

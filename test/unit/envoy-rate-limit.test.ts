@@ -102,7 +102,7 @@ describe("EnvoyRateLimit", () => {
   it("a shadow domain answers OK for key problems and outages too, reporting the would-be reason", async () => {
     const q = new FakeQuota(async () => { throw new UnavailableError("down"); });
     const rl = limiter(q, { domains: { d: { product: "api", shadow: true } } });
-    expect(await rl.shouldRateLimit(req([["other", "x"]]))).toMatchObject({ code: "OK", metadata: { decision: "ALLOWED", shadow_reason: "KEY_INVALID" } });
+    expect(await rl.shouldRateLimit(req([["other", "x"]]))).toMatchObject({ code: "OK", metadata: { decision: "ALLOWED", mode: "SHADOW", shadow_reason: "KEY_INVALID" } });
     expect(await rl.shouldRateLimit(req([["api_key", KEY]]))).toMatchObject({ code: "OK", metadata: { decision: "ALLOWED", shadow_reason: "UNAVAILABLE" } });
     expect(q.checks.map((c) => c.mode)).toEqual(["SHADOW"]);
   });

@@ -36,7 +36,7 @@ export type HeaderValue = Message<"envoy.config.core.v3.HeaderValue"> & {
   value: string;
 
   /**
-   * Header value as raw bytes, used instead of `value` by newer Envoy versions when set.
+   * Header value as raw bytes, for values that are not UTF-8; only one of `value` and `raw_value` is set.
    *
    * @generated from field: bytes raw_value = 3;
    */
