@@ -40,6 +40,7 @@ const outDir = `${ROOT}${o.out.replace(/\/$/, "")}/`;
 mkdirSync(outDir, { recursive: true });
 const name = o.name ?? `flusher-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}`;
 const log = (...a: unknown[]) => console.error(...a);
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.once(sig, () => process.exit(130));
 
 log(`flusher bench: ${accounts} accounts, ${passes} pass(es), load average ${loadAverage().join(" ")}`);
 const redis = await startRedis();
