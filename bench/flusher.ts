@@ -52,7 +52,7 @@ try {
   const keysFile = `${outDir}.flusher-keys-${process.pid}.txt`;
   writeFileSync(keysFile, keys.join("\n"));
   const specFile = `${outDir}.flusher-spec-${process.pid}.json`;
-  writeFileSync(specFile, JSON.stringify({ port: server.grpcPort, keysFile, mix: "reserve", loop: "closed", concurrency: 32, rate: 0, calls: accounts, seconds: 300, connections: 1, token: SERVICE_TOKEN, product: "api", method: "eth_call" }));
+  writeFileSync(specFile, JSON.stringify({ port: server.grpcPort, keysFile, mix: "reserve", loop: "closed", concurrency: 128, rate: 0, calls: accounts, seconds: 300, connections: 1, token: SERVICE_TOKEN, product: "api", method: "eth_call" }));
   const touch = await runLoad(specFile);
   log(`touched ${touch.ops} accounts at ${touch.opsPerSecond}/s (errors ${touch.errors}${touch.firstError ? `: ${touch.firstError}` : ""})`);
   const t = performance.now();
