@@ -431,18 +431,18 @@ async function h2load(port: number, apiKey: string): Promise<LoadResult> {
   if (!ensureTool("h2load", "nghttp2-client")) throw new Error("h2load is not available");
   const body = `${tmp}h2load-body.bin`;
   writeFileSync(body, checkAndReserveFrame(apiKey, "api", "eth_call"));
-  const n = Math.min(calls, Math.round(seconds * 8000));
   await pendingWindowStart?.();
   pendingWindowStart = undefined;
   const r = spawnSync(
     "sh",
-    ["-c", 'h2load "$@"; cat /proc/$$/stat >&2', "sh", "-n", String(n), "-c", "1", "-m", String(concurrency), "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", `authorization: Bearer ${SERVICE_TOKEN}`, `http://127.0.0.1:${port}/quota.v1.QuotaService/CheckAndReserve`],
+    ["-c", 'h2load "$@"; cat /proc/$$/stat >&2', "sh", "-D", String(seconds), "-c", "1", "-m", String(concurrency), "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", `authorization: Bearer ${SERVICE_TOKEN}`, `http://127.0.0.1:${port}/quota.v1.QuotaService/CheckAndReserve`],
     { encoding: "utf8", timeout: (seconds + 60) * 1000 },
   );
   const text = r.stdout;
   const rps = Number(/finished in ([\d.]+)s, ([\d.]+) req\/s/.exec(text)?.[2] ?? 0);
   const took = Number(/finished in ([\d.]+)s/.exec(text)?.[1] ?? 0);
   const ok = Number(/(\d+) succeeded/.exec(text)?.[1] ?? 0);
+  const n = Number(/requests: (\d+) total/.exec(text)?.[1] ?? ok);
   // "time for request:  min  max  mean  sd  +/- sd" (units vary: us / ms / s)
   const req = /time for request:\s+(\S+)\s+(\S+)\s+(\S+)/.exec(text);
   const ms = (v?: string) => (!v ? 0 : v.endsWith("us") ? Number(v.slice(0, -2)) / 1000 : v.endsWith("ms") ? Number(v.slice(0, -2)) : Number(v.slice(0, -1)) * 1000);

@@ -1,11 +1,13 @@
 /**
  * The `quota-authority` command.
  *
- *   serve [--demo]              start the service (embedded default without DATABASE_URL / REDIS_URL)
+ *   serve [--demo] [--workers N]  start the service (embedded default without DATABASE_URL / REDIS_URL; N > 1
+ *                               processes sharing the ports need both: see workers.ts)
  *   migrate                     apply pending database migrations and exit
  *   plans apply -f FILE         validate a plans file and load it (create or replace the plans)
  *   plans validate -f FILE      validate only
  */
+import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config/config.ts";
@@ -21,9 +23,11 @@ import { LocalChangeBus } from "../store/memory/local-change-bus.ts";
 import { systemClock } from "../core/ports.ts";
 import type { QuotaService } from "../core/quota-service.ts";
 import { seedDemo } from "./demo.ts";
+import { reportReady, superviseWorkers } from "./workers.ts";
+import pino from "pino";
 
 const USAGE = `usage: quota-authority <command>
-  serve [--demo]            start the service
+  serve [--demo] [--workers N]  start the service (N processes sharing the ports)
   migrate                   apply database migrations
   plans apply -f FILE       validate and load a plans file
   plans validate -f FILE    validate a plans file`;
@@ -32,7 +36,7 @@ async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { demo: { type: "boolean", default: false }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
+    options: { demo: { type: "boolean", default: false }, workers: { type: "string" }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
   });
   const [command, sub] = positionals;
   if (values.help || !command) {
@@ -41,8 +45,12 @@ async function main(argv: string[]): Promise<number> {
   }
   try {
     if (command === "serve") {
-      const config = loadConfig(process.env, values.demo ? { demo: "true" } : {});
+      const config = loadConfig(process.env, { ...(values.demo ? { demo: "true" } : {}), ...(values.workers !== undefined ? { workers: values.workers } : {}) });
+      if (config.workers > 1 && cluster.isPrimary) {
+        return await superviseWorkers(config.workers, pino({ level: config.logLevel }));
+      }
       const app = await startApp(config);
+      reportReady();
       if (config.demo) console.log(await seedDemo(app));
       let signals = 0;
       const onSignal = (sig: string) => {
