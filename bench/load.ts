@@ -94,7 +94,11 @@ function call(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHead
     const chunks: Buffer[] = [];
     let status: string | undefined;
     req.on("response", (h) => {
-      if (h["grpc-status"] !== undefined) status = String(h["grpc-status"]);
+      // Trailers-only answer (an error before any message): the status is in the headers.
+      if (h["grpc-status"] !== undefined) {
+        status = String(h["grpc-status"]);
+        if (status !== "0" && !firstError) firstError = `grpc-status ${status}: ${decodeURIComponent(String(h["grpc-message"] ?? ""))}`;
+      }
     });
     req.on("trailers", (t) => {
       status = String(t["grpc-status"]);

@@ -2,7 +2,10 @@
  * Summarizes V8 CPU profiles (`node --cpu-prof`, written by `npm run bench -- --profile`): self time by function
  * and by source file / package, as percentages of the sampled time (idle and GC shown separately).
  *
- *   node bench/profile-top.ts DIR_OR_FILE [--top 25]
+ *   node bench/profile-top.ts DIR_OR_FILE [--top 25] [--from S] [--to S]
+ *
+ * A profile covers the whole process (start-up, module loading, warm-up): a timeline of non-idle % per second is
+ * printed first; --from/--to (seconds since the profile started) keep only the load window.
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -17,9 +20,10 @@ interface Profile {
   nodes: Node[];
   samples: number[];
   timeDeltas: number[];
+  startTime: number;
 }
 
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: "string", default: "25" } } });
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: "string", default: "25" }, from: { type: "string", default: "0" }, to: { type: "string", default: "1e9" } } });
 const target = positionals[0];
 if (!target) {
   console.error("usage: node bench/profile-top.ts DIR_OR_FILE [--top 25]");
@@ -32,7 +36,22 @@ for (const file of files) {
   const p = JSON.parse(readFileSync(file, "utf8")) as Profile;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
-  for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + (p.timeDeltas[i] ?? 0));
+  const from = Number(values.from) * 1e6;
+  const to = Number(values.to) * 1e6;
+  const perSecond: Array<{ busy: number; all: number }> = [];
+  let t = 0;
+  for (let i = 0; i < p.samples.length; i++) {
+    const dt = p.timeDeltas[i] ?? 0;
+    t += dt;
+    const sec = Math.floor(t / 1e6);
+    const idle = byId.get(p.samples[i]!)?.callFrame.functionName === "(idle)";
+    perSecond[sec] ??= { busy: 0, all: 0 };
+    perSecond[sec]!.all += dt;
+    if (!idle) perSecond[sec]!.busy += dt;
+    if (t < from || t > to) continue;
+    self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + dt);
+  }
+  console.log(`\ntimeline (s: busy %): ${perSecond.map((x, i) => `${i}:${x ? Math.round((x.busy / Math.max(1, x.all)) * 100) : 0}`).join(" ")}`);
   let total = 0;
   const fn = new Map<string, number>();
   const where = new Map<string, number>();
