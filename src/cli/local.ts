@@ -16,18 +16,26 @@ import { LocalChangeBus } from "../store/memory/local-change-bus.ts";
 import { systemClock } from "../core/ports.ts";
 import type { QuotaService } from "../core/quota-service.ts";
 import { demoOrigins, seedDemo } from "./demo.ts";
+import { reportReady, superviseWorkers } from "./workers.ts";
+import cluster from "node:cluster";
+import pino from "pino";
 
 
-export async function runLocal(values: { demo?: boolean; file?: string }, positionals: string[]): Promise<number> {
+export async function runLocal(values: { demo?: boolean; file?: string; workers?: string }, positionals: string[]): Promise<number> {
   const [command, sub] = positionals;
   try {
     if (command === "serve") {
-      let config = loadConfig(process.env, values.demo ? { demo: "true" } : {});
+      const flags = { ...(values.demo ? { demo: "true" } : {}), ...(values.workers !== undefined ? { workers: values.workers } : {}) };
+      let config = loadConfig(process.env, flags);
       // --demo without an origin allow-list: allow the dashboard this server serves (its own origin).
       if (config.demo && config.allowedOrigins.length === 0) {
-        config = loadConfig(process.env, { demo: "true", allowedOrigins: demoOrigins(config.host, config.httpPort) });
+        config = loadConfig(process.env, { ...flags, allowedOrigins: demoOrigins(config.host, config.httpPort) });
+      }
+      if (config.workers > 1 && cluster.isPrimary) {
+        return await superviseWorkers(config.workers, pino({ level: config.logLevel }));
       }
       const app = await startApp(config);
+      reportReady();
       if (config.demo) console.log(await seedDemo(app));
       let signals = 0;
       const onSignal = (sig: string) => {

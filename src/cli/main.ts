@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import { COMMANDS, runRemote } from "./remote.ts";
 
 const LOCAL: Array<[string, string, string]> = [
-  ["serve", "serve [--demo]", "start the service (--demo: seed a plan, an account, $25 and a key; print the key and the dashboard URL)"],
+  ["serve", "serve [--demo] [--workers N]", "start the service (--demo: seed a plan, an account, $25 and a key; print the key and the dashboard URL; --workers N: N processes sharing the ports, needs Postgres and Redis)"],
   ["migrate", "migrate", "apply database migrations (DATABASE_URL, or the embedded PGlite in QUOTA_DATA_DIR) and exit"],
   ["plans apply", "plans apply -f FILE", "validate a plans file and load it into the configured database"],
   ["plans validate", "plans validate -f FILE", "validate a plans file (errors name the field)"],
@@ -39,7 +39,7 @@ async function main(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { demo: { type: "boolean", default: false }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
+      options: { demo: { type: "boolean", default: false }, workers: { type: "string" }, file: { type: "string", short: "f" }, help: { type: "boolean", short: "h" } },
     });
   } catch (e) {
     console.error(`quota-authority: ${(e as Error).message} (see --help)`);

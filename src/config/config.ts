@@ -60,6 +60,8 @@ const schema = z.strictObject({
       }
     }, envoyConfigSchema)
     .prefault({}),
+  /** Server processes sharing the ports (node:cluster), each with its own Redis and Postgres connections. */
+  workers: z.coerce.number().int().min(1).max(64).default(1),
 });
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -74,6 +76,12 @@ const checked = schema.superRefine((c, ctx) => {
   }
   if (!LOOPBACK.test(c.host) && !c.serviceToken && !c.tlsClientCaFile) {
     ctx.addIssue({ code: "custom", path: ["serviceToken"], message: `is required (or mTLS) when binding to a non-loopback address (${c.host})` });
+  }
+  if (c.workers > 1 && (!c.databaseUrl || !c.redisUrl)) {
+    ctx.addIssue({ code: "custom", path: ["workers"], message: "more than one worker needs DATABASE_URL and REDIS_URL (the embedded stores live inside one process)" });
+  }
+  if (c.workers > 1 && c.demo) {
+    ctx.addIssue({ code: "custom", path: ["workers"], message: "the demo runs in one process (set no more than 1 worker with --demo)" });
   }
   if (c.adminToken && c.adminToken.length < 16) {
     ctx.addIssue({ code: "custom", path: ["adminToken"], message: "must be at least 16 characters (use 32 random bytes)" });
@@ -109,6 +117,7 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_DEMO: "demo",
   QUOTA_PLANS_FILE: "plansFile",
   QUOTA_ENVOY_CONFIG: "envoy",
+  QUOTA_WORKERS: "workers",
 };
 
 const SECRET_KEYS = new Set(["serviceToken", "adminToken", "databaseUrl", "redisUrl"]);

@@ -43,6 +43,17 @@ describe("configuration", () => {
     expect(() => loadConfig({ QUOTA_ADMIN_TOKEN: "short" })).toThrow(/adminToken.*16 characters/);
   });
 
+  it("accepts several workers only with shared stores (Postgres + Redis), never with the demo", () => {
+    const shared = { DATABASE_URL: "postgresql://u@h/db", REDIS_URL: "redis://h:6379" };
+    expect(loadConfig({ ...shared, QUOTA_WORKERS: "2" }).workers).toBe(2);
+    expect(loadConfig({}).workers).toBe(1);
+    expect(() => loadConfig({ QUOTA_WORKERS: "2" })).toThrow(/workers \(QUOTA_WORKERS\): more than one worker needs DATABASE_URL and REDIS_URL/);
+    expect(() => loadConfig({ DATABASE_URL: shared.DATABASE_URL, QUOTA_WORKERS: "2" })).toThrow(/QUOTA_WORKERS/);
+    expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "2", QUOTA_DEMO: "true" })).toThrow(/workers.*demo/);
+    expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "0" })).toThrow(/workers \(QUOTA_WORKERS\)/);
+    expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "two" })).toThrow(/workers \(QUOTA_WORKERS\)/);
+  });
+
   it("redacts secrets and URL credentials when printed", () => {
     const c = loadConfig({ QUOTA_ADMIN_TOKEN: "s3cret-s3cret-s3cret", DATABASE_URL: "postgresql://user:pw@db:5432/q", REDIS_URL: "redis://:pw@r:6379" });
     const shown = JSON.stringify(redact(c));
