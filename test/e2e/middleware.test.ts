@@ -380,6 +380,38 @@ for (const [name, make] of Object.entries(FRAMEWORKS)) {
       await after.arrayBuffer();
     });
 
+    it("a client that goes away while CheckAndReserve is in flight: the reservation is CANCELled, not left to expire", async () => {
+      const s = await seedAccount(admin, "mw");
+      let reserved!: () => void;
+      let gone!: () => void;
+      const isReserved = new Promise<void>((r) => (reserved = r));
+      const isGone = new Promise<void>((r) => (gone = r));
+      // The real client, but its answer is held back until the caller has disconnected.
+      const slow: QuotaClient = {
+        ...client,
+        checkAndReserve: async (req, o) => {
+          const answer = await client.checkAndReserve(req, o);
+          reserved();
+          await isGone;
+          await sleep(200);
+          return answer;
+        },
+      };
+      const a = await make({ client: slow });
+      try {
+        const ac = new AbortController();
+        const pending = get(`${a.url}/ok`, { "x-api-key": s.apiKey }, ac.signal).catch((e: unknown) => e);
+        await isReserved;
+        await eventually(s.apiKey, { monthly: 1n, inflight: 1n });
+        ac.abort();
+        gone();
+        expect(await pending).toBeInstanceOf(Error);
+        await eventually(s.apiKey, { monthly: 0n, inflight: 0n });
+      } finally {
+        await a.close();
+      }
+    });
+
     it("a thrown handler answers 500 and CANCELs (refunded, slot freed)", async () => {
       const s = await seedAccount(admin, "mw");
       const before = app.calls.throw ?? 0;

@@ -48,6 +48,8 @@ export function quotaLimit(options: HonoQuotaOptions): MiddlewareHandler<QuotaEn
         const end = once((ending) => void settle(o, result, ending, ctx));
         const signal = c.req.raw.signal;
         const onAbort = () => end({ aborted: true, failed: false });
+        // Gone while CheckAndReserve was in flight: an already-aborted signal fires no event.
+        if (signal.aborted) onAbort();
         signal.addEventListener("abort", onAbort, { once: true });
         try {
           await next();
