@@ -113,6 +113,10 @@ async function expressApp(k: Knobs): Promise<App> {
     res.locals.actualCost = Number(req.params.n);
     res.json({ ok: true });
   });
+  app.get("/raw", (_req, res) => {
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.end("raw");
+  });
   app.get("/throw", () => {
     t.hit("throw");
     throw new Error("boom");
@@ -170,6 +174,11 @@ async function fastifyApp(k: Knobs): Promise<App> {
     actual.set(request, Number(request.params.n));
     return { ok: true };
   });
+  app.get("/raw", (_request, reply) => {
+    reply.raw.writeHead(200, { "content-type": "text/plain" });
+    reply.raw.end("raw");
+    return reply;
+  });
   app.get("/throw", async () => {
     t.hit("throw");
     throw new Error("boom");
@@ -220,6 +229,7 @@ async function honoApp(k: Knobs): Promise<App> {
     c.set("actualCost", Number(c.req.param("n")));
     return c.json({ ok: true });
   });
+  app.get("/raw", () => new Response("raw", { headers: { "content-type": "text/plain" } }));
   app.get("/throw", () => {
     t.hit("throw");
     throw new Error("boom");
@@ -318,6 +328,16 @@ for (const [name, make] of Object.entries(FRAMEWORKS)) {
       await eventually(s.apiKey, { monthly: 4n, inflight: 0n });
     });
 
+    it("a handler that writes its own response (Express/Fastify: the raw ServerResponse, Hono: a new Response) still carries the headers", async () => {
+      const s = await seedAccount(admin, "mw");
+      const res = await get(`${app.url}/raw`, { "x-api-key": s.apiKey });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe("raw");
+      expect(res.headers.get("x-unitslimit-quota-remaining")).toBe("4");
+      expect(res.headers.get("ratelimit-policy")).toContain('"monthly";q=5');
+      await eventually(s.apiKey, { monthly: 1n, inflight: 0n });
+    });
+
     it("429 QUOTA_EXHAUSTED with Retry-After after the quota; the handler does not run", async () => {
       const s = await seedAccount(admin, "mw");
       const before = app.calls.ok ?? 0;
@@ -358,6 +378,38 @@ for (const [name, make] of Object.entries(FRAMEWORKS)) {
       const after = await get(`${app.url}/ok`, { "x-api-key": s.apiKey });
       expect(after.status).toBe(200);
       await after.arrayBuffer();
+    });
+
+    it("a client that goes away while CheckAndReserve is in flight: the reservation is CANCELled, not left to expire", async () => {
+      const s = await seedAccount(admin, "mw");
+      let reserved!: () => void;
+      let gone!: () => void;
+      const isReserved = new Promise<void>((r) => (reserved = r));
+      const isGone = new Promise<void>((r) => (gone = r));
+      // The real client, but its answer is held back until the caller has disconnected.
+      const slow: QuotaClient = {
+        ...client,
+        checkAndReserve: async (req, o) => {
+          const answer = await client.checkAndReserve(req, o);
+          reserved();
+          await isGone;
+          await sleep(200);
+          return answer;
+        },
+      };
+      const a = await make({ client: slow });
+      try {
+        const ac = new AbortController();
+        const pending = get(`${a.url}/ok`, { "x-api-key": s.apiKey }, ac.signal).catch((e: unknown) => e);
+        await isReserved;
+        await eventually(s.apiKey, { monthly: 1n, inflight: 1n });
+        ac.abort();
+        gone();
+        expect(await pending).toBeInstanceOf(Error);
+        await eventually(s.apiKey, { monthly: 0n, inflight: 0n });
+      } finally {
+        await a.close();
+      }
     });
 
     it("a thrown handler answers 500 and CANCELs (refunded, slot freed)", async () => {

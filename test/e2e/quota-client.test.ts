@@ -157,6 +157,18 @@ for (const transport of ["grpc", "connect"] as const) {
       }
     });
 
+    it("close() ends the connection; a later call opens a new one", async () => {
+      const s = await seedAccount(admin, "cl");
+      const c = createQuotaClient({ address: addressOf(transport), transport, token: SERVICE_TOKEN, deadlineMs: 5000 });
+      try {
+        expect((await c.checkAndReserve({ apiKey: s.apiKey, product: "cl-api", method: "things.list", mode: "CHECK_ONLY" })).allowed).toBe(true);
+        c.close();
+        expect((await c.checkAndReserve({ apiKey: s.apiKey, product: "cl-api", method: "things.list", mode: "CHECK_ONLY" })).allowed).toBe(true);
+      } finally {
+        c.close();
+      }
+    });
+
     it("the caller's AbortSignal rejects with QuotaCanceledError (no failure policy applies)", async () => {
       const s = await seedAccount(admin, "cl");
       const ac = new AbortController();

@@ -52,7 +52,11 @@ export function quotaLimit(options: FastifyQuotaOptions): (app: FastifyInstance)
           return reply;
         case "allowed": {
           const result = step.result;
-          reply.headers(headersFor(o, result));
+          const headers = headersFor(o, result);
+          reply.headers(headers);
+          // Also on the raw response, so a handler that writes it directly (reply.raw / hijack) still sends them;
+          // when Fastify writes the response, its own headers take precedence (the same values).
+          for (const [k, v] of Object.entries(headers)) reply.raw.setHeader(k, v);
           request.quota = result;
           onResponseEnd(reply.raw, () => (request as Marked)[threwKey] === true, (ending) => void settle(o, result, ending, ctx));
           return;

@@ -42,11 +42,14 @@ export function quotaLimit(options: HonoQuotaOptions): MiddlewareHandler<QuotaEn
       }
       case "allowed": {
         const result = step.result;
-        for (const [k, v] of Object.entries(headersFor(o, result))) c.header(k, v);
+        const headers = headersFor(o, result);
+        for (const [k, v] of Object.entries(headers)) c.header(k, v);
         c.set("quota", result);
         const end = once((ending) => void settle(o, result, ending, ctx));
         const signal = c.req.raw.signal;
         const onAbort = () => end({ aborted: true, failed: false });
+        // Gone while CheckAndReserve was in flight: an already-aborted signal fires no event.
+        if (signal.aborted) onAbort();
         signal.addEventListener("abort", onAbort, { once: true });
         try {
           await next();
@@ -57,6 +60,10 @@ export function quotaLimit(options: HonoQuotaOptions): MiddlewareHandler<QuotaEn
           signal.removeEventListener("abort", onAbort);
         }
         end({ aborted: signal.aborted, failed: c.error !== undefined || c.res.status >= 500 });
+        // Headers set before next() reach c.json/c.text responses only; a handler that returns its own Response
+        // replaces them, so they are added to it (c.header copies a finalized response, whose headers may be
+        // immutable).
+        for (const [k, v] of Object.entries(headers)) if (c.res.headers.get(k) === null) c.header(k, v);
         return;
       }
     }
