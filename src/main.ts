@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import pino, { type Logger } from "pino";
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Config } from "./config/config.ts";
 import { redact } from "./config/config.ts";
 import { AdminService } from "./core/admin-service.ts";
@@ -26,6 +26,8 @@ import { LocalChangeBus } from "./store/memory/local-change-bus.ts";
 import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { createApi } from "./transport/api.ts";
+import { createMetrics, instrumentApi, instrumentDatabase, instrumentStore } from "./observability/metrics.ts";
+import { noopTracer, startTracing, tracingWanted, type Tracing } from "./observability/tracing.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
 import { startGrpcServer, type RunningGrpcServer } from "./transport/grpc/grpc-server.ts";
 
@@ -52,6 +54,8 @@ export interface AppOptions {
   logger?: Logger;
   /** Use this counter store instead of building one (tests). */
   store?: CounterStore;
+  /** Tracing to use (tests: an in-memory exporter); default: from the OTEL_* variables, off unless they ask. */
+  tracing?: Tracing;
 }
 
 export async function startApp(config: Config, options: AppOptions = {}): Promise<App> {
@@ -91,15 +95,20 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
-  const decisions = new Counter({ name: "quota_decisions_total", help: "CheckAndReserve decisions", labelNames: ["decision", "reason", "mode", "fail_open"], registers: [metrics] });
+  const tracing = options.tracing ?? (tracingWanted(process.env) ? startTracing() : undefined);
+  const tracer = tracing?.tracer ?? noopTracer();
+  const m = createMetrics(metrics);
+  // Redis and Postgres latency/errors and their spans are taken at the port boundary: the core sees the same ports.
+  const idb = instrumentDatabase(db, m, tracer);
+  store = instrumentStore(store, redis ? "redis" : "memory", m, tracer);
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
-  const keys = new KeyCache(db, clock);
+  const keys = new KeyCache(idb, clock, { onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }) });
   bus.subscribe((accountId) => keys.invalidate(accountId));
-  const capacity = new CapacitySync({ db, store, clock, bus });
-  const flusher = new UsageFlusher({ db, store, clock });
+  const capacity = new CapacitySync({ db: idb, store, clock, bus });
+  const flusher = new UsageFlusher({ db: idb, store, clock });
   const quota = new QuotaService({
-    db,
+    db: idb,
     store,
     clock,
     bus,
@@ -107,14 +116,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: config.storeDeadlineMs,
-    onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
-  const admin = new AdminService({ db, clock, bus, capacity, quota });
+  const admin = new AdminService({ db: idb, clock, bus, capacity, quota });
 
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
   const adminCalls = new Map<string, { windowStart: number; count: number }>();
-  const api = createApi({
+  const api = instrumentApi(createApi({
     quota,
     admin,
     auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins },
@@ -124,7 +132,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (!w || now - w.windowStart >= 60_000) adminCalls.set(credential, { windowStart: now, count: 1 });
       else if (++w.count > config.adminRatePerMinute) throw new ResourceExhaustedError(`admin API rate limit of ${config.adminRatePerMinute} calls per minute exceeded`);
     },
-  });
+  }), { metrics: m, tracer, keys });
 
   if (config.plansFile) {
     const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
@@ -161,8 +169,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   });
 
   const timers = [
-    setInterval(() => void flusher.flush().catch((e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
-    setInterval(() => void capacity.reconcile().catch((e) => logger.warn({ err: String(e) }, "reconcile failed")), config.reconcileIntervalMs),
+    setInterval(() => void flusher.flush().then(m.flushed, (e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
+    setInterval(() => void capacity.reconcile().then(m.reconciled, (e) => logger.warn({ err: String(e) }, "reconcile failed")), config.reconcileIntervalMs),
   ];
   for (const t of timers) t.unref();
   logger.info({ grpc: `${config.host}:${grpc.port}`, http: `${config.host}:${http.port}`, database: config.databaseUrl ? "postgres" : `pglite:${config.dataDir}`, counters: config.redisUrl ? "redis" : "memory" }, "serving");
@@ -183,6 +191,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       await store.close();
       redis?.disconnect();
       await db.close();
+      await tracing?.shutdown().catch((e) => logger.warn({ err: String(e) }, "trace export failed"));
       logger.info("stopped");
     })());
 
