@@ -2,6 +2,7 @@
  * Operations surface: spans for each RPC with its Redis and Postgres calls as children (in-memory exporter), the
  * Prometheus metrics operators alert on, and the grpc.health.v1 Check client used by probes and `helm test`.
  */
+import { readFileSync } from "node:fs";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { checkHealth } from "../../src/cli/health.ts";
@@ -95,6 +96,16 @@ describe("metrics", () => {
     expect(Number(/^quota_reservations_in_flight (\d+)/m.exec(await metricsText())![1])).toBe(before + 1);
     await c.quota.release({ reservationId: r.reservationId });
     expect(Number(/^quota_reservations_in_flight (\d+)/m.exec(await metricsText())![1])).toBe(before);
+  });
+});
+
+describe("what the dashboard and the alert rules query", () => {
+  it("exists: every quota_* series they use is exported by the server", async () => {
+    const text = await metricsText();
+    const sources = ["charts/quota-authority/dashboards/quota-authority.json", "charts/quota-authority/templates/prometheusrule.yaml"].map((f) => readFileSync(f, "utf8"));
+    const used = new Set(sources.flatMap((s) => [...s.matchAll(/\b(quota_[a-z_]+?)(?:_bucket|_count|_sum)?\{/g)].map((m) => m[1]!)));
+    expect(used.size).toBeGreaterThan(8);
+    for (const name of used) expect(text, name).toContain(`# TYPE ${name} `);
   });
 });
 
