@@ -5,11 +5,11 @@
  */
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { parsePlansDocument } from "../../src/core/plan.ts";
 import { generate, README_FILE, SCHEMA_FILE } from "../../scripts/chart-schema.ts";
-import { CHART, EXAMPLE, ROOT, dependencyBuild, helm, render, type Manifest } from "./helm.ts";
+import { CHART, EXAMPLE, ROOT, cleanupHelmHome, dependencyBuild, helm, helmBinary, render, unzipEntry, type Manifest } from "./helm.ts";
 import { validateManifests } from "./validate.ts";
 
 const CI = readdirSync(join(CHART, "ci")).filter((f) => f.endsWith(".yaml")).sort();
@@ -24,7 +24,18 @@ const find = (ms: Manifest[], kind: string, nameSuffix = ""): Obj => {
 const podSpec = (ms: Manifest[]): Obj => find(ms, "Deployment").spec.template.spec;
 const envOf = (c: Obj): Record<string, Obj> => Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e]));
 
+afterAll(cleanupHelmHome);
+
 describe("helm chart: lint and render", () => {
+  it("runs a real helm v4 taken from the devDependency's layer.zip", () => {
+    expect(helm(["version", "--short"]).stdout).toMatch(/^v4\./);
+    expect(helmBinary()).toContain(".tools/helm/");
+  });
+
+  it("the zip reader refuses what it cannot read, by name", () => {
+    expect(() => unzipEntry(Buffer.from("not a zip at all, just some bytes............"), "helm/helm")).toThrow(/not a zip archive/);
+  });
+
   it("passes helm lint --strict with the defaults and every ci values file", () => {
     for (const args of [[], ...CI.map((f) => ["-f", ciFile(f)])]) {
       const r = helm(["lint", "--strict", CHART, ...args]);
@@ -183,6 +194,10 @@ describe("helm chart: the fields that matter", () => {
     expect(env.QUOTA_REDIS_CLUSTER_NODES!.value).toBe("redis-cluster-0.redis-cluster.db.svc:6379,redis-cluster-1.redis-cluster.db.svc:6379,redis-cluster-2.redis-cluster.db.svc:6379");
     expect(env.QUOTA_TLS_CLIENT_CA_FILE!.value).toBe("/etc/quota-authority/tls/ca.crt");
     expect(c.readinessProbe.httpGet).toEqual({ path: "/readyz", port: "http", scheme: "HTTPS" });
+    // The helm test Pod presents the chart's certificate to the mTLS port and trusts its CA.
+    const test = find(ms, "Pod", "-test-health").spec;
+    expect(test.containers[0].command).toEqual(expect.arrayContaining(["--tls", "--ca", "/etc/quota-authority/tls/ca.crt", "--cert", "/etc/quota-authority/tls/tls.crt", "--key", "/etc/quota-authority/tls/tls.key"]));
+    expect(test.volumes[0].secret.secretName).toBe("quota-authority-tls");
     // mTLS replaces the service token: none is generated.
     expect(env.QUOTA_SERVICE_TOKEN).toBeUndefined();
   });

