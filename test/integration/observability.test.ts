@@ -9,6 +9,7 @@ import { checkHealth } from "../../src/cli/health.ts";
 import { startTracing, tracingWanted, type Tracing } from "../../src/observability/tracing.ts";
 import { startTestApp, type TestApp } from "../support/app.ts";
 import { clients, type Clients } from "../support/clients.ts";
+import { makePki } from "../support/tls.ts";
 import { applyPlans, seedAccount, type Seeded } from "../support/fixtures.ts";
 
 const PLANS = `plans:
@@ -116,3 +117,18 @@ describe("grpc.health.v1 Check client (probes, helm test)", () => {
     await expect(checkHealth({ address: "127.0.0.1:1", timeoutMs: 500 })).rejects.toThrow(/UNAVAILABLE|DEADLINE/);
   });
 });
+
+describe("grpc.health.v1 Check client under mTLS (the chart's --tls --ca --cert --key arguments)", () => {
+  it("is SERVING when it presents the server's own certificate, and refused without one", async () => {
+    const pki = makePki();
+    const tls = await startTestApp({ redis: false, clock: false, env: { QUOTA_TLS_KEY_FILE: pki.serverKey, QUOTA_TLS_CERT_FILE: pki.serverCert, QUOTA_TLS_CLIENT_CA_FILE: pki.caFile } });
+    try {
+      const address = `127.0.0.1:${tls.app.grpcPort}`;
+      expect(await checkHealth({ address, service: "quota.v1.QuotaService", tls: true, ca: pki.caFile, cert: pki.serverCert, key: pki.serverKey })).toBe("SERVING");
+      await expect(checkHealth({ address, tls: true, ca: pki.caFile, timeoutMs: 1000 })).rejects.toThrow(/UNAVAILABLE|DEADLINE/);
+    } finally {
+      await tls.stop();
+    }
+  }, 120_000);
+});
+
