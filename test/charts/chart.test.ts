@@ -151,6 +151,17 @@ describe("helm chart: the fields that matter", () => {
     expect(find(changed, "Deployment").spec.template.metadata.annotations["checksum/secret"]).not.toBe(ann["checksum/secret"]);
   });
 
+  it("only the server pods match the Service, PDB and NetworkPolicy selectors (not the hook Jobs or the test Pod)", () => {
+    const ms = render(CHART, { values: [ciFile("network-policy-values.yaml")] });
+    const matches = (selector: Record<string, string>, labels: Record<string, string>) => Object.entries(selector).every(([k, v]) => labels[k] === v);
+    const selectors = [find(ms, "Service").spec.selector, find(ms, "PodDisruptionBudget").spec.selector.matchLabels, find(ms, "NetworkPolicy").spec.podSelector.matchLabels];
+    const others = [find(ms, "Job", "-migrate").spec.template.metadata.labels, find(ms, "Pod", "-test-health").metadata.labels];
+    for (const sel of selectors) {
+      expect(matches(sel, find(ms, "Deployment").spec.template.metadata.labels)).toBe(true);
+      for (const labels of others) expect(matches(sel, labels), JSON.stringify(labels)).toBe(false);
+    }
+  });
+
   it("existingSecret: no chart Secret, every secret variable from the named keys, the migration Job reads it too", () => {
     const ms = render(CHART, { values: [ciFile("existing-secret-values.yaml")] });
     expect(ms.filter((m) => m.kind === "Secret")).toEqual([]);

@@ -30,6 +30,12 @@ app.kubernetes.io/name: {{ include "quota-authority.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The server pods only: hook Jobs and the test Pod share name/instance but must never receive Service traffic. */}}
+{{- define "quota-authority.serverSelectorLabels" -}}
+{{ include "quota-authority.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end -}}
+
 {{- define "quota-authority.labels" -}}
 helm.sh/chart: {{ include "quota-authority.chart" . }}
 {{ include "quota-authority.selectorLabels" . }}
@@ -449,7 +455,7 @@ spec:
       env:
         - name: QUOTA_LOG_LEVEL
           value: {{ $v.server.logLevel | quote }}
-        {{- include "quota-authority.secretEnv" (dict "ctx" $ctx "secretName" .secretName "only" (list "DATABASE_URL")) | nindent 8 }}
+        {{- include "quota-authority.secretEnv" (dict "ctx" $ctx "secretName" .secretName "only" (list "DATABASE_URL")) | trim | nindent 8 }}
       volumeMounts:
         - name: quota-authority-tmp
           mountPath: /tmp
