@@ -220,6 +220,21 @@ describe("helm chart: the fields that matter", () => {
     expect(pod.spec.containers[0].securityContext.readOnlyRootFilesystem).toBe(true);
   });
 
+  it("NOTES.txt gives the first commands (rendered by a client-side dry-run install, no cluster)", () => {
+    const notes = (args: string[]) => {
+      const r = helm(["install", "qa", CHART, "--dry-run=client", "--namespace", "quota", ...args]);
+      expect(r.status, r.stderr).toBe(0);
+      return r.stdout.slice(r.stdout.indexOf("NOTES:"));
+    };
+    const shared = notes([]);
+    expect(shared).toContain("helm test qa -n quota");
+    expect(shared).toContain("kubectl -n quota get secret qa-quota-authority -o jsonpath='{.data.QUOTA_SERVICE_TOKEN}' | base64 -d");
+    expect(shared).toContain("embedded PGlite");
+    const existing = notes(["-f", ciFile("existing-secret-values.yaml")]);
+    expect(existing).toContain("get secret quota-credentials -o jsonpath='{.data.service-token}'");
+    expect(notes(["-f", ciFile("sidecar-values.yaml")])).toContain('include "quota-authority.sidecar" (index .Subcharts "quota-authority")');
+  });
+
   it("nameOverride / fullnameOverride shape every name", () => {
     expect(find(render(CHART, { set: ["fullnameOverride=quota"] }), "Deployment").metadata.name).toBe("quota");
     const ms = render(CHART, { set: ["nameOverride=limits"] });
