@@ -96,7 +96,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const tracing = options.tracing ?? (tracingWanted(process.env) ? startTracing() : undefined);
-  const tracer = tracing?.tracer ?? noopTracer();
+  const tracer = tracing?.tracer;
   const m = createMetrics(metrics);
   // Redis and Postgres latency/errors and their spans are taken at the port boundary: the core sees the same ports.
   const idb = instrumentDatabase(db, m, tracer);
@@ -132,7 +132,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (!w || now - w.windowStart >= 60_000) adminCalls.set(credential, { windowStart: now, count: 1 });
       else if (++w.count > config.adminRatePerMinute) throw new ResourceExhaustedError(`admin API rate limit of ${config.adminRatePerMinute} calls per minute exceeded`);
     },
-  }), { metrics: m, tracer, keys });
+  }), { metrics: m, tracer: tracer ?? noopTracer(), keys });
 
   if (config.plansFile) {
     const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
