@@ -177,6 +177,20 @@ describe("helm chart: the fields that matter", () => {
     expect(podSpec(ms).volumes.find((v: Obj) => v.name === "quota-authority-plans").configMap.name).toBe("quota-plans");
   });
 
+  it("Redis by host: REDIS_URL composed from parts with the password from the Secret, defined before it is used", () => {
+    const c = podSpec(render(CHART, { values: [ciFile("redis-password-values.yaml")] })).containers[0];
+    const names = (c.env as Obj[]).map((e) => e.name);
+    const env = envOf(c);
+    expect(env.REDIS_PASSWORD!.valueFrom.secretKeyRef).toEqual({ name: "quota-credentials", key: "redis-password" });
+    expect(env.REDIS_URL!.value).toBe("rediss://:$(REDIS_PASSWORD)@redis-master.db.svc:6380/2");
+    expect(names.indexOf("REDIS_PASSWORD")).toBeLessThan(names.indexOf("REDIS_URL")); // kubelet expands only earlier variables
+    expect(names.filter((n) => n === "REDIS_URL")).toHaveLength(1);
+    const inline = render(CHART, { set: ["redis.host=redis", "secrets.redisPassword=pw"] });
+    expect(Buffer.from(find(inline, "Secret").data.REDIS_PASSWORD, "base64").toString()).toBe("pw");
+    expect(envOf(podSpec(inline).containers[0]).REDIS_URL!.value).toBe("redis://:$(REDIS_PASSWORD)@redis:6379/0");
+    expect(envOf(podSpec(render(CHART, { set: ["redis.host=redis"] })).containers[0]).REDIS_URL!.value).toBe("redis://redis:6379/0");
+  });
+
   it("monitoring: ServiceMonitor on /metrics, alert rules, a dashboard ConfigMap with the Grafana sidecar label", () => {
     const ms = render(CHART, { values: [ciFile("monitoring-values.yaml")] });
     expect(find(ms, "ServiceMonitor").spec.endpoints[0]).toMatchObject({ port: "http", path: "/metrics" });
@@ -304,6 +318,7 @@ describe("values.schema.json", () => {
   it.each([
     ["several replicas on embedded PGlite", ["replicaCount=3"], /more than one replica needs Postgres/],
     ["TLS without a Secret", ["tls.enabled=true"], /tls.secretName/],
+    ["Redis by URL and by host at once", ["redis.url=redis://a:6379", "redis.host=b"], /redis.url or redis.host/],
     ["an existing Secret without a service token key", ["secrets.existingSecret=s", "secrets.keys.serviceToken="], /secrets.serviceToken/],
   ])("template rules: %s fails with what to set", (_what, set, message) => {
     const r = helm(["template", "qa", CHART, ...set.flatMap((s) => ["--set", s])]);

@@ -75,7 +75,7 @@ env var names as keys. */}}
 {{- define "quota-authority.secretVars" -}}
 {{- $s := .Values.secrets -}}
 {{- $gen := include "quota-authority.generatedTokens" . | fromJson -}}
-{{- list (list "DATABASE_URL" $s.keys.databaseUrl .Values.database.url) (list "REDIS_URL" $s.keys.redisUrl .Values.redis.url) (list "QUOTA_SERVICE_TOKEN" $s.keys.serviceToken (default $gen.QUOTA_SERVICE_TOKEN $s.serviceToken)) (list "QUOTA_ADMIN_TOKEN" $s.keys.adminToken (default $gen.QUOTA_ADMIN_TOKEN $s.adminToken)) | toJson -}}
+{{- list (list "DATABASE_URL" $s.keys.databaseUrl .Values.database.url) (list "REDIS_URL" $s.keys.redisUrl .Values.redis.url) (list "QUOTA_SERVICE_TOKEN" $s.keys.serviceToken (default $gen.QUOTA_SERVICE_TOKEN $s.serviceToken)) (list "QUOTA_ADMIN_TOKEN" $s.keys.adminToken (default $gen.QUOTA_ADMIN_TOKEN $s.adminToken)) (list "REDIS_PASSWORD" $s.keys.redisPassword $s.redisPassword) | toJson -}}
 {{- end -}}
 
 {{/* Tokens the chart makes when none is given and there is no existingSecret: the admin token always (otherwise
@@ -134,7 +134,7 @@ kept across upgrades (read back from the release's Secret with lookup) and made 
 {{- end -}}
 
 {{- define "quota-authority.hasDatabase" -}}{{ include "quota-authority.has" (dict "ctx" . "name" "DATABASE_URL") }}{{- end -}}
-{{- define "quota-authority.hasRedis" -}}{{ include "quota-authority.has" (dict "ctx" . "name" "REDIS_URL") }}{{- end -}}
+{{- define "quota-authority.hasRedis" -}}{{ if .Values.redis.host }}true{{ else }}{{ include "quota-authority.has" (dict "ctx" . "name" "REDIS_URL") }}{{ end }}{{- end -}}
 
 {{/* secretKeyRef env entries. `secretName` lets the migration hook read the hook-time copy. */}}
 {{- define "quota-authority.secretEnv" -}}
@@ -143,7 +143,7 @@ kept across upgrades (read back from the release's Secret with lookup) and made 
 {{- $only := .only | default list -}}
 {{- range (include "quota-authority.secretVars" $ctx | fromJsonArray) }}
 {{- $var := index . 0 }}
-{{- if or (not $only) (has $var $only) }}
+{{- if and (or (not $only) (has $var $only)) (not (and (eq $var "REDIS_URL") $ctx.Values.redis.host)) }}
 {{- if $ctx.Values.secrets.existingSecret }}
 {{- if index . 1 }}
 - name: {{ $var }}
@@ -197,6 +197,9 @@ kept across upgrades (read back from the release's Secret with lookup) and made 
 {{- end -}}
 {{- if and $v.tls.clientAuth (not $v.tls.enabled) -}}
 {{- fail "quota-authority: tls.clientAuth=true needs tls.enabled=true" -}}
+{{- end -}}
+{{- if and $v.redis.host $v.redis.url -}}
+{{- fail "quota-authority: set redis.url or redis.host, not both" -}}
 {{- end -}}
 {{- if and $v.plans.content $v.plans.existingConfigMap -}}
 {{- fail "quota-authority: set plans.content or plans.existingConfigMap, not both" -}}
@@ -272,6 +275,11 @@ checksum/plans: {{ .Values.plans.content | sha256sum }}
 {{- end }}
 {{- end }}
 {{- include "quota-authority.secretEnv" (dict "ctx" . "secretName" (include "quota-authority.fullname" .)) }}
+{{- with $v.redis.host }}
+{{- /* $(REDIS_PASSWORD) is expanded by the kubelet from the variable defined above. */}}
+- name: REDIS_URL
+  value: {{ printf "%s://%s%s:%d/%d" (ternary "rediss" "redis" $v.redis.tls) (ternary ":$(REDIS_PASSWORD)@" "" (not (empty (include "quota-authority.has" (dict "ctx" $ "name" "REDIS_PASSWORD"))))) . (int $v.redis.port) (int $v.redis.database) | quote }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
