@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import pino, { type Logger } from "pino";
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Config } from "./config/config.ts";
 import { redact } from "./config/config.ts";
 import { AdminService } from "./core/admin-service.ts";
@@ -29,6 +29,8 @@ import { LocalChangeBus } from "./store/memory/local-change-bus.ts";
 import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { createApi } from "./transport/api.ts";
+import { createMetrics, instrumentApi, instrumentDatabase, instrumentStore } from "./observability/metrics.ts";
+import { noopTracer, startTracing, tracingWanted, type Tracing } from "./observability/tracing.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
 import { staticSite } from "./transport/connect/static-site.ts";
 import { startGrpcServer, type RunningGrpcServer } from "./transport/grpc/grpc-server.ts";
@@ -58,6 +60,8 @@ export interface AppOptions {
   logger?: Logger;
   /** Use this counter store instead of building one (tests). */
   store?: CounterStore;
+  /** Tracing to use (tests: an in-memory exporter); default: from the OTEL_* variables, off unless they ask. */
+  tracing?: Tracing;
 }
 
 export async function startApp(config: Config, options: AppOptions = {}): Promise<App> {
@@ -97,16 +101,21 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
-  const decisions = new Counter({ name: "quota_decisions_total", help: "CheckAndReserve decisions", labelNames: ["decision", "reason", "mode", "fail_open"], registers: [metrics] });
+  const tracing = options.tracing ?? (tracingWanted(process.env) ? startTracing() : undefined);
+  const tracer = tracing?.tracer;
+  const m = createMetrics(metrics);
+  // Redis and Postgres latency/errors and their spans are taken at the port boundary: the core sees the same ports.
+  const idb = instrumentDatabase(db, m, tracer);
+  store = instrumentStore(store, redis ? "redis" : "memory", m, tracer);
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
-  const keys = new KeyCache(db, clock);
+  const keys = new KeyCache(idb, clock, { onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }) });
   bus.subscribe((accountId) => keys.invalidate(accountId));
-  const capacity = new CapacitySync({ db, store, clock, bus });
-  const flusher = new UsageFlusher({ db, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
+  const capacity = new CapacitySync({ db: idb, store, clock, bus });
+  const flusher = new UsageFlusher({ db: idb, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
   bus.subscribe(flusher.invalidate);
   const quota = new QuotaService({
-    db,
+    db: idb,
     store,
     clock,
     bus,
@@ -114,13 +123,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: config.storeDeadlineMs,
-    onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
-  const admin = new AdminService({ db, clock, bus, capacity, quota });
-  const renewals = new AddOnRenewals({ db, clock });
+  const admin = new AdminService({ db: idb, clock, bus, capacity, quota });
+  const renewals = new AddOnRenewals({ db: idb, clock });
   // Envoy's rate-limit service: the same core with its own, shorter counter-store deadline (below Envoy's timeout).
   const envoyQuota = new QuotaService({
-    db,
+    db: idb,
     store,
     clock,
     bus,
@@ -128,7 +136,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: storeDeadlineMs(config.envoy),
-    onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
   const envoyRateLimit = new EnvoyRateLimit({
     quota: envoyQuota,
@@ -140,7 +147,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
   const adminCalls = new Map<string, { windowStart: number; count: number }>();
-  const api = createApi({
+  const api = instrumentApi(createApi({
     quota,
     admin,
     auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins },
@@ -151,7 +158,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (!w || now - w.windowStart >= 60_000) adminCalls.set(credential, { windowStart: now, count: 1 });
       else if (++w.count > config.adminRatePerMinute) throw new ResourceExhaustedError(`admin API rate limit of ${config.adminRatePerMinute} calls per minute exceeded`);
     },
-  });
+  }), { metrics: m, tracer: tracer ?? noopTracer(), keys });
 
   if (config.plansFile) {
     const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
@@ -193,13 +200,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   });
 
   const timers = [
-    setInterval(() => void flusher.flush().catch((e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
+    setInterval(() => void flusher.flush().then(m.flushed, (e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
     setInterval(
       () => void renewals.run((subscriptionId, err) => logger.warn({ subscriptionId, err: String(err) }, "add-on renewal failed")).catch((e) => logger.warn({ err: String(e) }, "add-on renewals failed")),
       config.reconcileIntervalMs,
     ),
     setInterval(
-      () => void capacity.reconcile(100, (accountId, err) => logger.warn({ accountId, err: String(err) }, "reconcile of an account failed")).catch((e) => logger.warn({ err: String(e) }, "reconcile failed")),
+      () => void capacity.reconcile(100, (accountId, err) => logger.warn({ accountId, err: String(err) }, "reconcile of an account failed")).then(m.reconciled, (e) => logger.warn({ err: String(e) }, "reconcile failed")),
       config.reconcileIntervalMs,
     ),
   ];
@@ -222,6 +229,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       await store.close();
       redis?.disconnect();
       await db.close();
+      await tracing?.shutdown().catch((e) => logger.warn({ err: String(e) }, "trace export failed"));
       logger.info("stopped");
     })());
 

@@ -22,6 +22,8 @@ export interface KeyCacheOptions {
   ttlMs?: number;
   negativeTtlMs?: number;
   maxEntries?: number;
+  /** Told of every lookup: served from the cache (hit) or loaded from Postgres (miss). For metrics. */
+  onLookup?: (hit: boolean) => void;
 }
 
 export class KeyCache {
@@ -33,6 +35,7 @@ export class KeyCache {
   readonly #ttl: number;
   readonly #negativeTtl: number;
   readonly #max: number;
+  readonly #onLookup: ((hit: boolean) => void) | undefined;
   /** Bumped by every invalidation: a load that started before one must not cache what it read. */
   #generation = 0;
 
@@ -42,13 +45,18 @@ export class KeyCache {
     this.#ttl = options.ttlMs ?? 60_000;
     this.#negativeTtl = options.negativeTtlMs ?? 5_000;
     this.#max = options.maxEntries ?? 100_000;
+    this.#onLookup = options.onLookup;
   }
 
   /** Resolves a key id; null when it does not exist. Throws only when it is not cached and Postgres is down. */
   async get(keyId: string): Promise<KeyContext | null> {
     const e = this.#entries.get(keyId);
     const now = this.#clock.now();
-    if (e && now - e.loadedAt < (e.ctx ? this.#ttl : this.#negativeTtl)) return e.ctx;
+    if (e && now - e.loadedAt < (e.ctx ? this.#ttl : this.#negativeTtl)) {
+      this.#onLookup?.(true);
+      return e.ctx;
+    }
+    this.#onLookup?.(false);
     let p = this.#inflight.get(keyId);
     if (!p) {
       p = this.#load(keyId).finally(() => this.#inflight.delete(keyId));
@@ -60,6 +68,11 @@ export class KeyCache {
       if (e?.ctx) return e.ctx; // stale but known: keep serving while Postgres is unreachable
       throw err;
     }
+  }
+
+  /** The cached context of a key, without loading (undefined when not cached). */
+  peek(keyId: string): KeyContext | null | undefined {
+    return this.#entries.get(keyId)?.ctx;
   }
 
   /** Drops every cached key of an account ("*" = everything, e.g. after a plan changed). */

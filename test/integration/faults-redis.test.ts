@@ -73,8 +73,8 @@ describe("Redis unreachable", () => {
       // The deadline bounds the store wait; the rest is one loopback gRPC round trip.
       expect(Math.max(...timings)).toBeLessThan(DEADLINE_MS + 250);
       const metrics = await t.app.metrics.metrics();
-      expect(metrics).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="",mode="ENFORCE",fail_open="true"\} [1-9]/);
-      expect(metrics).toMatch(/quota_decisions_total\{decision="DENIED",reason="UNAVAILABLE",mode="ENFORCE",fail_open="false"\} [1-9]/);
+      expect(metrics).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="",mode="ENFORCE",fail_open="true",limit_kind="",plan="[^"]+"\} [1-9]/);
+      expect(metrics).toMatch(/quota_decisions_total\{decision="DENIED",reason="UNAVAILABLE",mode="ENFORCE",fail_open="false",limit_kind="",plan="[^"]+"\} [1-9]/);
 
       proxy.restore();
       await waitFor(async () => (await call(closed.apiKey)).decision === Decision.ALLOWED, 10_000);

@@ -116,7 +116,7 @@ describe("reservations, grants and modes", () => {
     expect(shadowOk).toMatchObject({ decision: Decision.ALLOWED, shadowReason: DenyReason.DENY_REASON_UNSPECIFIED });
     expect((await monthly(k.apiKey)).used).toBe(4n); // an allowed SHADOW call is recorded like ENFORCE
     const metrics = await s.t.app.metrics.metrics();
-    expect(metrics).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="QUOTA_EXHAUSTED",mode="SHADOW",fail_open="false"\} 1/);
+    expect(metrics).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="QUOTA_EXHAUSTED",mode="SHADOW",fail_open="false",limit_kind="[A-Z_]*",plan="[^"]+"\} 1/);
     const badKey = await s.c.quota.checkAndReserve({ apiKey: "qa_nope", product: "api", method: "get", mode: Mode.SHADOW });
     expect(badKey).toMatchObject({ decision: Decision.ALLOWED, shadowReason: DenyReason.KEY_INVALID });
   });

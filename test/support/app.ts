@@ -49,6 +49,8 @@ export interface TestAppOptions {
   logger?: import("pino").Logger;
   /** Rewrites the test database URL the app uses (e.g. to go through a TcpProxy). */
   wrapDatabaseUrl?: (url: string) => string;
+  /** Tracing for the app (observability tests: an in-memory exporter). */
+  tracing?: import("../../src/observability/tracing.ts").Tracing;
 }
 
 export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
@@ -72,7 +74,7 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
     {},
     undefined,
   );
-  const app = await startApp(config, { ...(clock ? { clock } : {}), logger: options.logger ?? pino({ level: "silent" }) });
+  const app = await startApp(config, { ...(clock ? { clock } : {}), ...(options.tracing ? { tracing: options.tracing } : {}), logger: options.logger ?? pino({ level: "silent" }) });
   return {
     app,
     clock: clock ?? new ManualClock(),
