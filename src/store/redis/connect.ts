@@ -44,7 +44,10 @@ export function connectRedis(target: RedisTarget): Redis | Cluster {
     return new Redis(target.url, { ...common, enableAutoPipelining: true, retryStrategy: (times) => Math.min(times * 100, 1000) });
   }
   return new Cluster(target.nodes, {
-    enableAutoPipelining: true,
+    // Off on a Cluster: ioredis' auto-pipelining picks the slot from a command's first argument, which for a script
+    // call is its key count, so concurrent calls of different accounts were batched to one node and failed on MOVED
+    // (test/integration/redis-cluster.test.ts). Without it each command is routed by its declared keys.
+    enableAutoPipelining: false,
     enableOfflineQueue: false,
     clusterRetryStrategy: (times) => Math.min(times * 100, 1000),
     redisOptions: {

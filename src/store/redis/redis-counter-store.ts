@@ -26,7 +26,7 @@ const SCRIPTS = ["reserve", "release", "set_capacity", "export_state", "sweep"] 
 type ScriptName = (typeof SCRIPTS)[number];
 const LIB = readFileSync(new URL("./scripts/lib.lua", import.meta.url), "utf8");
 
-type ScriptFn = (...keysThenArgs: Array<string | number>) => Promise<unknown>;
+type ScriptFn = (numKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
 
 export interface RedisCounterStoreOptions {
   /** Prefix before the hash tag, so several deployments (or test files) can share one Redis. */
@@ -39,20 +39,15 @@ export interface RedisCounterStoreOptions {
   scriptPrelude?: string;
 }
 
-const BODIES = new Map(SCRIPTS.map((name) => [name, readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8")]));
-
-/**
- * Registers a script on the connection once per number of keys (EVALSHA; ioredis reloads on NOSCRIPT). A fixed
- * `numberOfKeys` makes the first argument the first key: ioredis' auto-pipelining on a Cluster picks the slot from
- * the first argument, so with the key count first, concurrent calls of different accounts were batched to the wrong
- * node and failed on MOVED (found by test/integration/redis-cluster.test.ts).
- */
-function defineScript(redis: Redis | Cluster, name: ScriptName, numberOfKeys: number, prelude: string): string {
-  const command = `qa_${name}_${numberOfKeys}`;
-  if (typeof (redis as unknown as Record<string, unknown>)[command] !== "function") {
-    redis.defineCommand(command, { numberOfKeys, lua: `${prelude}${LIB}\n${BODIES.get(name)}` });
+/** Registers the scripts once on the connection (EVALSHA; ioredis reloads on NOSCRIPT). All of them at construction:
+ * a command defined later is missing from auto-pipelines created before it (ioredis copies the commands into each
+ * pipeline), which broke pipelined replies. `prelude`: Lua placed before each script (tests). */
+export function defineScripts(redis: Redis | Cluster, prelude = ""): void {
+  for (const name of SCRIPTS) {
+    const body = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8");
+    if (typeof (redis as unknown as Record<string, unknown>)[`qa_${name}`] === "function") continue;
+    redis.defineCommand(`qa_${name}`, { lua: `${prelude}${LIB}\n${body}` });
   }
-  return command;
 }
 
 export class RedisCounterStore implements CounterStore {
@@ -60,14 +55,13 @@ export class RedisCounterStore implements CounterStore {
   readonly #prefix: string;
   readonly #clock: (() => number) | undefined;
   readonly #grace: string;
-  readonly #prelude: string;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
     this.#redis = redis;
     this.#prefix = options.keyPrefix ?? "qa:";
     this.#clock = options.clock;
     this.#grace = String(options.retentionGraceMs ?? DEFAULT_RETENTION_GRACE_MS);
-    this.#prelude = options.scriptPrelude ?? "";
+    defineScripts(redis, options.scriptPrelude);
   }
 
   #tag(accountId: string): string {
@@ -85,10 +79,8 @@ export class RedisCounterStore implements CounterStore {
     return this.#clock ? String(this.#clock()) : "";
   }
 
-  /** The script's command for this many keys; called with the keys, then the arguments. */
-  #script(name: ScriptName, numberOfKeys: number): ScriptFn {
-    const command = defineScript(this.#redis, name, numberOfKeys, this.#prelude);
-    return (this.#redis as unknown as Record<string, ScriptFn>)[command]!.bind(this.#redis);
+  #script(name: ScriptName): ScriptFn {
+    return (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis);
   }
 
   async reserve(cmd: ReserveCommand): Promise<ReserveResult> {
@@ -101,7 +93,7 @@ export class RedisCounterStore implements CounterStore {
     ];
     for (const g of cmd.gates) args.push(g.reason, g.from === undefined ? "" : String(g.from), g.until === undefined ? "" : String(g.until));
     for (const l of cmd.limits) pushLimit(args, l);
-    const reply = (await this.#script("reserve", keys.length)(...keys, ...args)) as unknown[];
+    const reply = (await this.#script("reserve")(keys.length, ...keys, ...args)) as unknown[];
     const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
       number, string, string, number, number, string, number, number, number, string, unknown[][],
     ];
@@ -124,8 +116,8 @@ export class RedisCounterStore implements CounterStore {
   async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
     const actual: string[] = [];
     for (const [meter, amount] of Object.entries(cmd.actual)) actual.push(meter, String(amount));
-    const [code, raw] = (await this.#script("release", 5)(
-      ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
+    const [code, raw] = (await this.#script("release")(
+      5, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
     )) as [number, string];
     if (code === 2) return { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n };
     return { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) };
@@ -142,7 +134,7 @@ export class RedisCounterStore implements CounterStore {
 
   async #setCapacity(accountId: string, entries: readonly CapacityEntry[], states: StateSnapshot, version: number, mode: "sync" | "restore"): Promise<number> {
     const caps = Object.fromEntries(entries.map((e) => [e.limitId, encodeCapacity(e)]));
-    return (await this.#script("set_capacity", 5)(...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
+    return (await this.#script("set_capacity")(5, ...this.#fixedKeys(accountId), this.#now(), JSON.stringify(caps), JSON.stringify(states), String(version), mode)) as number;
   }
 
   async capacityVersions(accountIds: readonly string[]): Promise<Map<string, number | null>> {
@@ -153,7 +145,7 @@ export class RedisCounterStore implements CounterStore {
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
     if (limitIds.length === 0) return {};
-    const reply = (await this.#script("export_state", 5)(...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
+    const reply = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
     const out: StateSnapshot = {};
     for (let i = 0; i < reply.length; i += 2) {
       const flat = reply[i + 1] as string[];
@@ -165,7 +157,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async sweep(accountId: string): Promise<number> {
-    return (await this.#script("sweep", 5)(...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
+    return (await this.#script("sweep")(5, ...this.#fixedKeys(accountId), this.#now(), 1000, this.#grace)) as number;
   }
 
   async now(): Promise<number> {
