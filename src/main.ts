@@ -7,7 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import pino, { type Logger } from "pino";
 import { Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Config } from "./config/config.ts";
@@ -28,6 +28,7 @@ import { InMemoryCounterStore } from "./store/memory/in-memory-counter-store.ts"
 import { LocalChangeBus } from "./store/memory/local-change-bus.ts";
 import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
+import { connectRedis, redisTarget } from "./store/redis/connect.ts";
 import { createApi } from "./transport/api.ts";
 import { createMetrics, instrumentApi, instrumentDatabase, instrumentStore } from "./observability/metrics.ts";
 import { noopTracer, startTracing, tracingWanted, type Tracing } from "./observability/tracing.ts";
@@ -76,24 +77,20 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (applied.length) logger.info({ applied }, "migrations applied");
   }
 
-  let redis: Redis | undefined;
+  let redis: Redis | Cluster | undefined;
+  const target = redisTarget(config.redisUrl, config.redisClusterNodes);
   let store: CounterStore;
   let bus: ChangeBus;
   if (options.store) {
     store = options.store;
     bus = new LocalChangeBus();
-  } else if (config.redisUrl) {
-    redis = new Redis(config.redisUrl, {
-      enableAutoPipelining: true,
-      maxRetriesPerRequest: 1,
-      // Fail fast while disconnected: the deadline + plan failure mode answer instead of a queue that grows.
-      enableOfflineQueue: false,
-      connectTimeout: 2000,
-      retryStrategy: (times) => Math.min(times * 100, 1000),
-    });
+  } else if (target) {
+    // Fail fast while disconnected: the deadline + plan failure mode answer instead of a queue that grows.
+    redis = connectRedis(target);
     redis.on("error", (e) => logger.warn({ err: e.message }, "redis error"));
     store = new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
-    bus = new RedisChangeBus(redis, `${config.redisKeyPrefix}changes`);
+    // ioredis' Cluster publishes and subscribes like a single connection (PUBLISH reaches every node).
+    bus = new RedisChangeBus(redis as Redis, `${config.redisKeyPrefix}changes`);
   } else {
     store = new InMemoryCounterStore({ retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
     bus = new LocalChangeBus();
@@ -211,7 +208,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     ),
   ];
   for (const t of timers) t.unref();
-  logger.info({ grpc: `${config.host}:${grpc.port}`, http: `${config.host}:${http.port}`, database: config.databaseUrl ? "postgres" : `pglite:${config.dataDir}`, counters: config.redisUrl ? "redis" : "memory" }, "serving");
+  logger.info({ grpc: `${config.host}:${grpc.port}`, http: `${config.host}:${http.port}`, database: config.databaseUrl ? "postgres" : `pglite:${config.dataDir}`, counters: target ? (target.kind === "cluster" ? "redis-cluster" : "redis") : "memory" }, "serving");
 
   let stopping: Promise<void> | undefined;
   const stop = () =>

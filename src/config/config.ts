@@ -16,7 +16,10 @@ const schema = z.strictObject({
   /** postgresql://...; empty = embedded PGlite in dataDir. */
   databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgresql:// URL").or(z.literal("")).default(""),
   /** redis://...; empty = in-process counter store. */
-  redisUrl: z.string().regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL").or(z.literal("")).default(""),
+  redisUrl: z.string().regex(/^rediss?(\+cluster)?:\/\//, "must be a redis://, rediss:// or redis+cluster://host:port,host:port URL").or(z.literal("")).default(""),
+  /** Redis Cluster seed nodes, "host:port,host:port" (credentials and TLS from REDIS_URL, if given). */
+  redisClusterNodes: z.string().default("").transform((s) => s.split(",").map((x) => x.trim()).filter(Boolean))
+    .refine((nodes) => nodes.every((n) => /^\[?[^\]\s]+?\]?:\d{1,5}$/.test(n)), "must be host:port,host:port"),
   redisKeyPrefix: z.string().max(64).default("qa:"),
   dataDir: z.string().min(1).default("./data"),
   migrateOnStart: z.stringbool().default(true),
@@ -96,6 +99,7 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_HTTP_PORT: "httpPort",
   DATABASE_URL: "databaseUrl",
   REDIS_URL: "redisUrl",
+  REDIS_CLUSTER_NODES: "redisClusterNodes",
   QUOTA_REDIS_KEY_PREFIX: "redisKeyPrefix",
   QUOTA_DATA_DIR: "dataDir",
   QUOTA_MIGRATE_ON_START: "migrateOnStart",

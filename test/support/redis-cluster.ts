@@ -54,7 +54,8 @@ export class PrivateRedisCluster {
   }
 
   connect(): Cluster {
-    return new Cluster(this.ports.map((port) => ({ host: "127.0.0.1", port })), { enableAutoPipelining: true });
+    // auto-pipelining off, as src/store/redis/connect.ts does for a Cluster (ADR 15)
+    return new Cluster(this.ports.map((port) => ({ host: "127.0.0.1", port })), { enableAutoPipelining: false });
   }
 
   async stop(): Promise<void> {

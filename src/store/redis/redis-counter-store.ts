@@ -26,7 +26,7 @@ const SCRIPTS = ["reserve", "release", "set_capacity", "export_state", "sweep"] 
 type ScriptName = (typeof SCRIPTS)[number];
 const LIB = readFileSync(new URL("./scripts/lib.lua", import.meta.url), "utf8");
 
-type ScriptFn = (numKeys: number, ...args: Array<string | number>) => Promise<unknown>;
+type ScriptFn = (numKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
 
 export interface RedisCounterStoreOptions {
   /** Prefix before the hash tag, so several deployments (or test files) can share one Redis. */
@@ -39,7 +39,9 @@ export interface RedisCounterStoreOptions {
   scriptPrelude?: string;
 }
 
-/** Registers the scripts once on the connection (EVALSHA; ioredis reloads on NOSCRIPT). */
+/** Registers the scripts once on the connection (EVALSHA; ioredis reloads on NOSCRIPT). All of them at construction:
+ * a command defined later is missing from auto-pipelines created before it (ioredis copies the commands into each
+ * pipeline), which broke pipelined replies. `prelude`: Lua placed before each script (tests). */
 export function defineScripts(redis: Redis | Cluster, prelude = ""): void {
   for (const name of SCRIPTS) {
     const body = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8");

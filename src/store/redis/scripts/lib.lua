@@ -18,7 +18,7 @@ Conventions:
   (no JSON decoding on the hot path) and are written with string.format('%d') (tostring would round above 1e14).
 - Time: ARGV[1] overrides the clock when it is not empty (tests with a controlled clock); otherwise Redis TIME.
 - Compact state: a capacity entry is a packed string (parse_cap), an open reservation a MessagePack map
-  (cmsgpack, C-coded), a settled result a short packed string (settled_string). An `rs` field "r:<id>" holds the
+  (cmsgpack, C-coded), a settled result a short packed string (see settle). An `rs` field "r:<id>" holds the
   open reservation and, once settled, its result, kept until `retention_of` (a bounded grace past the TTL).
 - This file mirrors src/store/memory/in-memory-counter-store.ts; test/contract holds both to one behaviour.
 ]==]

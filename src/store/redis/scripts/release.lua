@@ -14,7 +14,7 @@ ARGV[5..] actual amounts as pairs: meter, amount (meters not named are charged w
 
 Returns { code, result }
   code 0 SETTLED, 1 REPLAYED (result is the first settlement), 2 NOT_FOUND (never existed or retention over)
-  result = "<state>|<overage>|<meter>=<reserved>=<charged>,..." (settled_string in lib.lua)
+  result = "<state>|<overage>|<meter>=<reserved>=<charged>,..." (settle in lib.lua)
 A CANCEL that finds nothing leaves a tombstone for the retention grace, so a reserve of that id arriving late
 (resent by the client library after a reconnect) is a no-op.
 ]==]
