@@ -223,16 +223,23 @@ export async function startServer(opts: { databaseUrl: string; redisUrl: string;
     QUOTA_SHUTDOWN_DELAY_MS: "0",
     ...opts.env,
   });
-  const child = track(spawn(process.execPath, [...(opts.nodeArgs ?? []), "src/cli/main.ts", "serve"], { cwd: ROOT, env, stdio: ["ignore", "ignore", "pipe"] }));
+  const workers = Number(env.QUOTA_WORKERS ?? 1);
+  // With workers, /readyz answers once the first one serves: wait for the primary's "all workers serving" (info).
+  if (workers > 1) env.QUOTA_LOG_LEVEL = "info";
+  const child = track(spawn(process.execPath, [...(opts.nodeArgs ?? []), "src/cli/main.ts", "serve"], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] }));
   let stderr = "";
+  let allServing = workers === 1;
   child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  child.stdout!.on("data", (d: Buffer) => {
+    if (d.toString().includes('"msg":"all workers serving"')) allServing = true;
+  });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   await waitFor("server", async () => {
     if (child.exitCode !== null) throw new Error(`server exited: ${stderr}`);
     const r = await fetch(`http://127.0.0.1:${httpPort}/readyz`, { headers: { connection: "close" }, signal: AbortSignal.timeout(1000) });
     await r.text();
-    return r.status === 200;
-  });
+    return r.status === 200 && allServing;
+  }, 120_000);
   return {
     pid: child.pid!,
     grpcPort,
