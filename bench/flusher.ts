@@ -13,7 +13,7 @@
  * than a pass at this size, so a server with this many active accounts flushes without pause.
  */
 import { spawn } from "node:child_process";
-import { writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { UsageFlusher } from "../src/core/usage-flusher.ts";
@@ -95,6 +95,7 @@ try {
 } finally {
   await redis.stop();
   await db.drop().catch(() => {});
+  for (const f of [`${outDir}.flusher-keys-${process.pid}.txt`, `${outDir}.flusher-spec-${process.pid}.json`]) rmSync(f, { force: true });
 }
 report.loadAverageAtEnd = loadAverage();
 writeFileSync(`${outDir}${name}.json`, JSON.stringify(report, null, 2));

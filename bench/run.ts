@@ -16,6 +16,7 @@
  *   (e) our batch path, (f) our lease path: probed on the server; "not available" while it lacks the RPC
  * Load for (c)/(d) comes from bench/load.ts (its own process, raw node:http2, pre-encoded frames, many keys);
  * --h2load adds Debian h2load rows (one key: h2load sends one body file for every stream).
+ * --embedded runs our server on the embedded default (PGlite + in-process counters) instead.
  * Writes bench/results/<name>.json, latency-vs-load.png and cost-curve.png (gnuplot, installed with apt when root).
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -25,7 +26,7 @@ import { cpus } from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { checkAndReserveFrame } from "./lib/grpc-wire.ts";
-import { ROOT, SERVICE_TOKEN, createDatabase, ensureTool, freePort, redisCounters, seedAccounts, startRedis, startServer, track, type ServerHandle } from "./lib/env.ts";
+import { ROOT, SERVICE_TOKEN, createDatabase, ensureTool, freePort, redisCounters, seedAccounts, seedViaAdmin, startRedis, startServer, track, type ServerHandle } from "./lib/env.ts";
 import type { LoadResult, LoadSpec } from "./load.ts";
 import { cpuSeconds, loadAverage, machineCpu, round3 } from "./lib/stats.ts";
 import { drawCharts } from "./lib/chart.ts";
@@ -49,6 +50,7 @@ const { values: o } = parseArgs({
     profile: { type: "boolean", default: false },
     out: { type: "string", default: "bench/results" },
     name: { type: "string" },
+    embedded: { type: "boolean", default: false },
   },
 });
 const quick = o.quick;
@@ -57,12 +59,15 @@ const rounds = Math.min(Number(o.rounds ?? (quick ? 1 : 2)), 5);
 const calls = Math.min(Number(o.calls), 5_000_000);
 const concurrency = Math.min(Number(o.concurrency), 1024);
 const connections = Math.min(Number(o.connections), 64);
-const accounts = Math.min(Number(o.accounts), 100_000);
-const curveAccounts = (o["curve-accounts"] ?? (quick ? "10,1000" : "10,1000,100000")).split(",").map(Number).filter((n) => n > 0 && n <= 100_000);
+const accounts = Math.min(Number(o.accounts), o.embedded ? 10_000 : 100_000);
+const curveAccounts = (o["curve-accounts"] ?? (quick ? "10,1000" : "10,1000,100000")).split(",").map(Number).filter((n) => n > 0 && n <= (o.embedded ? 10_000 : 100_000));
 const curveLimits = o["curve-limits"].split(",").map(Number).filter((n) => [1, 3, 6].includes(n));
 const openRates = (o["open-rates"] ?? (quick ? "500,1000,2000" : "250,500,1000,2000,4000")).split(",").map(Number).filter((n) => n > 0 && n <= 50_000);
-const openAccounts = Math.min(Number(o["open-accounts"] ?? (quick ? 1000 : 10_000)), 100_000);
+const openAccounts = Math.min(Number(o["open-accounts"] ?? (quick ? 1000 : 10_000)), o.embedded ? 10_000 : 100_000);
 const only = new Set(o.only.split(","));
+// --embedded: our server on the embedded default (PGlite in memory + in-process counters); accounts are created
+// through the admin API (its database is inside the server), so at most 10,000. (a)-(c) still use the private Redis.
+const embedded = o.embedded;
 const workers = Math.max(1, Math.min(Number(o.workers), 16));
 const outDir = `${ROOT}${o.out.replace(/\/$/, "")}/`;
 mkdirSync(outDir, { recursive: true });
@@ -89,8 +94,8 @@ mkdirSync(tmp, { recursive: true });
 
 try {
   server = await startServer({
-    databaseUrl: db.url,
-    redisUrl: redis.url,
+    databaseUrl: embedded ? "" : db.url,
+    redisUrl: embedded ? "" : redis.url,
     env: workers > 1 ? { QUOTA_WORKERS: String(workers) } : {},
     ...(o.profile ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${tmp}profile`] } : {}),
   });
@@ -101,9 +106,10 @@ try {
   // Accounts: the headline set (plan l3) first, then what the curve and the open loop need.
   const maxL3 = Math.max(accounts, only.has("curve") && curveLimits.includes(3) ? Math.max(...curveAccounts) : 0, only.has("open") ? openAccounts : 0);
   const t0 = performance.now();
-  const keys: Record<number, string[]> = { 3: await seedAccounts(db.url, "l3", maxL3, "l3") };
+  const seed = (plan: string, n: number, tag: string) => (embedded ? seedViaAdmin(server!.grpcPort, server!.httpPort, plan, n, tag) : seedAccounts(db.url, plan, n, tag));
+  const keys: Record<number, string[]> = { 3: await seed("l3", maxL3, "l3") };
   if (only.has("curve")) {
-    for (const l of curveLimits) if (l !== 3) keys[l] = await seedAccounts(db.url, `l${l}`, Math.max(...curveAccounts), `l${l}`);
+    for (const l of curveLimits) if (l !== 3) keys[l] = await seed(`l${l}`, Math.max(...curveAccounts), `l${l}`);
   }
   log(`seeded ${Object.values(keys).reduce((n, k) => n + k.length, 0)} accounts in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const keysFile = (limits: number, n: number) => {
@@ -121,7 +127,7 @@ try {
   // It runs on an account of its own: the reservations redis-benchmark leaves (until their TTL) must not make the
   // headline accounts' scripts (sweep) dearer for the scenarios after it.
   let captured: string[] | undefined;
-  if (only.has("a")) {
+  if (only.has("a") && !embedded) {
     const ceilingKey = `${tmp}keys-ceiling.txt`;
     writeFileSync(ceilingKey, (await seedAccounts(db.url, "l3", 1, "ceiling")).join("\n"));
     captured = await captureReserve(redis.url, server.grpcPort, ceilingKey);
@@ -133,10 +139,10 @@ try {
   const side: Row[] = [];
   const unavailable: Record<string, string> = {};
   const scenarios: Array<{ id: string; what: string; run: () => Promise<Measured | string> }> = [
-    { id: "a", what: "redis-benchmark EVALSHA reserve.lua (Redis ceiling)", run: () => (captured ? redisBenchmark(captured) : Promise.resolve("no EVALSHA captured")) },
+    { id: "a", what: "redis-benchmark EVALSHA reserve.lua (Redis ceiling)", run: () => (captured ? redisBenchmark(captured) : Promise.resolve(embedded ? "not run: --embedded (our server does not use Redis)" : "no EVALSHA captured")) },
     { id: "b", what: "rate-limiter-flexible RateLimiterRedis.consume() in-process", run: () => rateLimiterFlexible() },
     { id: "c", what: "bare grpc-js + one EVALSHA, 3 limits (floor)", run: () => measure(["floor"], () => load(floor!.port, { keysFile: headKeys, mix: "reserve" })) },
-    { id: "d", what: "our server CheckAndReserve, 3 limits", run: () => measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "reserve" })) },
+    { id: "d", what: `our server CheckAndReserve, 3 limits${embedded ? " (embedded: PGlite + in-process counters)" : ""}`, run: () => measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "reserve" })) },
     { id: "e", what: "our batch path (CheckAndReserveBatch)", run: () => probeThen(server!.grpcPort, "CheckAndReserveBatch") },
     { id: "f", what: "our lease path (Lease, decisions in the calling process)", run: () => probeThen(server!.grpcPort, "Lease") },
   ];
@@ -230,7 +236,7 @@ const report = {
   date: new Date().toISOString(),
   command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
   machine: { cores: cpus().length, model: cpus()[0]?.model, loadAverageAtEnd: loadAverage(), node: process.version, redis: spawnSync("redis-server", ["--version"]).stdout.toString().trim() },
-  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers },
+  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded },
   ...results,
 };
 writeFileSync(`${outDir}${runName}.json`, JSON.stringify(report, null, 2));

@@ -12,7 +12,7 @@ import pg from "pg";
 import { Redis } from "ioredis";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-export const ADMIN_TOKEN = "bench-admin-token";
+export const ADMIN_TOKEN = "bench-admin-token-0123456789";
 export const SERVICE_TOKEN = "bench-service-token";
 const PG_URL = process.env.TEST_DATABASE_URL ?? "postgresql://postgres@127.0.0.1:5432/postgres";
 
@@ -213,8 +213,9 @@ export async function startServer(opts: { databaseUrl: string; redisUrl: string;
     QUOTA_HOST: "127.0.0.1",
     QUOTA_GRPC_PORT: String(grpcPort),
     QUOTA_HTTP_PORT: String(httpPort),
-    DATABASE_URL: opts.databaseUrl,
-    REDIS_URL: opts.redisUrl,
+    // Empty URLs: the embedded default (PGlite in memory, in-process counters).
+    ...(opts.databaseUrl ? { DATABASE_URL: opts.databaseUrl } : { QUOTA_DATA_DIR: "memory://" }),
+    ...(opts.redisUrl ? { REDIS_URL: opts.redisUrl } : {}),
     QUOTA_REDIS_KEY_PREFIX: "qa:",
     QUOTA_ADMIN_TOKEN: ADMIN_TOKEN,
     QUOTA_SERVICE_TOKEN: SERVICE_TOKEN,
@@ -223,16 +224,23 @@ export async function startServer(opts: { databaseUrl: string; redisUrl: string;
     QUOTA_SHUTDOWN_DELAY_MS: "0",
     ...opts.env,
   });
-  const child = track(spawn(process.execPath, [...(opts.nodeArgs ?? []), "src/cli/main.ts", "serve"], { cwd: ROOT, env, stdio: ["ignore", "ignore", "pipe"] }));
+  const workers = Number(env.QUOTA_WORKERS ?? 1);
+  // With workers, /readyz answers once the first one serves: wait for the primary's "all workers serving" (info).
+  if (workers > 1) env.QUOTA_LOG_LEVEL = "info";
+  const child = track(spawn(process.execPath, [...(opts.nodeArgs ?? []), "src/cli/main.ts", "serve"], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] }));
   let stderr = "";
+  let allServing = workers === 1;
   child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  child.stdout!.on("data", (d: Buffer) => {
+    if (d.toString().includes('"msg":"all workers serving"')) allServing = true;
+  });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   await waitFor("server", async () => {
     if (child.exitCode !== null) throw new Error(`server exited: ${stderr}`);
     const r = await fetch(`http://127.0.0.1:${httpPort}/readyz`, { headers: { connection: "close" }, signal: AbortSignal.timeout(1000) });
     await r.text();
-    return r.status === 200;
-  });
+    return r.status === 200 && allServing;
+  }, 120_000);
   return {
     pid: child.pid!,
     grpcPort,
@@ -263,4 +271,24 @@ export function ensureTool(cmd: string, pkg: string): boolean {
   }
   spawnSync("apt-get", ["install", "-y", "-q", pkg], opts);
   return which(cmd);
+}
+
+/** Seeds through the admin API (the embedded default has its database inside the server process). */
+export async function seedViaAdmin(grpcPort: number, httpPort: number, planId: string, count: number, tag: string): Promise<string[]> {
+  const { clients } = await import("../../test/support/clients.ts");
+  const c = clients("grpc-js", { grpc: grpcPort, http: httpPort });
+  const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+  const out: string[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const id = `${tag}-${i}`;
+      await c.admin.createAccount({ id, name: id }, admin);
+      const sub = await c.admin.createSubscription({ accountId: id, planId }, admin);
+      const key = await c.admin.createApiKey({ accountId: id, subscriptionId: sub.subscription!.id, name: "bench" }, admin);
+      out.push(key.apiKey);
+    }
+  } finally {
+    c.close();
+  }
+  return out;
 }
