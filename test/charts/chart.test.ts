@@ -212,11 +212,12 @@ describe("helm chart: the fields that matter", () => {
     expect(ports).toEqual(expect.arrayContaining([53, 6379, 5432, 4318]));
   });
 
-  it("redis cluster + mTLS: cluster nodes as QUOTA_REDIS_CLUSTER_NODES, TLS files mounted, HTTPS probes", () => {
+  it("redis cluster + mTLS: cluster nodes as REDIS_CLUSTER_NODES, the Envoy mapping as QUOTA_ENVOY_CONFIG, TLS files mounted, HTTPS probes", () => {
     const ms = render(CHART, { values: [ciFile("redis-cluster-values.yaml")] });
     const c = podSpec(ms).containers[0];
     const env = envOf(c);
-    expect(env.QUOTA_REDIS_CLUSTER_NODES!.value).toBe("redis-cluster-0.redis-cluster.db.svc:6379,redis-cluster-1.redis-cluster.db.svc:6379,redis-cluster-2.redis-cluster.db.svc:6379");
+    expect(env.REDIS_CLUSTER_NODES!.value).toBe("redis-cluster-0.redis-cluster.db.svc:6379,redis-cluster-1.redis-cluster.db.svc:6379,redis-cluster-2.redis-cluster.db.svc:6379");
+    expect(JSON.parse(env.QUOTA_ENVOY_CONFIG!.value)).toEqual({ deadlineMs: 15, domains: { edge: { product: "demo-api", apiKeyEntry: "api_key", methodEntry: "method" } } });
     expect(env.QUOTA_TLS_CLIENT_CA_FILE!.value).toBe("/etc/quota-authority/tls/ca.crt");
     expect(c.readinessProbe.httpGet).toEqual({ path: "/readyz", port: "http", scheme: "HTTPS" });
     // The helm test Pod presents the chart's certificate to the mTLS port and trusts its CA.

@@ -249,13 +249,20 @@ checksum/plans: {{ .Values.plans.content | sha256sum }}
   value: {{ $v.counters.flushIntervalMs | int64 | quote }}
 - name: QUOTA_RECONCILE_INTERVAL_MS
   value: {{ $v.counters.reconcileIntervalMs | int64 | quote }}
+- name: QUOTA_RETENTION_GRACE_MS
+  value: {{ $v.counters.retentionGraceMs | int64 | quote }}
+- name: QUOTA_WORKERS
+  value: {{ $v.server.workers | int64 | quote }}
+{{- if $v.envoy }}
+- name: QUOTA_ENVOY_CONFIG
+  value: {{ toJson $v.envoy | quote }}
+{{- end }}
 - name: QUOTA_DATA_DIR
   value: {{ $v.database.dataDir | quote }}
 - name: QUOTA_REDIS_KEY_PREFIX
   value: {{ $v.redis.keyPrefix | quote }}
 {{- if $v.redis.clusterNodes }}
-{{- /* Not read by the server yet (no Redis Cluster mode); rendered so enabling it needs no chart change. */}}
-- name: QUOTA_REDIS_CLUSTER_NODES
+- name: REDIS_CLUSTER_NODES
   value: {{ join "," $v.redis.clusterNodes | quote }}
 {{- end }}
 - name: QUOTA_MIGRATE_ON_START
