@@ -29,6 +29,14 @@ export function codeOf(e: unknown): number | undefined {
   return typeof c === "number" ? c : undefined;
 }
 
+/** The `x-error-reason` an error carries (gRPC trailing metadata, or the Connect error's headers), or "". */
+export function reasonOf(e: unknown): string {
+  if (e instanceof ConnectError) return e.metadata.get("x-error-reason") ?? "";
+  const md = (e as { metadata?: grpc.Metadata })?.metadata;
+  const v = md instanceof grpc.Metadata ? md.get("x-error-reason")[0] : undefined;
+  return v === undefined ? "" : String(v);
+}
+
 export function messageOf(e: unknown): string {
   if (e instanceof ConnectError) return e.rawMessage;
   return String((e as { details?: string })?.details ?? (e as Error)?.message ?? e);
