@@ -161,11 +161,12 @@ describe("Redis restarted empty", () => {
  * the status for GetLimits), which changes nothing — retried on a bounded count, never a sleep standing in for
  * "reconnected".
  */
-async function firstAnswer<T extends { decision?: number; reason?: number }>(call: () => Promise<T>): Promise<T> {
+async function firstAnswer<T extends object>(call: () => Promise<T>): Promise<T> {
   for (let i = 0; ; i++) {
     try {
       const a = await call();
-      if (!("decision" in a) || a.decision === Decision.ALLOWED || a.reason !== DenyReason.UNAVAILABLE || i >= 200) return a;
+      const d = a as { decision?: number; reason?: number };
+      if (d.decision === undefined || d.decision === Decision.ALLOWED || d.reason !== DenyReason.UNAVAILABLE || i >= 200) return a;
     } catch (e) {
       if (codeOf(e) !== status.UNAVAILABLE || i >= 200) throw e;
     }

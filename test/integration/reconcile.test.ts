@@ -26,7 +26,10 @@ const RECONCILE_MS = 200;
 class DroppingStore {
   dropping = false;
   dropped = 0;
-  constructor(readonly inner: CounterStore) {}
+  readonly inner: CounterStore;
+  constructor(inner: CounterStore) {
+    this.inner = inner;
+  }
   wrap(): CounterStore {
     const inner = this.inner;
     return {
