@@ -1,7 +1,7 @@
 import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts";
 import { testRedis } from "../support/redis.ts";
 import { describeCounterStore } from "./counter-store.contract.ts";
-import { describeCounterStoreProperties } from "./counter-store.property.ts";
+import { describeCounterStoreProperties, propertyRuns } from "./counter-store.property.ts";
 
 describeCounterStore("RedisCounterStore", async (clock) => {
   const { redis, prefix, cleanup } = await testRedis();
@@ -22,5 +22,5 @@ describeCounterStoreProperties(
     const { redis, prefix, cleanup } = await testRedis();
     return { store: new RedisCounterStore(redis, { keyPrefix: prefix, clock }), cleanup };
   },
-  60,
+  propertyRuns(200),
 );
