@@ -50,7 +50,7 @@ async function runWorkers(jobs: LoadJob[]): Promise<LoadResult[]> {
       if (out.startsWith("ready\n")) readyResolve();
     });
     child.stderr.on("data", (d) => (err += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const timer = setTimeout(() => child.kill("SIGKILL"), 170_000);
     const done = new Promise<LoadResult>((resolve, reject) => {
       child.on("close", (code) => {
         clearTimeout(timer);
@@ -147,5 +147,5 @@ describe("exactness with 2 server processes and 4 client processes", () => {
     await assertLedgerBalanced(a.databaseUrl);
     const view = await c.quota.getLimits({ apiKey: s.apiKey });
     expect(view.subscriptions[0]!.limits[0]!.limit).toBe(10n + 100n * 100n);
-  }, 90_000);
+  }, 180_000);
 });
