@@ -588,7 +588,13 @@ describe("bad input changes nothing and answers a typed error naming the field (
   let redis: Redis;
   let db: pg.Client;
   const x = {} as Ctx;
-  /** The state after the previous case: the next case must leave it exactly so. */
+  /**
+   * The state after the previous case (or after the seeding, for the first case to run): the next case must leave it
+   * exactly so. Order-independent by construction: every case starts from the seeded state and must not change it
+   * (that is what each one asserts), so any order — or one case alone, `-t NAME` — compares against the real state
+   * before it; and a case that did change something hands its new state on (`last = after`), so it fails alone
+   * instead of failing every case after it. One snapshot per case instead of two keeps ~500 cases affordable.
+   */
   let last: Awaited<ReturnType<typeof snapshot>>;
   const byProtocol = new Map<Protocol, Clients>();
 
