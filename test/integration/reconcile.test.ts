@@ -6,6 +6,7 @@
  * fault is gone repairs the account — so the repair comes within one reconcile interval of the store being
  * writable again.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CapacityEntry, CounterStore } from "../../src/core/counter-store.ts";
 import { Decision, Mode } from "../../src/gen/quota/v1/types_pb.ts";
@@ -22,7 +23,12 @@ plans:
 `;
 const RECONCILE_MS = 200;
 
-/** Delegates to the real store; while `dropping`, every capacity write is lost (throws, as a dropped connection). */
+/** The reconciler pass a store call belongs to (passes may overlap on a loaded machine). */
+const currentPass = new AsyncLocalStorage<Pass>();
+
+/** Delegates to the real store; while `dropping`, every capacity write is lost (throws, as a dropped connection). A
+ * reconciler pass keeps the fault state it started with, so a pass started during the fault never repairs anything
+ * and a pass started after it always can — whatever the timing. */
 class DroppingStore {
   dropping = false;
   dropped = 0;
@@ -36,7 +42,7 @@ class DroppingStore {
       reserve: (c) => inner.reserve(c),
       release: (c) => inner.release(c),
       setCapacity: async (accountId: string, entries: readonly CapacityEntry[], version?: number) => {
-        if (this.dropping) {
+        if (currentPass.getStore()?.faulty ?? this.dropping) {
           this.dropped++;
           throw new Error("test fault: capacity write lost");
         }
@@ -80,7 +86,7 @@ describe("reconciler repairs a lost Redis capacity write", () => {
       const pass: Pass = { seq: passes.length, faulty: faults.dropping };
       passes.push(pass);
       try {
-        pass.repaired = await reconcile(max);
+        pass.repaired = await currentPass.run(pass, () => reconcile(max));
         return pass.repaired;
       } catch (e) {
         pass.failed = String(e);
@@ -97,12 +103,13 @@ describe("reconciler repairs a lost Redis capacity write", () => {
     await t?.stop();
   });
 
-  /** Resolves with the next reconciler pass (run by the interval timer) that starts after this call. */
+  /** Resolves, once it has finished, with the first reconciler pass (run by the interval timer) that starts after
+   * this call. */
   const nextPass = (): Promise<Pass> => {
     const after = passes.length;
     return new Promise((resolve) => {
       onPass = (p) => {
-        if (p.seq >= after) {
+        if (p.seq === after) {
           onPass = undefined;
           resolve(p);
         }
