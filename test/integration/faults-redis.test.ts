@@ -1,7 +1,8 @@
 /**
- * Redis faults: unreachable (down or hanging) -> every answer within the deadline, by the plan's failure mode,
- * flagged in the answer and in metrics, recovering by itself; restarted empty -> counters rebuilt from the Postgres
- * usage snapshots on first touch, losing at most the usage of one flush interval.
+ * Redis faults: unreachable (down or hanging) -> answered by the store deadline (not the client's), by the plan's
+ * failure mode, flagged in the answer and in metrics, recovering by itself; restarted empty -> counters rebuilt from
+ * the Postgres usage snapshot on first touch, losing exactly the usage admitted after the last flush pass (the test
+ * drives the flusher and reads the snapshot it wrote), which is at most one flush interval of usage.
  */
 import { status } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
