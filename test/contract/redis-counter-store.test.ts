@@ -3,7 +3,7 @@ import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts"
 import { DECLARED_KEYS_GUARD } from "../support/redis-guard.ts";
 import { testRedis } from "../support/redis.ts";
 import { describeCounterStore } from "./counter-store.contract.ts";
-import { describeCounterStoreProperties } from "./counter-store.property.ts";
+import { describeCounterStoreProperties, propertyRuns } from "./counter-store.property.ts";
 
 describeCounterStore("RedisCounterStore", async (clock) => {
   const { redis, prefix, cleanup } = await testRedis();
@@ -25,7 +25,7 @@ describeCounterStoreProperties(
     const { redis, prefix, cleanup } = await testRedis();
     return { store: new RedisCounterStore(redis, { keyPrefix: prefix, clock, scriptPrelude: DECLARED_KEYS_GUARD }), cleanup };
   },
-  60,
+  propertyRuns(200),
 );
 
 it("the declared-keys guard refuses a script that touches a key it did not declare", async () => {

@@ -6,7 +6,7 @@
 import { execFile } from "node:child_process";
 import * as http from "node:http";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { status } from "@grpc/grpc-js";
 import { Decision, DenyReason, LimitKind, Scope } from "../../src/gen/quota/v1/types_pb.ts";
 import { Outcome, ReleaseState } from "../../src/gen/quota/v1/quota_pb.ts";
@@ -53,7 +53,9 @@ describe("the real server process (node src/cli/main.ts serve, Postgres, Redis)"
   let server: ServerProcess;
 
   beforeAll(async () => {
-    server = await ServerProcess.create();
+    // A grace far longer than the SIGTERM test's own timeout: an exit within that test proves the drain finished by
+    // itself (an idle keep-alive connection holding it up would only be cut at the grace).
+    server = await ServerProcess.create({ env: { QUOTA_SHUTDOWN_GRACE_MS: "120000", QUOTA_SHUTDOWN_DELAY_MS: "0" } });
     await server.start();
     const c = clients("grpc-js", server.ports);
     try {
@@ -64,6 +66,10 @@ describe("the real server process (node src/cli/main.ts serve, Postgres, Redis)"
     }
   });
 
+  // The SIGTERM test stops the server; whichever test runs next (any order) gets it running again.
+  beforeEach(async () => {
+    if (!server.running) await server.start();
+  });
   afterAll(async () => {
     await server?.cleanup();
   });
@@ -266,12 +272,11 @@ describe("the real server process (node src/cli/main.ts serve, Postgres, Redis)"
         })
         .on("error", reject);
     });
-    const started = Date.now();
-    const exit = await server.stop();
-    const took = Date.now() - started;
+    // stop() waits at most 20 s for the exit and then fails; the grace is 120 s: exiting at all means the idle
+    // connection did not hold the shutdown up (no timing assertion needed: the order of events says it).
+    const exit = await server.stop(20_000);
     agent.destroy();
     expect(exit, server.output()).toEqual({ code: 0, signal: null });
-    expect.soft(took, "SIGTERM with nothing in flight and one idle keep-alive connection: ms until exit").toBeLessThan(2000);
     const messages = server.logs().map((l) => l.msg);
     expect(messages).toContain("serving");
     expect(messages).toContain("signal received");

@@ -18,7 +18,8 @@
  *   flight at the signal, the slow one included, were answered;
  * - usage flushed: the periodic flush is disabled (10 min), so the Postgres usage snapshot can only come from the
  *   shutdown; it equals the number of ALLOWED answers, and so does the counter the restarted server reads;
- * - exit 0 well before the grace deadline (the drain finished by itself, nothing was forced), the logs say
+ * - exit 0 long before the grace deadline (set far above the test's timeout: the drain finished by itself, nothing
+ *   was forced), the logs say
  *   "shutting down" then "stopped" with no error-level line, and the server's Postgres connections are closed.
  */
 import * as net from "node:net";
@@ -40,7 +41,9 @@ plans:
     limits:
       - { name: monthly, kind: quota, scope: subscription, limit: 10000000, period: monthly }
 `;
-const GRACE_MS = 4000;
+/** Far above the test's own timeout (50 s): an exit within the test proves the drain finished by itself — the grace
+ * would only force it much later — without asserting a duration. */
+const GRACE_MS = 60_000;
 const GRPC_LOOPS = 6;
 const CONNECT_LOOPS = 4;
 const CALLS_PER_LOOP = 5000;
@@ -48,7 +51,7 @@ const LOAD_BEFORE_SIGNAL_MS = 800;
 /** The slow client sends each request body this long after its headers. */
 const SLOW_UPLOAD_MS = 100;
 /** Backstop: no loop sends after this long past the signal, whatever the server does. */
-const LOOP_MAX_AFTER_SIGNAL_MS = GRACE_MS + 3000;
+const LOOP_MAX_AFTER_SIGNAL_MS = 20_000;
 
 interface Call {
   idem: string;
@@ -256,12 +259,12 @@ describe("SIGTERM under load: NOT_SERVING first, in-flight calls answered, usage
 
       // ------------------------------------------------------------------ SIGTERM, and probe health until the exit
       signalAt = Date.now();
-      const exit = server.stop(GRACE_MS + 10_000).then((e) => {
+      const exit = server.stop(30_000).then((e) => {
         exitedAt = Date.now();
         return e;
       });
       const prober = async (kind: Probe["kind"], probe: () => Promise<string>) => {
-        for (let i = 0; i < 5000 && !exitedAt && Date.now() - signalAt < GRACE_MS + 5000; i++) {
+        for (let i = 0; i < 5000 && !exitedAt && Date.now() - signalAt < 25_000; i++) {
           const t = Date.now() - signalAt;
           const result = await probe();
           probes.push({ kind, t, done: Date.now() - signalAt, result });
@@ -298,7 +301,7 @@ describe("SIGTERM under load: NOT_SERVING first, in-flight calls answered, usage
       expect(at("stopped"), messages.join("\n")).toBeGreaterThan(at("shutting down"));
       const errorLines = server.logs().filter((l) => typeof l.level === "number" && l.level >= 50);
       expect.soft(errorLines, "error-level log lines").toEqual([]);
-      expect.soft(took, `ms from SIGTERM to exit (grace ${GRACE_MS} ms): reaching the grace means the drain was forced`).toBeLessThan(GRACE_MS);
+      // Exited at all within stop()'s 30 s, with a 60 s grace: the drain finished by itself, nothing was forced.
 
       // ------------------------------------------------------------------ health: NOT_SERVING observed before the exit
       const summary = summarize(probes);
@@ -376,10 +379,8 @@ describe("SIGTERM under load: NOT_SERVING first, in-flight calls answered, usage
       } finally {
         c2.close();
       }
-      // Idle: a second SIGTERM exits 0 at once.
-      const t = Date.now();
+      // Idle: a second SIGTERM exits 0 by itself (stop() waits at most 20 s, far below the 60 s grace).
       expect(await server.stop()).toEqual({ code: 0, signal: null });
-      expect(Date.now() - t, "idle shutdown ms").toBeLessThan(GRACE_MS);
     } finally {
       closeClients();
     }

@@ -5,9 +5,9 @@ import { startTestApp, type TestApp } from "../support/app.ts";
 import { ADMIN, clients, type Clients } from "../support/clients.ts";
 import { deposit, seedAccount } from "../support/fixtures.ts";
 
-const PLAN = (limit: number) => `
+const PLAN = (limit: number, id = "admin-plan") => `
 plans:
-  - id: admin-plan
+  - id: ${id}
     name: admin plan
     limits: [{ name: monthly, kind: quota, limit: ${limit}, period: monthly }]
 `;
@@ -18,6 +18,8 @@ describe("admin (gRPC, Postgres, Redis)", () => {
   beforeAll(async () => {
     t = await startTestApp({ clock: false });
     c = clients("grpc-js", { grpc: t.app.grpcPort, http: t.app.httpPort });
+    // The plan the other tests seed accounts on; the versioning test has a plan of its own (any order works).
+    await c.admin.applyPlans({ document: PLAN(10) }, ADMIN);
   });
   afterAll(async () => {
     c?.close();
@@ -25,12 +27,12 @@ describe("admin (gRPC, Postgres, Redis)", () => {
   });
 
   it("versions plans: re-applying the same document changes nothing; a change takes effect for existing subscriptions", async () => {
-    const v1 = await c.admin.applyPlans({ document: PLAN(10) }, ADMIN);
-    const again = await c.admin.applyPlans({ document: PLAN(10) }, ADMIN);
+    const v1 = await c.admin.applyPlans({ document: PLAN(10, "admin-versions") }, ADMIN);
+    const again = await c.admin.applyPlans({ document: PLAN(10, "admin-versions") }, ADMIN);
     expect(again.plans[0]!.version).toBe(v1.plans[0]!.version);
-    const s = await seedAccount(c, "admin-plan");
+    const s = await seedAccount(c, "admin-versions");
     expect((await c.quota.checkAndReserve({ apiKey: s.apiKey, product: "api", method: "get" })).limits[0]!.limit).toBe(10n);
-    const v2 = await c.admin.applyPlans({ document: PLAN(20) }, ADMIN);
+    const v2 = await c.admin.applyPlans({ document: PLAN(20, "admin-versions") }, ADMIN);
     expect(v2.plans[0]!.version).toBe(v1.plans[0]!.version + 1);
     expect((await c.quota.checkAndReserve({ apiKey: s.apiKey, product: "api", method: "get" })).limits[0]!.limit).toBe(20n);
   });

@@ -1,11 +1,11 @@
 /**
- * Fuzz: random and malformed messages to every RPC over both transports for a bounded time. The server never
+ * Fuzz: a fixed number of random and malformed messages (seeded: FUZZ_SEED replays) to every RPC over both transports. The server never
  * crashes or answers INTERNAL; every answer is INVALID_ARGUMENT, another typed status, or a typed denial; and the
  * database and counters are exactly as before (snapshot comparison).
  */
 import * as grpc from "@grpc/grpc-js";
 import { create, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 import { QuotaAdminService } from "../../src/gen/quota/v1/admin_pb.ts";
 import { QuotaService } from "../../src/gen/quota/v1/quota_pb.ts";
 import { RateLimitService } from "../../src/gen/envoy/service/ratelimit/v3/rls_pb.ts";
@@ -23,8 +23,10 @@ plans:
       - { name: rps, kind: rate, scope: key, limit: 1000, window: 1s }
     topUp: { limit: monthly, increment: 10, price: { units: 10, amount: "1.00" } }
 `;
-const DURATION_MS = Number(process.env.FUZZ_MS ?? 8_000);
-const MAX_CALLS = 3_000;
+/** How many requests one run sends (deterministic for a seed; no time budget, so a loaded machine sends the same). */
+const CALLS = Number(process.env.FUZZ_CALLS ?? 1_000);
+/** Pinned by default so CI is deterministic; FUZZ_SEED=<n> replays (or explores) another run. */
+const DEFAULT_SEED = 20_261_201;
 /** Statuses a malformed request may get. INTERNAL (13) and UNKNOWN (2) are bugs. */
 const ACCEPTABLE = new Set([0, 3, 5, 6, 7, 9, 8, 16]);
 
@@ -45,7 +47,7 @@ describe("fuzz", () => {
   let t: TestApp;
   let c: Clients;
   let seeded: Seeded;
-  const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
+  const seed = Number(process.env.FUZZ_SEED ?? DEFAULT_SEED);
   beforeAll(async () => {
     t = await startTestApp({ clock: false, env: { QUOTA_MAX_MESSAGE_BYTES: "262144", QUOTA_ADMIN_RATE_PER_MINUTE: "1000000",
       // Envoy's RLS (gRPC port only): entry keys drawn from the fuzz strings, so random descriptors reach the key path.
@@ -78,6 +80,9 @@ describe("fuzz", () => {
   }
 
   it(`never crashes, answers typed errors, and changes nothing (seed ${seed})`, async () => {
+    onTestFailed(() => {
+      process.stderr.write(`\nfuzz failed with seed ${seed}: replay with FUZZ_SEED=${seed} FUZZ_CALLS=${CALLS} npm test -- test/integration/fuzz.test.ts\n`);
+    });
     const r = rng(seed);
     const before = await snapshot();
     const services = [QuotaService, QuotaAdminService, RateLimitService] as unknown as DescService[];
@@ -142,9 +147,8 @@ describe("fuzz", () => {
 
     const seen = new Map<string, number>();
     const bad: string[] = [];
-    const until = Date.now() + DURATION_MS;
-    let n = 0;
-    for (; n < MAX_CALLS && Date.now() < until; n++) {
+    let sent = 0;
+    for (let n = 0; n < CALLS; n++) {
       const { s, m } = r.pick(methods);
       const path = `/${s.typeName}/${m.name}`;
       const isAdmin = s.typeName === "quota.v1.QuotaAdminService";
@@ -191,16 +195,18 @@ describe("fuzz", () => {
         code = r.int(2) === 0 || grpcOnly ? await grpcRaw(path, Buffer.from(bytes), isAdmin) : await connectRaw(path, bytes, "application/proto", isAdmin);
         what = `message ${JSON.stringify(msg, (_k, v) => (typeof v === "bigint" ? `${v}n` : typeof v === "string" && v.length > 60 ? `${v.slice(0, 20)}…(${v.length})` : v))}`;
       }
+      sent++;
       seen.set(`${m.name}:${code}`, (seen.get(`${m.name}:${code}`) ?? 0) + 1);
       if (!ACCEPTABLE.has(code)) bad.push(`${path} -> ${code}: ${what}`);
     }
     raw.close();
 
     expect(bad.slice(0, 10), `unacceptable answers (seed ${seed})`).toEqual([]);
-    expect(n).toBeGreaterThan(100);
+    // Most generated requests are sent (a few structured ones are not encodable and skipped): the run is not empty.
+    expect(sent, `requests sent of ${CALLS} (seed ${seed})`).toBeGreaterThan(CALLS / 2);
     const health = await fetch(`http://127.0.0.1:${t.app.httpPort}/healthz`);
     expect(health.status).toBe(200);
     const after = await snapshot();
     expect(after).toEqual(before);
-  }, DURATION_MS + 60_000);
+  }, 120_000);
 });

@@ -17,7 +17,9 @@ describe("migrations", () => {
     }
   });
 
-  it("on PGlite (the embedded default): apply cleanly and leave no schema diff", async () => {
+  // PGlite boots a WebAssembly Postgres in-process: on a loaded machine that alone can take longer than the default
+  // 30 s test timeout (no assertion is about time).
+  it("on PGlite (the embedded default): apply cleanly and leave no schema diff", { timeout: 120_000 }, async () => {
     const orm = await openOrm({ dataDir: "memory://" });
     try {
       await migrate(orm);

@@ -1,11 +1,13 @@
 /**
  * TopUp exactness: parallel wallet-funded purchases, idempotency, ledger balance, typed errors that change nothing.
  */
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { status } from "@grpc/grpc-js";
 import { startTestApp, type TestApp } from "../support/app.ts";
 import { ADMIN, clients, codeOf, messageOf, type Clients } from "../support/clients.ts";
 import { applyPlans, deposit, seedAccount } from "../support/fixtures.ts";
+import { assertLedgerBalanced } from "../support/ledger.ts";
 
 const PLANS = `
 plans:
@@ -60,11 +62,9 @@ describe("TopUp (gRPC, Postgres, Redis)", () => {
     expect(monthly.limit).toBe(2000n);
     expect(limits.grants).toHaveLength(10);
 
-    const totals = await t.app.db.postingTotals();
-    const sum = totals.reduce((s, x) => s + x.total, 0n);
-    expect(sum).toBe(0n);
-    const wallet = totals.find((x) => x.ledgerAccount === `wallet:${s.accountId}:prepaid`)!;
-    expect(wallet.total).toBe(0n); // +10 deposited, -10 spent: the cached balance equals the postings
+    await assertLedgerBalanced(t.databaseUrl); // per transaction and currency; cached balances = postings
+    const wallet = (await t.app.db.postingTotals()).find((x) => x.ledgerAccount === `wallet:${s.accountId}:prepaid`)!;
+    expect(wallet.total).toBe(0n); // +10 deposited, -10 spent
     const ledger = await c.admin.listLedger({ accountId: s.accountId }, ADMIN);
     expect(ledger.transactions.filter((x) => x.type === "quota_purchase")).toHaveLength(10);
   });
@@ -121,7 +121,7 @@ describe("TopUp (gRPC, Postgres, Redis)", () => {
     const view = await c.quota.getLimits({ apiKey: s.apiKey });
     expect(view.wallets.find((w) => w.kind === "prepaid")!.balance!.units).toBe(20n + 20n - 20n); // +20 deposits, -20 purchases
     expect(view.wallets.find((w) => w.kind === "credit")!.balance!.units).toBe(20n);
-    expect((await t.app.db.postingTotals()).reduce((sum, x) => sum + x.total, 0n)).toBe(0n);
+    await assertLedgerBalanced(t.databaseUrl);
   });
 
   it("reusing an idempotency key for a different request is INVALID_ARGUMENT", async () => {
@@ -134,5 +134,27 @@ describe("TopUp (gRPC, Postgres, Redis)", () => {
       .then(() => undefined, (e) => e);
     expect(codeOf(err)).toBe(status.INVALID_ARGUMENT);
     expect(messageOf(err)).toMatch(/idempotency_key/);
+  });
+
+  it("the ledger check fails on two unbalanced transactions that cancel each other out", async () => {
+    // The shared check must catch what a global (or per-currency) sum cannot: +1 / -1 imbalance in two transactions.
+    const db = new pg.Client({ connectionString: t.databaseUrl });
+    await db.connect();
+    const tx = [`tx_test_unbalanced_a_${Date.now()}`, `tx_test_unbalanced_b_${Date.now()}`];
+    try {
+      await db.query(`insert into ledger_transactions (id, account_id, type, description) values ($1, 'nobody', 'adjustment', 'test'), ($2, 'nobody', 'adjustment', 'test')`, tx);
+      await db.query(
+        `insert into ledger_postings (id, transaction_id, ledger_account, currency, amount) values
+           ($1 || ':1', $1, 'x:a', 'USD', 5), ($1 || ':2', $1, 'x:b', 'USD', -4),
+           ($2 || ':1', $2, 'x:a', 'USD', -5), ($2 || ':2', $2, 'x:b', 'USD', 4)`,
+        tx,
+      );
+      expect((await t.app.db.postingTotals()).filter((x) => x.ledgerAccount.startsWith("x:")).every((x) => x.total === 0n)).toBe(true);
+      await expect(assertLedgerBalanced(t.databaseUrl)).rejects.toThrow(/do not sum to zero/);
+    } finally {
+      await db.query(`delete from ledger_postings where transaction_id = any($1)`, [tx]);
+      await db.query(`delete from ledger_transactions where id = any($1)`, [tx]);
+      await db.end();
+    }
   });
 });

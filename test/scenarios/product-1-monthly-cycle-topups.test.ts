@@ -3,7 +3,7 @@
  * valid for the current cycle only, several lines applied all or nothing; the rate limit never changes.
  */
 import { status } from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, codeOf, messageOf } from "../support/clients.ts";
 import { deposit, seedAccount, type Seeded } from "../support/fixtures.ts";
@@ -18,6 +18,10 @@ describe("product 1: monthly cycle with product top-ups", () => {
     await applyExample(s.c, "monthly-cycle-topups.yaml", (doc) => {
       doc.plans[0]!.limits.find((l) => l.name === "requests-monthly")!.limit = 3;
     });
+  });
+  // Every test starts from its own account at the start of the cycle: tests run alone or in any order.
+  beforeEach(async () => {
+    s.clock.set(Date.parse("2026-01-31T10:00:00Z"));
     acct = await seedAccount(s.c, "rpc-growth", { startsAt: Date.parse("2026-01-31T10:00:00Z") });
     await deposit(s.c, acct.accountId, "prepaid", 20n);
   });
@@ -27,6 +31,10 @@ describe("product 1: monthly cycle with product top-ups", () => {
   const limitsFor = async (product: string) => (await s.c.quota.getLimits({ apiKey: acct.apiKey, product })).subscriptions[0]!;
   const buy = (key: string, lines: Array<{ product: string; units: bigint }>) =>
     s.c.quota.topUp({ apiKey: acct.apiKey, idempotencyKey: key, target: { case: "quota", value: { lines } }, funding: { case: "fromWallet", value: {} } });
+  const spendBase = async () => {
+    for (let i = 0; i < 3; i++) expect((await call()).decision).toBe(Decision.ALLOWED);
+    expect((await call()).reason).toBe(DenyReason.QUOTA_EXHAUSTED);
+  };
 
   it("spends the monthly base and denies past it until the anniversary (Jan 31 -> Feb 28)", async () => {
     for (let i = 0; i < 3; i++) expect((await call()).decision).toBe(Decision.ALLOWED);
@@ -53,6 +61,8 @@ describe("product 1: monthly cycle with product top-ups", () => {
   });
 
   it("tops up 100,000 calls per product from the wallet; a grant serves only its product; the rate limit is unchanged", async () => {
+    await spendBase();
+    s.clock.advance(2000); // out of the spending calls' rate window
     const rpsBefore = (await limitsFor("eth-mainnet")).limits.find((l) => l.name === "rps")!.limit;
     const r = await buy("lines-1", [
       { product: "eth-mainnet", units: 100_000n },
@@ -84,6 +94,9 @@ describe("product 1: monthly cycle with product top-ups", () => {
   });
 
   it("drops unused top-ups at the next cycle while the plan quota resets", async () => {
+    await spendBase();
+    await buy("lines-1", [{ product: "eth-mainnet", units: 100_000n }]);
+    expect((await s.c.quota.getLimits({ apiKey: acct.apiKey })).grants).toHaveLength(1);
     s.clock.set(Date.parse("2026-02-28T10:00:00Z"));
     const view = await limitsFor("eth-mainnet");
     const q = view.limits.find((l) => l.name === "requests-monthly")!;

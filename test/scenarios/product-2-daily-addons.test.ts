@@ -5,7 +5,7 @@
  */
 import { status } from "@grpc/grpc-js";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, codeOf, messageOf } from "../support/clients.ts";
 import { addKey, seedAccount, type Seeded } from "../support/fixtures.ts";
@@ -18,6 +18,10 @@ describe("product 2: daily limit with add-ons", () => {
   beforeAll(async () => {
     s = await startScenario("2026-03-01T00:00:00Z");
     await applyExample(s.c, "daily-addons.yaml");
+  });
+  // Every test starts from its own account on Mar 1: tests run alone or in any order.
+  beforeEach(async () => {
+    s.clock.set(Date.parse("2026-03-01T00:00:00Z"));
     owner = await seedAccount(s.c, "daily-5k", { startsAt: Date.parse("2026-03-01T00:00:00Z"), key: { owner: true } });
     member = await addKey(s.c, owner.accountId, owner.subscriptionId, { owner: false });
   });
@@ -58,6 +62,7 @@ describe("product 2: daily limit with add-ons", () => {
   });
 
   it("changes to +50k and rejects a package above the largest with a clear error", async () => {
+    expect((await addOn(owner.apiKey, "o1", "plus-25k")).newLimit).toBe(30_000n);
     expect((await addOn(owner.apiKey, "o2", "plus-50k")).newLimit).toBe(55_000n);
     expect(await daily()).toMatchObject({ limit: 55_000n });
     const err = await addOn(owner.apiKey, "o3", "plus-150k").catch((e) => e);
@@ -71,6 +76,7 @@ describe("product 2: daily limit with add-ons", () => {
   });
 
   it("removes the add-on (back to 5,000) and operators can set one through the admin API", async () => {
+    expect((await addOn(owner.apiKey, "o2", "plus-50k")).newLimit).toBe(55_000n);
     expect((await addOn(owner.apiKey, "o4", "")).newLimit).toBe(5000n);
     expect(await daily()).toMatchObject({ limit: 5000n });
     expect((await ledger())[0]!.description).toContain("removed");
@@ -99,9 +105,9 @@ describe("product 2: daily limit with add-ons", () => {
   });
 
   it("resets the daily count at the next day", async () => {
-    const before = await daily();
-    expect(before.used).toBeGreaterThan(0n);
+    for (let i = 0; i < 3; i++) expect((await s.c.quota.checkAndReserve({ apiKey: owner.apiKey, product: "data-api", method: "rows.list" })).decision).toBe(Decision.ALLOWED);
+    expect(await daily()).toMatchObject({ used: 3n, limit: 5000n });
     s.clock.set(Date.parse("2026-03-02T00:00:00Z"));
-    expect(await daily()).toMatchObject({ used: 0n, limit: 105_000n });
+    expect(await daily()).toMatchObject({ used: 0n, limit: 5000n });
   });
 });

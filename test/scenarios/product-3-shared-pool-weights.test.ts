@@ -2,7 +2,7 @@
  * Product 3 — 1,000 units per rolling 24 hours shared by the keys of a subscription, each key with its own sub-limit
  * (500); method weights (eth_call 20, default 10, heavy 500); 5 calls in flight; overage per key.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Outcome } from "../../src/gen/quota/v1/quota_pb.ts";
 import { Decision, DenyReason, Scope } from "../../src/gen/quota/v1/types_pb.ts";
 import { addKey, seedAccount } from "../support/fixtures.ts";
@@ -14,6 +14,8 @@ describe("product 3: shared pool, key sub-limits, weights, concurrency, overage"
     s = await startScenario("2026-06-01T00:00:00Z");
     await applyExample(s.c, "shared-pool-weights.yaml");
   });
+  // Each test seeds its own account; the clock starts over for each (tests run alone or in any order).
+  beforeEach(() => s.clock.set(Date.parse("2026-06-01T00:00:00Z")));
   afterAll(async () => s?.stop());
 
   const call = (apiKey: string, method: string) => s.c.quota.checkAndReserve({ apiKey, product: "eth-mainnet", method });

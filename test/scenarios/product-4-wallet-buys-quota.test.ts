@@ -4,7 +4,7 @@
  * 200,000 at each subscription anniversary.
  */
 import { status } from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Outcome } from "../../src/gen/quota/v1/quota_pb.ts";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, codeOf, messageOf } from "../support/clients.ts";
@@ -17,6 +17,10 @@ describe("product 4: the wallet buys quota; a token meter refills monthly", () =
   beforeAll(async () => {
     s = await startScenario("2026-01-31T00:00:00Z");
     await applyExample(s.c, "wallet-buys-quota.yaml");
+  });
+  // Every test starts from its own account with $15 on Jan 31: tests run alone or in any order.
+  beforeEach(async () => {
+    s.clock.set(Date.parse("2026-01-31T00:00:00Z"));
     a = await seedAccount(s.c, "wallet-requests", { startsAt: Date.parse("2026-01-31T00:00:00Z") });
     await deposit(s.c, a.accountId, "prepaid", 15n);
   });
@@ -48,6 +52,7 @@ describe("product 4: the wallet buys quota; a token meter refills monthly", () =
   });
 
   it("answers INSUFFICIENT_BALANCE when the balance is too low, and changes nothing", async () => {
+    expect((await buy("ten-dollars", 10n)).newBalance!.units).toBe(5n);
     const err = await buy("too-much", 10n).catch((e) => e);
     expect(codeOf(err)).toBe(status.FAILED_PRECONDITION);
     expect(messageOf(err)).toMatch(/insufficient wallet balance: 5.00 USD available, 10.00 USD needed/);
@@ -58,6 +63,7 @@ describe("product 4: the wallet buys quota; a token meter refills monthly", () =
   });
 
   it("rejects zero, negative, non-numeric and sub-micro amounts by field name", async () => {
+    expect((await buy("ten-dollars", 10n)).newBalance!.units).toBe(5n);
     for (const [units, nanos, msg] of [
       [0n, 0, "quota.lines[0].amount: must be greater than zero"],
       [-1n, 0, "quota.lines[0].amount: must be greater than zero"],

@@ -5,11 +5,12 @@
  * expire; one balance shared by every key of the account.
  */
 import { status } from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Outcome } from "../../src/gen/quota/v1/quota_pb.ts";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, codeOf, messageOf } from "../support/clients.ts";
 import { addKey, seedAccount, type Seeded } from "../support/fixtures.ts";
+import { assertLedgerBalanced } from "../support/ledger.ts";
 import { applyExample, startScenario, type Scenario } from "../support/scenario.ts";
 
 describe("product 5: credit keys with budgets", () => {
@@ -19,6 +20,10 @@ describe("product 5: credit keys with budgets", () => {
   beforeAll(async () => {
     s = await startScenario("2026-04-10T00:00:00Z");
     await applyExample(s.c, "credit-budget.yaml");
+  });
+  // Every test starts from its own account with two credit keys: tests run alone or in any order.
+  beforeEach(async () => {
+    s.clock.set(Date.parse("2026-04-10T00:00:00Z"));
     k1 = await seedAccount(s.c, "credit");
     k2 = await addKey(s.c, k1.accountId, k1.subscriptionId);
   });
@@ -31,6 +36,8 @@ describe("product 5: credit keys with budgets", () => {
       target: { case: "credit", value: { amount: { units: dollars } } },
       funding: { case: "external", value: { reference, amount: { units: dollars }, provider: "stripe" } },
     });
+  /** $10 of credit from a payment reference of this account's own. */
+  const funded = async () => expect(micros((await depositCredit(`cs_${k1.accountId}`, 10n)).creditBalance)).toBe(10_000_000n);
   const credit = async () => (await s.c.quota.getLimits({ accountId: k1.accountId })).credit!;
   const micros = (m: { units: bigint; nanos: number } | undefined) => m!.units * 1_000_000n + BigInt(m!.nanos / 1000);
 
@@ -50,6 +57,7 @@ describe("product 5: credit keys with budgets", () => {
   });
 
   it("reserves the estimated spend and settles the actual, above or below the estimate", async () => {
+    await funded();
     const r1 = await s.c.quota.checkAndReserve({ apiKey: k1.apiKey, product: "chat", method: "complete", meters: { tokens: 1000n } });
     expect(r1).toMatchObject({ decision: Decision.ALLOWED, reservedSpendMicros: 2200n }); // $0.0002 + 1,000 x $0.000002
     const s1 = await s.c.quota.release({ reservationId: r1.reservationId, outcome: Outcome.COMMIT, actualMeters: { tokens: 5000n } });
@@ -63,6 +71,7 @@ describe("product 5: credit keys with budgets", () => {
   });
 
   it("limits each key to 60 requests per minute", async () => {
+    await funded();
     s.clock.advance(60_000);
     for (let i = 0; i < 60; i++) {
       const a = await s.c.quota.checkAndReserve({ apiKey: k2.apiKey, product: "chat", method: "ping" });
@@ -75,6 +84,7 @@ describe("product 5: credit keys with budgets", () => {
   });
 
   it("fails with BUDGET_EXHAUSTED when spend would pass the budget; credits never expire", async () => {
+    await funded();
     s.clock.advance(60_000);
     const left = micros((await credit()).remaining);
     const all = await s.c.quota.checkAndReserve({ apiKey: k1.apiKey, product: "chat", method: "batch", estimatedSpendMicros: left });
@@ -88,6 +98,7 @@ describe("product 5: credit keys with budgets", () => {
   });
 
   it("posts the spend to the ledger: the credit wallet follows it and every transaction balances", async () => {
+    await funded();
     // An actual spend above the estimate at the very end of the budget: admitted (the call happened), the excess
     // is owed — posted as a receivable, never a negative wallet.
     const left = micros((await credit()).remaining);
@@ -106,8 +117,8 @@ describe("product 5: credit keys with budgets", () => {
     expect(micros(c.spent)).toBe(10_300_000n);
     const usage = (await s.c.admin.listLedger({ accountId: k1.accountId }, ADMIN)).transactions.filter((t) => t.type === "usage");
     expect(usage.length).toBeGreaterThan(0);
+    await assertLedgerBalanced(s.t.databaseUrl); // per transaction and currency; the wallet equals its postings
     const totals = await s.t.app.db.postingTotals();
-    expect(totals.reduce((sum, x) => sum + x.total, 0n)).toBe(0n);
     expect(totals.find((x) => x.ledgerAccount === `wallet:${k1.accountId}:credit`)!.total).toBe(micros(wallet.balance));
   });
 });

@@ -5,7 +5,7 @@
  * account keeps working outside the blocks.
  */
 import { status } from "@grpc/grpc-js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Outcome } from "../../src/gen/quota/v1/quota_pb.ts";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, codeOf, messageOf } from "../support/clients.ts";
@@ -22,6 +22,10 @@ describe("product 6: time-block subscriptions", () => {
     s = await startScenario("2026-05-01T00:00:00Z");
     await applyExample(s.c, "time-blocks.yaml");
     await applyExample(s.c, "credit-budget.yaml");
+  });
+  // Every test starts from its own account on May 1: tests run alone or in any order.
+  beforeEach(async () => {
+    s.clock.set(day(1, 0));
     pool = await seedAccount(s.c, "time-blocks-30d", { startsAt: day(1, 0), accessBlocks: ["europe"] });
     second = await addKey(s.c, pool.accountId, pool.subscriptionId);
     const credit = await seedAccount(s.c, "credit", { accountId: pool.accountId });

@@ -4,7 +4,7 @@
  * CHECK_ONLY and SHADOW modes.
  */
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Outcome, ReleaseState } from "../../src/gen/quota/v1/quota_pb.ts";
 import { Decision, DenyReason, Mode } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN } from "../support/clients.ts";
@@ -38,6 +38,8 @@ describe("reservations, grants and modes", () => {
     s = await startScenario("2026-07-01T00:00:00Z");
     await applyPlans(s.c, PLANS);
   });
+  // Each test seeds its own account; the clock starts over for each (tests run alone or in any order).
+  beforeEach(() => s.clock.set(Date.parse("2026-07-01T00:00:00Z")));
   afterAll(async () => s?.stop());
 
   const monthly = async (apiKey: string) => (await s.c.quota.getLimits({ apiKey })).subscriptions[0]!.limits.find((l) => l.name === "monthly")!;

@@ -2,8 +2,11 @@
  * Starts the whole service in-process for integration tests: its own Postgres database (created here, dropped on
  * stop), its own Redis key prefix, ports chosen by the OS, and a clock the test controls.
  */
+import { Redis } from "ioredis";
 import pg from "pg";
 import pino from "pino";
+import type { CounterStore } from "../../src/core/counter-store.ts";
+import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts";
 import { loadConfig } from "../../src/config/config.ts";
 import { startApp, type App } from "../../src/main.ts";
 import { ManualClock, TEST_DATABASE_URL, TEST_REDIS_URL, uniqueId } from "./env.ts";
@@ -51,6 +54,9 @@ export interface TestAppOptions {
   wrapDatabaseUrl?: (url: string) => string;
   /** Tracing for the app (observability tests: an in-memory exporter). */
   tracing?: import("../../src/observability/tracing.ts").Tracing;
+  /** Fault injection: the app gets `wrapStore(real Redis counter store)` (e.g. one that drops writes on demand).
+   * Production code is untouched: the app takes any CounterStore through `AppOptions.store`. */
+  wrapStore?: (store: CounterStore) => CounterStore;
 }
 
 export async function startTestApp(options: TestAppOptions = {}): Promise<TestApp> {
@@ -74,7 +80,13 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
     {},
     undefined,
   );
-  const app = await startApp(config, { ...(clock ? { clock } : {}), ...(options.tracing ? { tracing: options.tracing } : {}), logger: options.logger ?? pino({ level: "silent" }) });
+  let store: CounterStore | undefined;
+  if (options.wrapStore) {
+    if (options.redis === false) throw new Error("wrapStore wraps the Redis counter store: needs redis");
+    const redis = new Redis(config.redisUrl!, { enableAutoPipelining: true, maxRetriesPerRequest: 1 });
+    store = options.wrapStore(new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, ...(clock ? { clock: clock.now } : {}) }));
+  }
+  const app = await startApp(config, { ...(clock ? { clock } : {}), ...(store ? { store } : {}), ...(options.tracing ? { tracing: options.tracing } : {}), logger: options.logger ?? pino({ level: "silent" }) });
   return {
     app,
     clock: clock ?? new ManualClock(),

@@ -29,12 +29,23 @@ export function codeOf(e: unknown): number | undefined {
   return typeof c === "number" ? c : undefined;
 }
 
+/** The `x-error-reason` an error carries (gRPC trailing metadata, or the Connect error's headers), or "". */
+export function reasonOf(e: unknown): string {
+  if (e instanceof ConnectError) return e.metadata.get("x-error-reason") ?? "";
+  const md = (e as { metadata?: grpc.Metadata })?.metadata;
+  const v = md instanceof grpc.Metadata ? md.get("x-error-reason")[0] : undefined;
+  return v === undefined ? "" : String(v);
+}
+
 export function messageOf(e: unknown): string {
   if (e instanceof ConnectError) return e.rawMessage;
   return String((e as { details?: string })?.details ?? (e as Error)?.message ?? e);
 }
 
-function grpcJsClient<S extends GenServiceMethods>(service: GenService<S>, address: string, credentials?: grpc.ChannelCredentials): { client: Methods<S>; close: () => void } {
+/** Client-side deadline of every call (a hanging call fails the test instead of the runner). */
+const DEFAULT_CALL_TIMEOUT_MS = 15_000;
+
+function grpcJsClient<S extends GenServiceMethods>(service: GenService<S>, address: string, credentials?: grpc.ChannelCredentials, timeoutMs = DEFAULT_CALL_TIMEOUT_MS): { client: Methods<S>; close: () => void } {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   const desc = service as unknown as DescService;
   for (const m of desc.methods) {
@@ -56,13 +67,13 @@ function grpcJsClient<S extends GenServiceMethods>(service: GenService<S>, addre
       new Promise((resolve, reject) => {
         const md = new grpc.Metadata();
         for (const [k, v] of Object.entries(headers)) md.set(k, v);
-        raw[m.localName]!.call(raw, create(m.input as DescMessage, req as never), md, { deadline: Date.now() + 15_000 }, (err: unknown, res: unknown) => (err ? reject(err) : resolve(res)));
+        raw[m.localName]!.call(raw, create(m.input as DescMessage, req as never), md, { deadline: Date.now() + timeoutMs }, (err: unknown, res: unknown) => (err ? reject(err) : resolve(res)));
       });
   }
   return { client: client as Methods<S>, close: () => (raw as unknown as grpc.Client).close() };
 }
 
-function connectClient<S extends GenServiceMethods>(service: GenService<S>, baseUrl: string, protocol: Exclude<Protocol, "grpc-js">): Methods<S> {
+function connectClient<S extends GenServiceMethods>(service: GenService<S>, baseUrl: string, protocol: Exclude<Protocol, "grpc-js">, timeoutMs = DEFAULT_CALL_TIMEOUT_MS): Methods<S> {
   const transport =
     protocol === "connect"
       ? createConnectTransport({ baseUrl, httpVersion: "1.1" })
@@ -72,7 +83,7 @@ function connectClient<S extends GenServiceMethods>(service: GenService<S>, base
   const c = createClient(service, transport) as unknown as Client<GenService<S>> & Record<string, Function>;
   const out: Record<string, unknown> = {};
   for (const m of (service as unknown as DescService).methods) {
-    out[m.localName] = (req: object, headers: Record<string, string> = {}) => (c[m.localName] as (r: unknown, o: unknown) => Promise<unknown>)(req, { headers, timeoutMs: 15_000 });
+    out[m.localName] = (req: object, headers: Record<string, string> = {}) => (c[m.localName] as (r: unknown, o: unknown) => Promise<unknown>)(req, { headers, timeoutMs });
   }
   return out as Methods<S>;
 }
@@ -83,16 +94,16 @@ export interface Clients {
   close(): void;
 }
 
-export function clients(protocol: Protocol, ports: { grpc: number; http: number }, credentials?: grpc.ChannelCredentials, host = "127.0.0.1"): Clients {
+export function clients(protocol: Protocol, ports: { grpc: number; http: number }, credentials?: grpc.ChannelCredentials, host = "127.0.0.1", timeoutMs = DEFAULT_CALL_TIMEOUT_MS): Clients {
   if (protocol === "grpc-js") {
-    const q = grpcJsClient(QuotaService, `${host}:${ports.grpc}`, credentials);
-    const a = grpcJsClient(QuotaAdminService, `${host}:${ports.grpc}`, credentials);
+    const q = grpcJsClient(QuotaService, `${host}:${ports.grpc}`, credentials, timeoutMs);
+    const a = grpcJsClient(QuotaAdminService, `${host}:${ports.grpc}`, credentials, timeoutMs);
     return { quota: q.client as QuotaClient, admin: a.client as AdminClient, close: () => (q.close(), a.close()) };
   }
   const base = `http://${host}:${ports.http}`;
   return {
-    quota: connectClient(QuotaService, base, protocol) as QuotaClient,
-    admin: connectClient(QuotaAdminService, base, protocol) as AdminClient,
+    quota: connectClient(QuotaService, base, protocol, timeoutMs) as QuotaClient,
+    admin: connectClient(QuotaAdminService, base, protocol, timeoutMs) as AdminClient,
     close: () => {},
   };
 }

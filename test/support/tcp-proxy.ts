@@ -43,6 +43,11 @@ export class TcpProxy {
     return p;
   }
 
+  /** Client connections open through the proxy right now (e.g. to see that a service closed its Redis clients). */
+  get connections(): number {
+    return this.#pairs.size;
+  }
+
   cut(): void {
     this.#mode = "cut";
     for (const [a, b] of this.#pairs) {
