@@ -74,7 +74,8 @@ export async function lease(d: QuotaDeps, req: LeaseRequest): Promise<LeaseAnswe
   const closing = req.close.map((c, i) => {
     const parsed = parseLeaseId(c.leaseId);
     if (!parsed || parseReservationId(parsed.reservationId)?.keyId !== ctx.key.id) throw new InvalidArgumentError(`close[${i}].lease_id`, "is not a lease of this key");
-    if (c.usedCalls < 0n || c.usedCalls > MAX_LEASE_CALLS) throw new InvalidArgumentError(`close[${i}].used_calls`, `must be between 0 and ${MAX_LEASE_CALLS}`);
+    // Never more than was granted: a lease settles within what it reserved (no charge beyond it, no overage).
+    if (c.usedCalls < 0n || c.usedCalls > parsed.granted) throw new InvalidArgumentError(`close[${i}].used_calls`, `must be between 0 and the ${parsed.granted} calls granted`);
     return { ...parsed, usedCalls: c.usedCalls };
   });
   const units = BigInt(Object.hasOwn(plan.methods.costs, req.method) ? plan.methods.costs[req.method]! : plan.methods.default);
@@ -152,7 +153,7 @@ export async function lease(d: QuotaDeps, req: LeaseRequest): Promise<LeaseAnswe
       return {
         ...answer,
         decision: "ALLOWED",
-        leaseId: leaseIdOf(r.reservationId ?? cmd.reservationId, units, spend),
+        leaseId: leaseIdOf(r.reservationId ?? cmd.reservationId, units, spend, grant),
         grantedCalls: grant,
         expiresAt,
         limits: applied.map((a, i) => toStatus(a, r.states[i])),
@@ -177,12 +178,16 @@ function grantFor(asked: bigint, applied: AppliedLimit[], status: LimitStatusOut
   return grant < asked ? grant : asked;
 }
 
-/** A lease id is its reservation id with the per-call amounts it was granted at: `lease~<units>~<spend>~<reservation>`. */
-function leaseIdOf(reservationId: string, units: bigint, spend: bigint): string {
-  return `lease~${units}~${spend}~${reservationId}`;
+/**
+ * A lease id is its reservation id with what it was granted: `lease~<units per call>~<spend per call>~<calls>~<reservation>`.
+ * It is not a secret and not trusted for more than the reservation holds: the reserve script charged exactly
+ * calls × amounts, and a settlement beyond `calls` is refused.
+ */
+function leaseIdOf(reservationId: string, units: bigint, spend: bigint, granted: bigint): string {
+  return `lease~${units}~${spend}~${granted}~${reservationId}`;
 }
 
-function parseLeaseId(id: string): { reservationId: string; units: bigint; spend: bigint } | undefined {
-  const m = /^lease~(\d{1,16})~(\d{1,16})~(r~.{1,200})$/.exec(id);
-  return m ? { units: BigInt(m[1]!), spend: BigInt(m[2]!), reservationId: m[3]! } : undefined;
+function parseLeaseId(id: string): { reservationId: string; units: bigint; spend: bigint; granted: bigint } | undefined {
+  const m = /^lease~(\d{1,16})~(\d{1,16})~(\d{1,6})~(r~.{1,200})$/.exec(id);
+  return m ? { units: BigInt(m[1]!), spend: BigInt(m[2]!), granted: BigInt(m[3]!), reservationId: m[4]! } : undefined;
 }

@@ -96,6 +96,11 @@ describe("batches and leases", () => {
     expect(b.closed[0]).toMatchObject({ chargedCost: 120n, refundedCost: 129n });
     expect(b).toMatchObject({ decision: Decision.ALLOWED, grantedCalls: 10n, costPerCall: 1n });
     expect(await daily(k.apiKey)).toMatchObject({ used: 130n });
+    // A lease settles within what it was granted: more used calls than granted is refused and changes nothing.
+    const over = await s.c.quota.lease({ apiKey: k.apiKey, product: "p", method: "m", calls: 0n, close: [{ leaseId: b.leaseId, usedCalls: 11n }] }).catch((x) => x);
+    expect(codeOf(over)).toBe(status.INVALID_ARGUMENT);
+    expect(messageOf(over)).toBe("close[0].used_calls: must be between 0 and the 10 calls granted");
+    expect(await daily(k.apiKey)).toMatchObject({ used: 130n });
     // A lease of another key cannot be closed with this one.
     const other = await seedAccount(s.c, "l-quota");
     const e = await s.c.quota.lease({ apiKey: other.apiKey, product: "p", method: "m", calls: 0n, close: [{ leaseId: b.leaseId, usedCalls: 0n }] }).catch((x) => x);
