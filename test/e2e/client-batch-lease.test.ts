@@ -347,6 +347,37 @@ describe("leases", () => {
     }
   });
 
+  it("a caller waiting on another caller's Lease call keeps its own deadline and signal", async () => {
+    const sockets: net.Socket[] = [];
+    const silent = net.createServer((sock) => sockets.push(sock));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as net.AddressInfo).port;
+    const c = createQuotaClient({ address: `127.0.0.1:${port}`, leases: true, deadlineMs: 1500 });
+    try {
+      const ac = new AbortController();
+      const t0 = Date.now();
+      const times: number[] = [];
+      const stamp = <T>(p: Promise<T>, i: number) => p.finally(() => (times[i] = Date.now() - t0));
+      const all = Promise.allSettled([
+        stamp(c.checkAndReserve({ apiKey: "qa_a_b", product: "p", method: "m" }, { failureMode: "open" }), 0),
+        stamp(c.checkAndReserve({ apiKey: "qa_a_b", product: "p", method: "m" }, { deadlineMs: 200 }), 1),
+        stamp(c.checkAndReserve({ apiKey: "qa_a_b", product: "p", method: "m" }, { signal: ac.signal }), 2),
+      ]);
+      setTimeout(() => ac.abort(), 400);
+      const [first, short, aborted] = await all;
+      expect(first).toMatchObject({ status: "fulfilled", value: { allowed: true, failOpen: true, lease: undefined, unavailable: { kind: "deadline" } } });
+      expect(short).toMatchObject({ status: "fulfilled", value: { allowed: false, reason: "UNAVAILABLE", unavailable: { kind: "deadline" } } });
+      expect(aborted).toMatchObject({ status: "rejected", reason: { name: "QuotaCanceledError" } });
+      expect(times[1]).toBeLessThan(1000);
+      expect(times[2]).toBeLessThan(1000);
+      expect(times[0]).toBeGreaterThanOrEqual(1400);
+    } finally {
+      await c.close();
+      for (const s of sockets) s.destroy();
+      silent.close();
+    }
+  });
+
   it("expiry honoured: no local decision on a lease past its end; the next call takes a new lease and the old one is settled", async () => {
     const s = await seedAccount(admin, "cbl-400");
     const { counts, interceptor } = counter();

@@ -11,7 +11,7 @@
  */
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { QuotaCanceledError, QuotaInputError, QuotaRequestError, toQuotaError } from "./errors.ts";
+import { QuotaCanceledError, QuotaInputError, QuotaRequestError, QuotaUnavailableError, toQuotaError } from "./errors.ts";
 import type { QuotaService, LeaseResponse } from "./gen/quota/v1/quota_pb.ts";
 
 export interface LeaseOptions {
@@ -118,7 +118,14 @@ export class LeaseManager {
         return { local: { held: h, info: { leaseId: h.leaseId, remainingCalls: h.granted - h.used, usableUntil: new Date(h.usableUntil) } } };
       }
       s.acquiring ??= this.#acquire(s, call.timeoutMs, this.#o.calls).finally(() => (s.acquiring = undefined));
-      const outcome = await withSignal(s.acquiring, call.signal);
+      let outcome: Outcome;
+      try {
+        // The Lease call is shared by this key's waiting callers; each still waits only within its own deadline.
+        outcome = await wait(s.acquiring, call.signal, call.timeoutMs);
+      } catch (e) {
+        if (e instanceof QuotaUnavailableError) return { error: e };
+        throw e;
+      }
       if (outcome.kind === "denied") return { denied: outcome.response };
       if (outcome.kind === "error") return { error: outcome.error };
     }
@@ -198,13 +205,16 @@ export class LeaseManager {
   }
 }
 
-/** Waits for a shared promise, but rejects as this caller's own cancellation when its signal aborts. */
-function withSignal<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return p;
-  if (signal.aborted) return Promise.reject(new QuotaCanceledError());
+/** Waits for a shared promise within this caller's deadline; rejects as its own cancellation when its signal aborts. */
+function wait<T>(p: Promise<T>, signal: AbortSignal | undefined, timeoutMs: number): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new QuotaCanceledError());
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(new QuotaCanceledError());
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+    const timer = setTimeout(() => reject(new QuotaUnavailableError("deadline", "deadlineExceeded", "quota service: no lease within the deadline")), timeoutMs);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    });
   });
 }
