@@ -392,12 +392,13 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
         throw toQuotaError(e, o?.signal);
       }
     },
-    async close() {
-      try {
-        await leases?.close(deadlineMs);
-      } finally {
+    close() {
+      // Without leases the connection ends at once (as before); with leases, once they are settled.
+      if (!leases) {
         sessionManager?.abort();
+        return Promise.resolve();
       }
+      return leases.close(deadlineMs).finally(() => sessionManager?.abort());
     },
   };
 }
