@@ -304,6 +304,7 @@ describe("leases", () => {
       ),
     );
     const total = outs.reduce((a, o) => a + o.admitted, 0);
+    console.info(`client leases, 4 processes, quota 400: admitted ${total} (${outs.map((o) => o.admitted).join(" + ")}), Lease RPCs ${outs.reduce((a, o) => a + o.leaseRpcs, 0)}`);
     expect(total).toBeLessThanOrEqual(400);
     expect(outs.every((o) => o.admitted > 0 && o.checkRpcs === 0)).toBe(true);
     // Local decisions: far fewer Lease RPCs than admitted calls.

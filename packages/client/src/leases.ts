@@ -13,6 +13,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { QuotaCanceledError, QuotaInputError, QuotaRequestError, QuotaUnavailableError, toQuotaError } from "./errors.ts";
 import type { QuotaService, LeaseResponse } from "./gen/quota/v1/quota_pb.ts";
+import { Decision } from "./gen/quota/v1/types_pb.ts";
 
 export interface LeaseOptions {
   /** How many calls to ask for per lease, 1..100,000 (default 100). The server may grant fewer: at most a quarter
@@ -51,6 +52,7 @@ interface Held {
 type Outcome = { kind: "granted" } | { kind: "denied"; response: LeaseResponse } | { kind: "remote" } | { kind: "error"; error: unknown };
 
 interface KeyState {
+  id: string;
   ref: { apiKey: string; keyId: string; product: string; method: string };
   held: Held | undefined;
   /** Leases whose settlement has not been confirmed (a failed Lease call): sent again with the next one. Settling
@@ -104,7 +106,7 @@ export class LeaseManager {
     const id = `${ref.apiKey ? `a:${ref.apiKey}` : `k:${ref.keyId}`}\u0000${ref.product}\u0000${ref.method}`;
     let s = this.#states.get(id);
     if (!s) {
-      s = { ref, held: undefined, toClose: [], acquiring: undefined, remoteOnlyUntil: 0 };
+      s = { id, ref, held: undefined, toClose: [], acquiring: undefined, remoteOnlyUntil: 0 };
       this.#states.set(id, s);
     }
     // A few rounds: a fresh grant can be used up by this process's other callers before this one gets a turn.
@@ -165,7 +167,7 @@ export class LeaseManager {
     }
     s.toClose = [];
     if (calls === 0) return { kind: "granted" };
-    if (r.decision !== 1 /* ALLOWED */ || r.grantedCalls <= 0n) return { kind: "denied", response: r };
+    if (r.decision !== Decision.ALLOWED || r.grantedCalls <= 0n) return { kind: "denied", response: r };
     // Never past the server's end, nor past our own clock's view of it (the send time plus the TTL asked for).
     const end = Math.min(r.expiresAt ? timestampMs(r.expiresAt) : sentAt + this.#o.ttlMs, sentAt + this.#o.ttlMs);
     const held: Held = {
@@ -189,7 +191,12 @@ export class LeaseManager {
   #onEnd(s: KeyState, h: Held): void {
     if (s.held !== h || s.acquiring) return;
     const busy = h.lastUsedAt >= h.usableUntil - this.#o.ttlMs / 2;
-    s.acquiring = this.#acquire(s, 10_000, busy ? this.#o.calls : 0).finally(() => (s.acquiring = undefined));
+    s.acquiring = this.#acquire(s, 10_000, busy ? this.#o.calls : 0).finally(() => {
+      s.acquiring = undefined;
+      // An idle key holds nothing any more: forget it (a later call starts afresh), so the map stays bounded by the
+      // keys in use.
+      if (!busy && !s.held && s.toClose.length === 0 && this.#states.get(s.id) === s && Date.now() >= s.remoteOnlyUntil) this.#states.delete(s.id);
+    });
   }
 
   /** Settles every held lease (one Lease call with `calls: 0` per key); failures leave them to expire, charged. */
