@@ -136,7 +136,7 @@ describe("middleware rules", () => {
     const headers = { "RateLimit-Policy": '"rps";q=10;w=1', RateLimit: '"rps";r=0;t=1', "X-UnitsLimit-Quota-Used": "5", "Retry-After": "1" };
     const common = { limits: [], headers, cost: 0n, reservedSpendMicros: 0n, replayed: false, unavailable: undefined };
     const denied = { ...common, allowed: false, decision: "DENIED", reason: "RATE_LIMITED", deniedLimit: "rps", availableAt: undefined, retryAfterMs: 900 } as const;
-    const allowed = { ...common, allowed: true, decision: "ALLOWED", reason: undefined, reservationId: "r", overage: false, failOpen: false, shadowReason: undefined, retryAfterMs: undefined } as const;
+    const allowed = { ...common, allowed: true, decision: "ALLOWED", reason: undefined, reservationId: "r", lease: undefined, overage: false, failOpen: false, shadowReason: undefined, retryAfterMs: undefined } as const;
     expect(headersFor({ standardHeaders: true, quotaHeaders: true }, denied)).toEqual(headers);
     expect(headersFor({ standardHeaders: false, quotaHeaders: true }, denied)).toEqual({ "X-UnitsLimit-Quota-Used": "5", "Retry-After": "1" });
     expect(headersFor({ standardHeaders: true, quotaHeaders: false }, allowed)).toEqual({ "RateLimit-Policy": '"rps";q=10;w=1', RateLimit: '"rps";r=0;t=1' });

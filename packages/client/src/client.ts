@@ -11,9 +11,14 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
+import { Batcher, checkBatchingOptions, type BatchingOptions, type ItemResult } from "./batching.ts";
 import { QuotaInputError, QuotaUnavailableError, toQuotaError } from "./errors.ts";
+import { LeaseManager, checkLeaseOptions, type LeaseInfo, type LeaseOptions } from "./leases.ts";
 import {
   CheckAndReserveRequestSchema,
+  type BatchItemError,
+  type LeaseResponse,
+  type ReleaseResponse,
   type CheckAndReserveRequest,
   type CheckAndReserveResponse,
   type GetLimitsRequestSchema,
@@ -61,6 +66,19 @@ export interface QuotaClientOptions {
   httpVersion?: "1.1" | "2";
   /** Extra connect interceptors (tracing, logging), applied after the token. */
   interceptors?: Interceptor[];
+  /**
+   * Automatic batching (off by default): the `checkAndReserve` calls issued in the same tick (or within
+   * `maxDelayMs`) go as ONE CheckAndReserveBatch, and the `release` calls as one ReleaseBatch; each promise still
+   * settles with its own answer or error, deadline, signal and failure policy. `true` means `{}` (maxBatch 100,
+   * maxDelayMs 0). Calls with their own `headers` are sent alone. Needs a server with the batch RPCs.
+   */
+  batching?: BatchingOptions | boolean;
+  /**
+   * Local leases (off by default): fixed-cost ENFORCE calls are admitted in this process on leases of `calls` calls
+   * taken in advance from the server, with no RPC per call. A locally admitted call has no reservation
+   * (`reservationId` undefined, `lease` set): there is nothing to release. `true` means `{}`. See the README.
+   */
+  leases?: LeaseOptions | boolean;
 }
 
 export interface CallOptions {
@@ -75,6 +93,10 @@ export interface CallOptions {
 export interface CheckOptions extends CallOptions {
   /** This call's failure policy, replacing the client's. */
   failureMode?: FailureMode;
+  /** With `leases` on: `false` decides this call remotely (a reservation you want to release with its actual
+   * cost). Calls with `cost`, `estimatedSpendMicros`, `meters`, `idempotencyId`, `reservationTtlMs` or a mode other
+   * than ENFORCE are always remote. */
+  lease?: boolean;
 }
 
 export type Mode = "ENFORCE" | "CHECK_ONLY" | "SHADOW";
@@ -154,8 +176,12 @@ export interface AllowedResult extends CheckResultCommon {
   allowed: true;
   decision: "ALLOWED";
   reason: undefined;
-  /** The reservation to release; undefined in CHECK_ONLY mode and when admitted by a fail-open policy. */
+  /** The reservation to release; undefined in CHECK_ONLY mode, when admitted by a fail-open policy and when
+   * admitted locally on a lease (`lease` set). Undefined means: nothing to release. */
   reservationId: string | undefined;
+  /** Set when this process admitted the call on a lease, without an RPC (no reservation: nothing to release; the
+   * lease is settled by the client). Undefined for remote decisions. */
+  lease: LeaseInfo | undefined;
   /** Admitted past an exhausted quota because overage is enabled for the key. */
   overage: boolean;
   /** Admitted without counting because the counter store (server side) or the service (client side,
@@ -215,16 +241,16 @@ export interface QuotaClient {
   getLimits(request: GetLimitsRequest, options?: CallOptions): Promise<GetLimitsResponse>;
   /** The client's failure policy. */
   readonly failureMode: FailureMode;
-  /** Closes the HTTP/2 connection; calls after close reconnect. */
-  close(): void;
+  /** Settles the open leases (one Lease call per key, within the client's deadline), then closes the HTTP/2
+   * connection; calls after close reconnect. Await it to know the leases are settled. */
+  close(): Promise<void>;
 }
 
 /**
- * How one decision reaches the server. Today a decision is one CheckAndReserve RPC. Automatic batching (the planned
- * CheckAndReserveBatch RPC, not on the server yet) is another implementation of this interface: it collects the
- * decisions issued in the same tick, sends them as one message and resolves each promise with its own answer or
- * error. Everything around it — input validation, per-call deadlines and signals, the failure policy, the result
- * shape — is per decision already, so callers and middleware do not change when it lands.
+ * How one decision reaches the server: one CheckAndReserve RPC (`direct`), or automatic batching (`batching.ts`),
+ * which collects the decisions issued in the same tick, sends them as one CheckAndReserveBatch and resolves each
+ * promise with its own answer or error. Everything around it — input validation, per-call deadlines and signals,
+ * the failure policy, the result shape — is per decision, so callers and middleware do not change with it.
  */
 interface DecisionPath {
   decide(request: CheckAndReserveRequest, call: { timeoutMs: number; signal?: AbortSignal; headers?: Record<string, string> }): Promise<CheckAndReserveResponse>;
@@ -280,6 +306,37 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
   }
   const rpc: Client<typeof QuotaService> = createClient(QuotaService, transport);
   const direct: DecisionPath = { decide: (request, call) => rpc.checkAndReserve(request, call) };
+  const batchOptions = options.batching === undefined || options.batching === false ? undefined : checkBatchingOptions("batching", options.batching);
+  let path = direct;
+  let releaseOne = (request: ReturnType<typeof toReleaseRequest>, call: ReturnType<typeof callOf>) => rpc.release(request, call);
+  if (batchOptions) {
+    const decisions = new Batcher<CheckAndReserveRequest, CheckAndReserveResponse>(
+      async (requests, call) => (await rpc.checkAndReserveBatch({ requests }, call)).results.map((r) => itemOf(r.result)),
+      batchOptions,
+    );
+    const releases = new Batcher<ReturnType<typeof toReleaseRequest>, ReleaseResponse>(
+      async (requests, call) => (await rpc.releaseBatch({ requests }, call)).results.map((r) => itemOf(r.result)),
+      batchOptions,
+    );
+    // A call with its own headers (metadata) cannot share a message with others: it goes alone.
+    path = { decide: (request, call) => (call.headers ? direct.decide(request, call) : decisions.submit(request, call)) };
+    const single = releaseOne;
+    releaseOne = (request, call) => (call.headers ? single(request, call) : releases.submit(request, call));
+  }
+  const leaseOptions = options.leases === undefined || options.leases === false ? undefined : checkLeaseOptions("leases", options.leases);
+  const leases = leaseOptions ? new LeaseManager(rpc, leaseOptions) : undefined;
+
+  const remoteCheck = async (message: CheckAndReserveRequest, mode: FailureMode, call: ReturnType<typeof callOf>, signal: AbortSignal | undefined): Promise<CheckResult> => {
+    let response: CheckAndReserveResponse;
+    try {
+      response = await path.decide(message, call);
+    } catch (e) {
+      const err = toQuotaError(e, signal);
+      if (err instanceof QuotaUnavailableError) return unavailableResult(err, mode);
+      throw err;
+    }
+    return fromCheckResponse(response);
+  };
 
   const callOf = (o: CallOptions | undefined, fallbackMs: number) => ({
     timeoutMs: o?.deadlineMs === undefined ? fallbackMs : positiveMs("deadlineMs", o.deadlineMs),
@@ -294,20 +351,21 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
       const mode = o?.failureMode ?? failureMode;
       checkFailureMode("failureMode", mode);
       const call = callOf(o, deadlineMs);
-      let response: CheckAndReserveResponse;
-      try {
-        response = await direct.decide(message, call);
-      } catch (e) {
-        const err = toQuotaError(e, o?.signal);
-        if (err instanceof QuotaUnavailableError) return unavailableResult(err, mode);
-        throw err;
+      if (leases && o?.lease !== false && leasable(request, message)) {
+        const d = await leases.decide({ apiKey: message.apiKey, keyId: message.keyId, product: message.product, method: message.method }, call);
+        if (d.local) return localResult(d.local.held.response, d.local.info);
+        if (d.denied) return fromLeaseDenial(d.denied);
+        if (d.error !== undefined) {
+          if (d.error instanceof QuotaUnavailableError) return unavailableResult(d.error, mode);
+          throw d.error;
+        }
       }
-      return fromCheckResponse(response);
+      return remoteCheck(message, mode, call, o?.signal);
     },
     async release(request, o) {
       const message = toReleaseRequest(request);
       try {
-        const r = await rpc.release(message, callOf(o, deadlineMs));
+        const r = await releaseOne(message, callOf(o, deadlineMs));
         return {
           state: enumName(ReleaseStateSchema, r.state) as ReleaseState,
           chargedCost: r.chargedCost,
@@ -335,7 +393,12 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
       }
     },
     close() {
-      sessionManager?.abort();
+      // Without leases the connection ends at once (as before); with leases, once they are settled.
+      if (!leases) {
+        sessionManager?.abort();
+        return Promise.resolve();
+      }
+      return leases.close(deadlineMs).finally(() => sessionManager?.abort());
     },
   };
 }
@@ -470,6 +533,7 @@ function fromCheckResponse(r: CheckAndReserveResponse): CheckResult {
       decision: "ALLOWED",
       reason: undefined,
       reservationId: r.reservationId || undefined,
+      lease: undefined,
       overage: r.overage,
       failOpen: r.failOpen,
       shadowReason: r.shadowReason ? (enumName(DenyReasonSchema, r.shadowReason) as DenyReason) : undefined,
@@ -489,7 +553,68 @@ function fromCheckResponse(r: CheckAndReserveResponse): CheckResult {
 function unavailableResult(error: QuotaUnavailableError, mode: FailureMode): CheckResult {
   const common: CheckResultCommon = { limits: [], headers: {}, retryAfterMs: undefined, cost: 0n, reservedSpendMicros: 0n, replayed: false, unavailable: error };
   if (mode === "open") {
-    return { ...common, allowed: true, decision: "ALLOWED", reason: undefined, reservationId: undefined, overage: false, failOpen: true, shadowReason: undefined };
+    return { ...common, allowed: true, decision: "ALLOWED", reason: undefined, reservationId: undefined, lease: undefined, overage: false, failOpen: true, shadowReason: undefined };
   }
   return { ...common, allowed: false, decision: "DENIED", reason: "UNAVAILABLE", deniedLimit: "", availableAt: undefined };
+}
+
+/** A batch item's oneof as the batcher's result. */
+function itemOf<R>(r: { case: "response"; value: R } | { case: "error"; value: BatchItemError } | { case: undefined; value?: undefined }): ItemResult<R> {
+  if (r.case === "response") return { response: r.value };
+  if (r.case === "error") return { error: { code: r.value.code, message: r.value.message, reason: r.value.reason } };
+  return { error: { code: 13, message: "batch item without a result", reason: "" } };
+}
+
+/** Only fixed-cost ENFORCE calls can be decided on a lease (a lease charges the method's plan weight per call). */
+function leasable(r: CheckRequest, m: CheckAndReserveRequest): boolean {
+  return (
+    r.cost === undefined &&
+    r.estimatedSpendMicros === undefined &&
+    Object.keys(m.meters).length === 0 &&
+    !m.idempotencyId &&
+    r.reservationTtlMs === undefined &&
+    (m.mode === ModeEnum.MODE_UNSPECIFIED || m.mode === ModeEnum.ENFORCE)
+  );
+}
+
+/** A call admitted in this process on a lease: no reservation, the limits as the server reported them when it
+ * granted the lease (the leased calls already counted as used), no headers (nothing fresh to report). */
+function localResult(lease: LeaseResponse, info: LeaseInfo): AllowedResult {
+  return {
+    limits: lease.limits.map(fromLimit),
+    headers: {},
+    retryAfterMs: undefined,
+    cost: lease.costPerCall,
+    reservedSpendMicros: lease.spendPerCallMicros,
+    replayed: false,
+    unavailable: undefined,
+    allowed: true,
+    decision: "ALLOWED",
+    reason: undefined,
+    reservationId: undefined,
+    lease: info,
+    overage: false,
+    failOpen: false,
+    shadowReason: undefined,
+  };
+}
+
+/** The server could grant no call: a denial as CheckAndReserve would answer it. */
+function fromLeaseDenial(r: LeaseResponse): DeniedResult {
+  const reason = (r.reason ? enumName(DenyReasonSchema, r.reason) : "QUOTA_EXHAUSTED") as DenyReason;
+  const limits = r.limits.map(fromLimit);
+  return {
+    limits,
+    headers: {},
+    retryAfterMs: toMs(r.retryAfter),
+    cost: 0n,
+    reservedSpendMicros: 0n,
+    replayed: false,
+    unavailable: undefined,
+    allowed: false,
+    decision: "DENIED",
+    reason,
+    deniedLimit: limits.find((l) => l.exceeded)?.name ?? "",
+    availableAt: undefined,
+  };
 }

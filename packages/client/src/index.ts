@@ -26,6 +26,8 @@ export {
   type TopUpRequest,
   type TransportKind,
 } from "./client.ts";
+export type { BatchingOptions } from "./batching.ts";
+export type { LeaseInfo, LeaseOptions } from "./leases.ts";
 export { QuotaCanceledError, QuotaError, QuotaInputError, QuotaRequestError, QuotaUnavailableError, type UnavailableKind } from "./errors.ts";
 export { statusFor, type Denial, type DenialReason, type ErrorPhase, type QuotaMiddlewareOptions } from "./middleware/core.ts";
 /** The generated messages of QuotaService (for `topUp` / `getLimits` shapes and their enums). */
