@@ -107,9 +107,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: config.storeDeadlineMs,
+    idempotencyWaitMs: config.idempotencyWaitMs,
     onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
-  const admin = new AdminService({ db, clock, bus, capacity, quota });
+  const admin = new AdminService({ db, clock, bus, capacity, quota, idempotencyWaitMs: config.idempotencyWaitMs });
 
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");

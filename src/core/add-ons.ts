@@ -7,6 +7,7 @@ import { activeAddOn } from "./limits.ts";
 import { formatMicros } from "./money.ts";
 import { addOnMonthlyPrice } from "./plan.ts";
 import type { SubscriptionRecord, TransactionRecord, UnitOfWork } from "./ports.ts";
+import { own } from "./validation.ts";
 
 const fieldPath = (parent: string, name: string) => (parent ? `${parent}.${name}` : name);
 
@@ -20,7 +21,7 @@ export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, pack
   }
   const postings: TransactionRecord["postings"] = [];
   let description: string;
-  const previous = sub.addOns[spec.name];
+  const previous = own(sub.addOns, spec.name);
   if (!packageId) {
     if (!previous) throw new FailedPreconditionError("NO_ADD_ON", `no add-on is active on ${spec.name}`);
     delete sub.addOns[spec.name];

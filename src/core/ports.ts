@@ -146,6 +146,15 @@ export interface UnitOfWork {
   insertTransaction(t: TransactionRecord): Promise<void>;
   getIdempotency(scope: string, key: string): Promise<IdempotencyRecord | null>;
   putIdempotency(r: IdempotencyRecord): Promise<void>;
+  /**
+   * Claims an idempotency key for this transaction before its work starts (a pending record, written now). A
+   * concurrent claim of the same key waits for this transaction: when it commits, the waiter fails with
+   * DuplicateKeyError (and answers with the committed result); when it rolls back, the waiter proceeds. A wait
+   * longer than `waitMs` throws ABORTED / IDEMPOTENCY_IN_PROGRESS (retryable).
+   */
+  claimIdempotency(r: { scope: string; key: string; requestHash: string }, waitMs: number): Promise<void>;
+  /** Stores the result of a claimed key (same transaction). */
+  completeIdempotency(r: IdempotencyRecord): Promise<void>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
   bumpCapacityVersion(accountId: string): Promise<number>;
   /** The same for every account subscribed to one of these plans; returns those accounts. */

@@ -20,15 +20,17 @@ export interface QuotaServiceDeps {
   touched?: (accountId: string) => void;
   /** Counter-store deadline: past it the plan's failure mode answers. */
   storeDeadlineMs?: number;
+  /** How long a request waits for a concurrent one with the same idempotency key before ABORTED (ms). */
+  idempotencyWaitMs?: number;
   /** Counts decisions for metrics. */
   onDecision?: (event: { decision: string; reason: string; mode: Mode; failOpen: boolean }) => void;
 }
 
 /** The dependencies with their defaults filled in. */
-export type QuotaDeps = QuotaServiceDeps & { storeDeadlineMs: number };
+export type QuotaDeps = QuotaServiceDeps & { storeDeadlineMs: number; idempotencyWaitMs: number };
 
 export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
-  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50 };
+  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50, idempotencyWaitMs: deps.idempotencyWaitMs ?? 5_000 };
 }
 
 /** Deadline for counter-store calls: a slow store must not turn into a client timeout. */

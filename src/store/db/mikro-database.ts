@@ -5,7 +5,7 @@
 import { LockMode } from "@mikro-orm/core";
 import { classifyDbError } from "./db-errors.ts";
 import type { SqlEntityManager as EntityManager, MikroORM } from "@mikro-orm/postgresql";
-import { FailedPreconditionError } from "../../core/errors.ts";
+import { FailedPreconditionError, IdempotencyInProgressError } from "../../core/errors.ts";
 import type {
   AccountConfig,
   AccountRecord,
@@ -198,6 +198,23 @@ class MikroUnitOfWork implements UnitOfWork {
   }
   async putIdempotency(r: IdempotencyRecord) {
     await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
+  }
+  async claimIdempotency(r: { scope: string; key: string; requestHash: string }, waitMs: number) {
+    // The insert waits on a concurrent claim's uncommitted row (unique index); lock_timeout bounds that wait, for
+    // this statement only (set back before any other statement of the transaction).
+    await this.#em.execute(`set local lock_timeout = ${Math.max(1, Math.floor(waitMs))}`);
+    try {
+      await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: { pending: true } });
+    } catch (e) {
+      if ((e as { code?: string }).code === "55P03" || /lock timeout/i.test(String((e as Error).message))) {
+        throw new IdempotencyInProgressError(`a request with this ${r.scope === "payment" ? "payment reference" : "idempotency key"}`);
+      }
+      throw e;
+    }
+    await this.#em.execute(`set local lock_timeout = default`);
+  }
+  async completeIdempotency(r: IdempotencyRecord) {
+    await this.#em.nativeUpdate(IdempotencyEntity, { scope: r.scope, key: r.key }, { requestHash: r.requestHash, response: r.response as object });
   }
   async bumpCapacityVersionForPlans(planIds: string[]): Promise<string[]> {
     if (planIds.length === 0) return [];
