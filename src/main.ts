@@ -59,7 +59,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const clock = options.clock ?? systemClock;
   logger.info({ config: redact(config) }, "starting quota-authority");
 
-  const orm = await openOrm(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir });
+  const orm = await openOrm(
+    config.databaseUrl
+      ? { url: config.databaseUrl, connectTimeoutMs: config.dbConnectTimeoutMs, statementTimeoutMs: config.dbStatementTimeoutMs }
+      : { dataDir: config.dataDir },
+  );
   const db = new MikroDatabase(orm as never);
   if (config.migrateOnStart) {
     const applied = await migrate(orm);
@@ -83,7 +87,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     });
     redis.on("error", (e) => logger.warn({ err: e.message }, "redis error"));
     store = new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, ...(options.clock ? { clock: options.clock.now } : {}) });
-    bus = new RedisChangeBus(redis, `${config.redisKeyPrefix}changes`);
+    bus = new RedisChangeBus(redis, `${config.redisKeyPrefix}changes`, {
+      warn: (msg, err) => logger.warn({ err: err instanceof Error ? err.message : err }, msg),
+      info: (msg) => logger.info(msg),
+    });
   } else {
     store = new InMemoryCounterStore(options.clock ? { clock: options.clock.now } : {});
     bus = new LocalChangeBus();
@@ -94,7 +101,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const decisions = new Counter({ name: "quota_decisions_total", help: "CheckAndReserve decisions", labelNames: ["decision", "reason", "mode", "fail_open"], registers: [metrics] });
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
-  const keys = new KeyCache(db, clock);
+  const keys = new KeyCache(db, clock, {
+    ttlMs: config.keyCacheTtlMs,
+    negativeTtlMs: config.keyCacheNegativeTtlMs,
+    maxEntries: config.keyCacheMaxEntries,
+    onRefreshError: (keyId, err) => logger.warn({ keyId, err: String(err) }, "key refresh failed; serving the cached entry"),
+  });
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db, store, clock, bus });
   const flusher = new UsageFlusher({ db, store, clock });

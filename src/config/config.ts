@@ -40,9 +40,10 @@ const schema = z.strictObject({
   tlsCertFile: z.string().default(""),
   tlsClientCaFile: z.string().default(""),
   /** A request waits at most this long for a concurrent one with the same idempotency key, then ABORTED (ms). */
-  idempotencyWaitMs: z.coerce.number().int().min(1).max(60_000).default(5_000),
-  /** Postgres: connecting may take this long (ms); a statement this long is cancelled (ms). Bounds every call. */
-  dbConnectTimeoutMs: z.coerce.number().int().min(100).max(60_000).default(2_000),
+  idempotencyWaitMs: z.coerce.number().int().min(1).max(60_000).default(200),
+  /** Postgres: connecting (or waiting for a pooled connection) may take this long (ms); a statement this long is
+   * cancelled (ms). Together they bound every Postgres call. */
+  dbConnectTimeoutMs: z.coerce.number().int().min(100).max(60_000).default(5_000),
   dbStatementTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
   /** Key cache: entries are refreshed in the background after this age (ms); stale entries keep serving meanwhile. */
   keyCacheTtlMs: z.coerce.number().int().min(100).max(3_600_000).default(60_000),

@@ -62,7 +62,7 @@ export class AdminService {
             return decode(prior.response);
           }
           // Claimed before the work: a concurrent retry waits for this one and then answers with its result.
-          await uow.claimIdempotency({ scope, key: requestId, requestHash: hash }, this.#d.idempotencyWaitMs ?? 5_000);
+          await uow.claimIdempotency({ scope, key: requestId, requestHash: hash }, this.#d.idempotencyWaitMs ?? 200);
         }
         const result = await work(uow);
         if (requestId) await uow.completeIdempotency({ scope, key: requestId, requestHash: hash, response: encode(result) });
@@ -311,6 +311,8 @@ export class AdminService {
         };
       },
     );
+    // Replicas that looked this key id up before it existed remember it as unknown: tell them.
+    if (fresh) await this.#d.bus.publish(key.accountId);
     // The secret exists only in this answer: a retried create returns the key without it.
     return { key, apiKey: fresh ? formatApiKey(key.id, secret) : "" };
   }

@@ -27,10 +27,16 @@ export interface QuotaServiceDeps {
 }
 
 /** The dependencies with their defaults filled in. */
-export type QuotaDeps = QuotaServiceDeps & { storeDeadlineMs: number; idempotencyWaitMs: number };
+export type QuotaDeps = QuotaServiceDeps & {
+  storeDeadlineMs: number;
+  idempotencyWaitMs: number;
+  /** TopUps running in this process, by idempotency scope and key: a repeat waits for the first without holding a
+   * database connection. */
+  topUpsInFlight: Map<string, Promise<unknown>>;
+};
 
 export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
-  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50, idempotencyWaitMs: deps.idempotencyWaitMs ?? 5_000 };
+  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50, idempotencyWaitMs: deps.idempotencyWaitMs ?? 200, topUpsInFlight: new Map() };
 }
 
 /** Deadline for counter-store calls: a slow store must not turn into a client timeout. */

@@ -96,6 +96,23 @@ export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest, opt
   const scope = `topup:${accountId}`;
   const payment = req.funding.case === "external" ? { reference: req.funding.reference, hash: paymentHash(accountId, key, req) } : undefined;
   const referenceField = options.referenceField ?? "external.reference";
+  // A repeat of a TopUp still running in this process waits for it (holding no connection), then looks its result up.
+  const flight = `${scope}\u0000${req.idempotencyKey}`;
+  for (let earlier = d.topUpsInFlight.get(flight); earlier; earlier = d.topUpsInFlight.get(flight)) await earlier.catch(() => {});
+  const run = commitTopUp(d, req, { accountId, key, scope, requestHash, payment, referenceField });
+  d.topUpsInFlight.set(flight, run);
+  try {
+    return await run;
+  } finally {
+    d.topUpsInFlight.delete(flight);
+  }
+}
+
+async function commitTopUp(
+  d: QuotaDeps,
+  req: TopUpRequest,
+  { accountId, key, scope, requestHash, payment, referenceField }: { accountId: string; key: KeyRecord | undefined; scope: string; requestHash: string; payment: { reference: string; hash: string } | undefined; referenceField: string },
+): Promise<TopUpAnswer> {
   const now = d.clock.now();
   let answer: TopUpAnswer;
   try {

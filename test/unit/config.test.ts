@@ -53,8 +53,8 @@ describe("configuration", () => {
 
   it("issue 7 keys: defaults, environment names and bounds", () => {
     expect(loadConfig({})).toMatchObject({
-      idempotencyWaitMs: 5_000,
-      dbConnectTimeoutMs: 2_000,
+      idempotencyWaitMs: 200,
+      dbConnectTimeoutMs: 5_000,
       dbStatementTimeoutMs: 5_000,
       keyCacheTtlMs: 60_000,
       keyCacheNegativeTtlMs: 5_000,

@@ -206,7 +206,9 @@ class MikroUnitOfWork implements UnitOfWork {
     try {
       await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: { pending: true } });
     } catch (e) {
-      if ((e as { code?: string }).code === "55P03" || /lock timeout/i.test(String((e as Error).message))) {
+      // 55P03: our lock_timeout; 57014: the statement timeout came first. Either way the other request still runs.
+      const code = (e as { code?: string }).code;
+      if (code === "55P03" || code === "57014" || /lock timeout|statement timeout/i.test(String((e as Error).message))) {
         throw new IdempotencyInProgressError(`a request with this ${r.scope === "payment" ? "payment reference" : "idempotency key"}`);
       }
       throw e;
