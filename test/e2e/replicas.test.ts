@@ -4,6 +4,8 @@
  * also after B's subscriber connection was dropped; and concurrent TopUps that repeat an idempotency key across both
  * replicas never get an answer the first attempt would not get.
  */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { status, type ServiceError } from "@grpc/grpc-js";
 import { Redis } from "ioredis";
@@ -12,7 +14,9 @@ import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN, clients, codeOf, messageOf, type Clients } from "../support/clients.ts";
 import { TEST_REDIS_URL } from "../support/env.ts";
 import { addKey, deposit, seedAccount } from "../support/fixtures.ts";
-import { ServerProcess } from "../support/server-process.ts";
+import { REPO_ROOT, ServerProcess } from "../support/server-process.ts";
+
+const run = promisify(execFile);
 
 const plans = (monthly: number) => `
 plans:
@@ -143,4 +147,13 @@ describe("replicas: changes on A reach B; idempotency across replicas", () => {
       await db.end();
     }
   }, 90_000);
+
+  it("item 6: server reflection lists grpc.health.v1.Health, and `buf curl .../grpc.health.v1.Health/Check` answers from reflection alone", async () => {
+    const buf = `${REPO_ROOT}node_modules/.bin/buf`;
+    const base = `http://127.0.0.1:${a.grpcPort}`;
+    const list = await run(buf, ["curl", "--list-services", "--protocol", "grpc", "--http2-prior-knowledge", base], { timeout: 20_000, cwd: REPO_ROOT });
+    expect(list.stdout.split("\n").map((l) => l.trim())).toContain("grpc.health.v1.Health");
+    const check = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", "{}", `${base}/grpc.health.v1.Health/Check`], { timeout: 20_000, cwd: REPO_ROOT });
+    expect(JSON.parse(check.stdout)).toEqual({ status: "SERVING" });
+  }, 60_000);
 });

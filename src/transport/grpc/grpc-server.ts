@@ -5,7 +5,7 @@
  * Requests are decoded inside the handler (not by grpc-js) so malformed bytes answer INVALID_ARGUMENT, not INTERNAL.
  */
 import * as grpc from "@grpc/grpc-js";
-import { fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { DescFile } from "@bufbuild/protobuf";
 import { HealthImplementation } from "grpc-health-check";
@@ -36,6 +36,31 @@ export interface RunningGrpcServer {
 }
 
 type Handler = (req: never, ctx: CallContext) => Promise<unknown>;
+
+/** grpc/health/v1/health.proto (the standard health service served by grpc-health-check), for reflection. */
+const HEALTH_PROTO = create(FileDescriptorProtoSchema, {
+  name: "grpc/health/v1/health.proto",
+  package: "grpc.health.v1",
+  syntax: "proto3",
+  messageType: [
+    { name: "HealthCheckRequest", field: [{ name: "service", number: 1, label: 1, type: 9, jsonName: "service" }] },
+    {
+      name: "HealthCheckResponse",
+      field: [{ name: "status", number: 1, label: 1, type: 14, typeName: ".grpc.health.v1.HealthCheckResponse.ServingStatus", jsonName: "status" }],
+      enumType: [{ name: "ServingStatus", value: [{ name: "UNKNOWN", number: 0 }, { name: "SERVING", number: 1 }, { name: "NOT_SERVING", number: 2 }, { name: "SERVICE_UNKNOWN", number: 3 }] }],
+    },
+  ],
+  service: [
+    {
+      name: "Health",
+      method: [
+        { name: "Check", inputType: ".grpc.health.v1.HealthCheckRequest", outputType: ".grpc.health.v1.HealthCheckResponse" },
+        { name: "Watch", inputType: ".grpc.health.v1.HealthCheckRequest", outputType: ".grpc.health.v1.HealthCheckResponse", serverStreaming: true },
+      ],
+    },
+  ],
+  options: { javaMultipleFiles: true, javaOuterClassname: "HealthProto", javaPackage: "io.grpc.health.v1", goPackage: "google.golang.org/grpc/health/grpc_health_v1", csharpNamespace: "Grpc.Health.V1" },
+});
 
 function allFiles(files: DescFile[]): DescFile[] {
   const seen = new Map<string, DescFile>();
@@ -125,6 +150,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
   const files = allFiles([file_quota_v1_quota, file_quota_v1_admin]);
   new ReflectionService({
     "quota.v1": { fileDescriptorProtos: files.map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto))) },
+    // grpc.health.v1 too: `grpcurl ... grpc.health.v1.Health/Check` (what operators type first) needs its descriptor.
+    "grpc.health.v1": { fileDescriptorProtos: [Buffer.from(toBinary(FileDescriptorProtoSchema, HEALTH_PROTO))] },
   } as never).addToServer(server);
 
   const credentials = opts.tls
