@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import pino, { type Logger } from "pino";
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Config } from "./config/config.ts";
 import { redact } from "./config/config.ts";
 import { AdminService } from "./core/admin-service.ts";
@@ -18,7 +18,7 @@ import { KeyCache } from "./core/key-cache.ts";
 import { systemClock, type ChangeBus, type Clock } from "./core/ports.ts";
 import { QuotaService } from "./core/quota-service.ts";
 import { UsageFlusher } from "./core/usage-flusher.ts";
-import { ResourceExhaustedError } from "./core/errors.ts";
+import { ResourceExhaustedError, UnavailableError } from "./core/errors.ts";
 import { migrate, openOrm } from "./store/db/orm.ts";
 import { MikroDatabase } from "./store/db/mikro-database.ts";
 import { InMemoryCounterStore } from "./store/memory/in-memory-counter-store.ts";
@@ -65,10 +65,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       : { dataDir: config.dataDir },
   );
   const db = new MikroDatabase(orm as never);
-  if (config.migrateOnStart) {
-    const applied = await migrate(orm);
-    if (applied.length) logger.info({ applied }, "migrations applied");
-  }
 
   let redis: Redis | undefined;
   let store: CounterStore;
@@ -98,6 +94,56 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
+  const dependencyUp = new Gauge({ name: "quota_dependency_up", help: "1 while the dependency answers (redis, postgres)", labelNames: ["dependency"], registers: [metrics] });
+  const evictionUnsafe = new Gauge({ name: "quota_redis_eviction_unsafe", help: "1 when Redis may evict keys (maxmemory-policy is not noeviction): usage can be lost and over-admitted", registers: [metrics] });
+
+  // Readiness = "can answer by policy": migrations done, Postgres reached once, the counter store reached once
+  // (with a safe eviction policy). Losing a dependency later does not make a replica unready — the hot path
+  // answers from cache and by the plan's failure mode, and taking every replica out on a blip would turn a
+  // partial outage into a total one; quota_dependency_up shows it instead. Liveness depends on nothing.
+  const readiness = { migrated: false, database: false, store: !redis, evictionOk: true, stopping: false };
+  const isReady = () => readiness.migrated && readiness.database && readiness.store && readiness.evictionOk && !readiness.stopping;
+  let onReadinessChange = () => {};
+  if (redis) {
+    const r = redis;
+    const checkRedis = async () => {
+      let policy: string;
+      try {
+        policy = await redisEvictionPolicy(r);
+      } catch (e) {
+        logger.warn({ err: String(e) }, "redis maxmemory-policy could not be read");
+        return;
+      }
+      const safe = policy === "noeviction";
+      evictionUnsafe.set(safe ? 0 : 1);
+      if (!safe) {
+        const msg = `redis maxmemory-policy is ${policy}: Redis may evict usage counters, reservations and capacity, which silently resets usage and over-admits; set maxmemory-policy noeviction`;
+        if (config.redisAllowEviction) logger.warn({ policy }, `${msg} (QUOTA_REDIS_ALLOW_EVICTION=true: serving anyway)`);
+        else {
+          logger.error({ policy }, `${msg}, or set QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
+          readiness.evictionOk = false;
+        }
+      } else readiness.evictionOk = true;
+      readiness.store = true;
+      onReadinessChange();
+    };
+    r.on("ready", () => {
+      dependencyUp.set({ dependency: "redis" }, 1);
+      void checkRedis();
+    });
+    r.on("close", () => dependencyUp.set({ dependency: "redis" }, 0));
+    // At start-up: wait (bounded) for Redis; a reachable Redis that may evict keys stops the start.
+    if (await waitReady(r, 3_000)) {
+      await checkRedis();
+      if (!readiness.evictionOk) {
+        r.disconnect();
+        await orm.close(true);
+        throw new Error(`refusing to start: redis maxmemory-policy is not noeviction (see the log); set it to noeviction, or QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
+      }
+    } else {
+      logger.warn("redis not reachable at start-up: not ready until it is");
+    }
+  }
   const decisions = new Counter({ name: "quota_decisions_total", help: "CheckAndReserve decisions", labelNames: ["decision", "reason", "mode", "fail_open"], registers: [metrics] });
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
@@ -130,6 +176,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const api = createApi({
     quota,
     admin,
+    gate: () => {
+      if (!started) throw new UnavailableError("starting up (migrations running); retry shortly");
+    },
     auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins },
     adminLimiter: (credential) => {
       const now = Date.now();
@@ -139,12 +188,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     },
   });
 
-  if (config.plansFile) {
-    const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
-    logger.info({ plans: plans.map((p) => p.id) }, "plans applied from file");
-  }
+  let started = false;
 
-  let ready = true;
   const tls = config.tlsKeyFile && config.tlsCertFile
     ? {
         key: readFileSync(config.tlsKeyFile),
@@ -167,13 +212,58 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     maxMessageBytes: config.maxMessageBytes,
     allowedOrigins: config.allowedOrigins,
     ...(tls ? { tls } : {}),
-    health: () => ({ live: true, ready }),
+    health: () => ({ live: true, ready: isReady() }),
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
     onError,
     onCall,
   });
 
+  const services = ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService"];
+  let servingNow: boolean | undefined;
+  onReadinessChange = () => {
+    const now = isReady();
+    if (now === servingNow) return;
+    servingNow = now;
+    for (const service of services) grpc.health.setStatus(service, now ? "SERVING" : "NOT_SERVING");
+    logger.info({ ready: now, ...readiness }, now ? "ready" : "not ready");
+  };
+  onReadinessChange();
+
+  // Migrations run while both ports answer health (NOT_SERVING, /readyz 503, /healthz 200) and calls UNAVAILABLE.
+  if (config.migrateOnStart) {
+    try {
+      const applied = await migrate(orm);
+      if (applied.length) logger.info({ applied }, "migrations applied");
+    } catch (e) {
+      await Promise.all([grpc.shutdown(0), http.shutdown(0)]);
+      redis?.disconnect();
+      await orm.close(true);
+      throw e;
+    }
+  }
+  readiness.migrated = true;
+  const pingDatabase = async () => {
+    try {
+      await db.ping();
+      dependencyUp.set({ dependency: "postgres" }, 1);
+      if (!readiness.database) {
+        readiness.database = true;
+        onReadinessChange();
+      }
+    } catch {
+      dependencyUp.set({ dependency: "postgres" }, 0);
+    }
+  };
+  await pingDatabase();
+  if (config.plansFile) {
+    const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
+    logger.info({ plans: plans.map((p) => p.id) }, "plans applied from file");
+  }
+  started = true;
+  onReadinessChange();
+
   const timers = [
+    setInterval(() => void pingDatabase(), 5_000),
     setInterval(() => void flusher.flush().catch((e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
     setInterval(() => void capacity.reconcile().catch((e) => logger.warn({ err: String(e) }, "reconcile failed")), config.reconcileIntervalMs),
   ];
@@ -184,8 +274,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const stop = () =>
     (stopping ??= (async () => {
       logger.info("shutting down: NOT_SERVING, draining");
-      ready = false;
-      for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService"]) grpc.health.setStatus(service, "NOT_SERVING");
+      readiness.stopping = true;
+      for (const service of services) grpc.health.setStatus(service, "NOT_SERVING");
       for (const t of timers) clearInterval(t);
       // Keep serving while health checkers and load balancers see NOT_SERVING / 503 and move traffic away.
       const delay = Math.min(config.shutdownDelayMs, config.shutdownGraceMs);
@@ -200,4 +290,28 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     })());
 
   return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, metrics, logger, stop };
+}
+
+/** Redis' eviction policy, from INFO (CONFIG GET is renamed or disabled on some managed services). */
+async function redisEvictionPolicy(redis: Redis): Promise<string> {
+  const info = await redis.info("memory");
+  const m = /^maxmemory_policy:(\S+)/m.exec(info);
+  if (!m) throw new Error("INFO memory has no maxmemory_policy");
+  return m[1]!;
+}
+
+/** Resolves true once the connection is ready, false after `ms`. */
+function waitReady(redis: Redis, ms: number): Promise<boolean> {
+  if (redis.status === "ready") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      redis.off("ready", onReady);
+      resolve(false);
+    }, ms);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    redis.once("ready", onReady);
+  });
 }
