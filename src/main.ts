@@ -204,13 +204,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // Access log at debug level: method, status and time only — requests (API keys, tokens) are never logged.
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
-  const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
+  const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall });
   const http: RunningConnectServer = await startConnectServer({
     api,
     host: config.host,
     port: config.httpPort,
     maxMessageBytes: config.maxMessageBytes,
     allowedOrigins: config.allowedOrigins,
+    headersTimeoutMs: config.headersTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     ...(tls ? { tls } : {}),
     health: () => ({ live: true, ready: isReady() }),
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),

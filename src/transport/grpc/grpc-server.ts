@@ -23,6 +23,10 @@ export interface GrpcServerOptions {
   maxMessageBytes: number;
   /** TLS: key/cert (PEM) and, for mTLS, the CA that signs client certificates. */
   tls?: { key: Buffer; cert: Buffer; clientCa?: Buffer; requireClientCert: boolean };
+  /** A connection with no call in flight is closed after this (ms); this also closes connections that send nothing. */
+  idleTimeoutMs?: number;
+  /** HTTP/2 streams (calls) per connection. */
+  maxConcurrentStreams?: number;
   onError?: (method: string, err: unknown) => void;
   /** Counts calls for metrics: method, status code name, seconds. */
   onCall?: (method: string, code: string, seconds: number) => void;
@@ -135,6 +139,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.max_receive_message_length": opts.maxMessageBytes,
     "grpc.max_send_message_length": 16 * 1024 * 1024,
     "grpc.keepalive_permit_without_calls": 1,
+    "grpc.max_connection_idle_ms": opts.idleTimeoutMs ?? 120_000,
+    "grpc.max_concurrent_streams": opts.maxConcurrentStreams ?? 1_000,
   });
   const q = opts.api.quota as unknown as Record<string, Handler>;
   const a = opts.api.admin as unknown as Record<string, Handler>;
