@@ -40,6 +40,7 @@ export interface App {
   admin: AdminService;
   flusher: UsageFlusher;
   capacity: CapacitySync;
+  keys: KeyCache;
   metrics: Registry;
   logger: Logger;
   /** Graceful stop; safe to call twice. */
@@ -166,6 +167,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     touched: flusher.touched,
     storeDeadlineMs: config.storeDeadlineMs,
     idempotencyWaitMs: config.idempotencyWaitMs,
+    getLimitsRatePerMinute: config.getLimitsRatePerMinute,
     onDecision: (e) => decisions.inc({ decision: e.decision, reason: e.reason, mode: e.mode, fail_open: String(e.failOpen) }),
   });
   const admin = new AdminService({ db, clock, bus, capacity, quota, idempotencyWaitMs: config.idempotencyWaitMs });
@@ -292,7 +294,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       logger.info("stopped");
     })());
 
-  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, metrics, logger, stop };
+  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, keys, metrics, logger, stop };
 }
 
 /** Redis' eviction policy, from INFO (CONFIG GET is renamed or disabled on some managed services). */

@@ -55,8 +55,11 @@ export class KeyCache {
   readonly #onRefreshError: (keyId: string, err: unknown) => void;
   /** Bumped by every invalidation: a load that started before one must not cache what it read. */
   #generation = 0;
-  /** Postgres lookups made (misses and refreshes), for tests and metrics. */
+  /** Postgres lookups made (key misses and refreshes; account configurations), and secrets hashed: for tests and
+   * metrics. */
   loads = 0;
+  configLoads = 0;
+  secretHashes = 0;
 
   constructor(db: Database, clock: Clock, options: KeyCacheOptions = {}) {
     this.#db = db;
@@ -100,6 +103,7 @@ export class KeyCache {
     const e = this.#entries.get(keyId);
     const presented = Buffer.from(secret);
     if (e?.ctx === ctx && e.verified && e.verified.length === presented.length && timingSafeEqual(e.verified, presented)) return true;
+    this.secretHashes++;
     if (!secretMatches(secret, ctx.key.secretHash)) return false;
     if (e?.ctx === ctx) e.verified = presented;
     return true;
@@ -111,6 +115,7 @@ export class KeyCache {
     const c = this.#configs.get(accountId);
     if (c && c.generation === this.#generation && now - c.loadedAt < this.#configTtl) return c.config;
     const generation = this.#generation;
+    this.configLoads++;
     const config = await this.#db.loadAccountConfig(accountId, new Date(now));
     if (generation === this.#generation) {
       if (this.#configs.size >= this.#max) this.#configs.delete(this.#configs.keys().next().value!);
