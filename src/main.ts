@@ -290,7 +290,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       await bus.close();
       await store.close();
       redis?.disconnect();
-      await db.close();
+      // Bounded: a connection lost mid-query (a black-holed Postgres) can keep the pool from ending.
+      const closed = await Promise.race([db.close().then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 5_000).unref())]);
+      if (!closed) logger.warn("postgres pool did not close within 5 s; exiting anyway");
       logger.info("stopped");
     })());
 
