@@ -207,6 +207,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
   const grpc: RunningGrpcServer = await startGrpcServer({ api, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall });
+  // Not ready until the checks below pass (the health service starts out SERVING).
+  for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService"]) grpc.health.setStatus(service, "NOT_SERVING");
   const http: RunningConnectServer = await startConnectServer({
     api,
     host: config.host,

@@ -65,8 +65,11 @@ export async function getLimits(d: QuotaDeps, caller: Caller, req: GetLimitsRequ
   const now = d.clock.now();
   let config: AccountConfig | null;
   try {
-    // Cached briefly and dropped on any change to the account (change bus): repeated reads cost one Redis call.
+    // Cached briefly and dropped on any change to the account (change bus): repeated reads cost one wallet query
+    // and one Redis call per subscription.
     config = await d.keys.accountConfig(accountId);
+    // Wallet balances are read fresh: usage postings (the flusher) change them without a change-bus message.
+    if (config) config = { ...config, wallets: await d.db.listWallets(accountId) };
   } catch (e) {
     throw new UnavailableError("database unreachable", { cause: e });
   }

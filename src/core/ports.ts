@@ -174,6 +174,8 @@ export interface Database {
   listAccounts(): Promise<AccountRecord[]>;
   listPlans(): Promise<PlanRecord[]>;
   listKeys(accountId: string): Promise<KeyRecord[]>;
+  /** The account's wallets (one query; balances move with usage postings, which announce nothing). */
+  listWallets(accountId: string): Promise<WalletRecord[]>;
   listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }): Promise<TransactionRecord[]>;
   /** Sum of all postings per (ledger account, currency) — for audits and tests. */
   postingTotals(): Promise<Array<{ ledgerAccount: string; currency: string; total: bigint }>>;

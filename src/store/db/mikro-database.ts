@@ -328,6 +328,10 @@ export class MikroDatabase implements Database {
     return (await this.#orm.em.fork().find(ApiKeyEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } })).map((k) => toKey(k as AnyRow));
   }
 
+  async listWallets(accountId: string) {
+    return (await this.#orm.em.fork().find(WalletEntity, { accountId })).map((w) => toWallet(w as AnyRow));
+  }
+
   async listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }) {
     const em = this.#orm.em.fork();
     const where: AnyRow = {};
