@@ -97,10 +97,14 @@ export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest, opt
   const payment = req.funding.case === "external" ? { reference: req.funding.reference, hash: paymentHash(accountId, key, req) } : undefined;
   const referenceField = options.referenceField ?? "external.reference";
   // A repeat of a TopUp still running in this process waits for it (holding no connection), then looks its result up.
+  // When the first one committed the same request, its answer is the answer (no second round trip to Postgres).
   const flight = `${scope}\u0000${req.idempotencyKey}`;
-  for (let earlier = d.topUpsInFlight.get(flight); earlier; earlier = d.topUpsInFlight.get(flight)) await earlier.catch(() => {});
+  for (let earlier = d.topUpsInFlight.get(flight); earlier; earlier = d.topUpsInFlight.get(flight)) {
+    const first = (await earlier.catch(() => undefined)) as { requestHash: string; answer: TopUpAnswer } | undefined;
+    if (first && first.requestHash === requestHash) return { ...first.answer, replayed: true };
+  }
   const run = commitTopUp(d, req, { accountId, key, scope, requestHash, payment, referenceField });
-  d.topUpsInFlight.set(flight, run);
+  d.topUpsInFlight.set(flight, run.then((answer) => ({ requestHash, answer })));
   try {
     return await run;
   } finally {

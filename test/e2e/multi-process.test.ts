@@ -102,7 +102,7 @@ describe("exactness with 2 server processes and 4 client processes", () => {
     const s = await seedAccount(c, "mp-wallet");
     await deposit(c, s.accountId, "prepaid", 250n);
     const results = await fire({ kind: "topup", count: 250, apiKey: s.apiKey, keyPrefix: "mp", distinctKeys: 100, units: "100" });
-    expect(sum(results, (r) => Object.keys(r.errors).length)).toBe(0);
+    expect(sum(results, (r) => Object.keys(r.errors).length), JSON.stringify(results.map((r) => r.errors))).toBe(0);
     expect(sum(results, (r) => r.applied)).toBe(100);
     expect(sum(results, (r) => r.replayed)).toBe(900);
 
