@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Cluster, Redis } from "ioredis";
 import pino, { type Logger } from "pino";
-import { Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Config } from "./config/config.ts";
 import { redact } from "./config/config.ts";
 import { AdminService } from "./core/admin-service.ts";
@@ -21,7 +21,7 @@ import { QuotaService } from "./core/quota-service.ts";
 import { EnvoyRateLimit, storeDeadlineMs } from "./core/envoy-rate-limit.ts";
 import { UsageFlusher } from "./core/usage-flusher.ts";
 import { AddOnRenewals } from "./core/add-on-billing.ts";
-import { ResourceExhaustedError } from "./core/errors.ts";
+import { ResourceExhaustedError, UnavailableError } from "./core/errors.ts";
 import { migrate, openOrm } from "./store/db/orm.ts";
 import { MikroDatabase } from "./store/db/mikro-database.ts";
 import { InMemoryCounterStore } from "./store/memory/in-memory-counter-store.ts";
@@ -49,6 +49,7 @@ export interface App {
   flusher: UsageFlusher;
   renewals: AddOnRenewals;
   capacity: CapacitySync;
+  keys: KeyCache;
   metrics: Registry;
   logger: Logger;
   /** Graceful stop; safe to call twice. */
@@ -70,12 +71,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const clock = options.clock ?? systemClock;
   logger.info({ config: redact(config) }, "starting quota-authority");
 
-  const orm = await openOrm(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir });
+  const orm = await openOrm(
+    config.databaseUrl
+      ? { url: config.databaseUrl, connectTimeoutMs: config.dbConnectTimeoutMs, statementTimeoutMs: config.dbStatementTimeoutMs }
+      : { dataDir: config.dataDir },
+  );
   const db = new MikroDatabase(orm as never);
-  if (config.migrateOnStart) {
-    const applied = await migrate(orm);
-    if (applied.length) logger.info({ applied }, "migrations applied");
-  }
 
   let redis: Redis | Cluster | undefined;
   const target = redisTarget(config.redisUrl, config.redisClusterNodes);
@@ -90,7 +91,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     redis.on("error", (e) => logger.warn({ err: e.message }, "redis error"));
     store = new RedisCounterStore(redis, { keyPrefix: config.redisKeyPrefix, retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
     // ioredis' Cluster publishes and subscribes like a single connection (PUBLISH reaches every node).
-    bus = new RedisChangeBus(redis as Redis, `${config.redisKeyPrefix}changes`);
+    bus = new RedisChangeBus(redis as Redis, `${config.redisKeyPrefix}changes`, {
+      warn: (msg, err) => logger.warn({ err: err instanceof Error ? err.message : err }, msg),
+      info: (msg) => logger.info(msg),
+    });
   } else {
     store = new InMemoryCounterStore({ retentionGraceMs: config.retentionGraceMs, ...(options.clock ? { clock: options.clock.now } : {}) });
     bus = new LocalChangeBus();
@@ -98,6 +102,56 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
+  const dependencyUp = new Gauge({ name: "quota_dependency_up", help: "1 while the dependency answers (redis, postgres)", labelNames: ["dependency"], registers: [metrics] });
+  const evictionUnsafe = new Gauge({ name: "quota_redis_eviction_unsafe", help: "1 when Redis may evict keys (maxmemory-policy is not noeviction): usage can be lost and over-admitted", registers: [metrics] });
+
+  // Readiness = "can answer by policy": migrations done, Postgres reached once, the counter store reached once
+  // (with a safe eviction policy). Losing a dependency later does not make a replica unready — the hot path
+  // answers from cache and by the plan's failure mode, and taking every replica out on a blip would turn a
+  // partial outage into a total one; quota_dependency_up shows it instead. Liveness depends on nothing.
+  const readiness = { migrated: false, database: false, store: !redis, evictionOk: true, stopping: false };
+  const isReady = () => readiness.migrated && readiness.database && readiness.store && readiness.evictionOk && !readiness.stopping;
+  let onReadinessChange = () => {};
+  if (redis) {
+    const r = redis as Redis;
+    const checkRedis = async () => {
+      let policy: string;
+      try {
+        policy = await redisEvictionPolicy(r);
+      } catch (e) {
+        logger.warn({ err: String(e) }, "redis maxmemory-policy could not be read");
+        return;
+      }
+      const safe = policy === "noeviction";
+      evictionUnsafe.set(safe ? 0 : 1);
+      if (!safe) {
+        const msg = `redis maxmemory-policy is ${policy}: Redis may evict usage counters, reservations and capacity, which silently resets usage and over-admits; set maxmemory-policy noeviction`;
+        if (config.redisAllowEviction) logger.warn({ policy }, `${msg} (QUOTA_REDIS_ALLOW_EVICTION=true: serving anyway)`);
+        else {
+          logger.error({ policy }, `${msg}, or set QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
+          readiness.evictionOk = false;
+        }
+      } else readiness.evictionOk = true;
+      readiness.store = true;
+      onReadinessChange();
+    };
+    r.on("ready", () => {
+      dependencyUp.set({ dependency: "redis" }, 1);
+      void checkRedis();
+    });
+    r.on("close", () => dependencyUp.set({ dependency: "redis" }, 0));
+    // At start-up: wait (bounded) for Redis; a reachable Redis that may evict keys stops the start.
+    if (await waitReady(r, 3_000)) {
+      await checkRedis();
+      if (!readiness.evictionOk) {
+        r.disconnect();
+        await orm.close(true);
+        throw new Error(`refusing to start: redis maxmemory-policy is not noeviction (see the log); set it to noeviction, or QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
+      }
+    } else {
+      logger.warn("redis not reachable at start-up: not ready until it is");
+    }
+  }
   const tracing = options.tracing ?? (tracingWanted(process.env) ? startTracing() : undefined);
   const tracer = tracing?.tracer;
   const m = createMetrics(metrics);
@@ -106,7 +160,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   store = instrumentStore(store, redis ? "redis" : "memory", m, tracer);
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
-  const keys = new KeyCache(idb, clock, { onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }) });
+  const keys = new KeyCache(idb, clock, {
+    ttlMs: config.keyCacheTtlMs,
+    negativeTtlMs: config.keyCacheNegativeTtlMs,
+    maxEntries: config.keyCacheMaxEntries,
+    onRefreshError: (keyId, err) => logger.warn({ keyId, err: String(err) }, "key refresh failed; serving the cached entry"),
+    onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }),
+  });
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db: idb, store, clock, bus });
   const flusher = new UsageFlusher({ db: idb, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
@@ -120,8 +180,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: config.storeDeadlineMs,
+    idempotencyWaitMs: config.idempotencyWaitMs,
+    getLimitsRatePerMinute: config.getLimitsRatePerMinute,
   });
-  const admin = new AdminService({ db: idb, clock, bus, capacity, quota });
+  const admin = new AdminService({ db: idb, clock, bus, capacity, quota, idempotencyWaitMs: config.idempotencyWaitMs });
   const renewals = new AddOnRenewals({ db: idb, clock });
   // Envoy's rate-limit service: the same core with its own, shorter counter-store deadline (below Envoy's timeout).
   const envoyQuota = new QuotaService({
@@ -133,6 +195,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     capacity,
     touched: flusher.touched,
     storeDeadlineMs: storeDeadlineMs(config.envoy),
+    idempotencyWaitMs: config.idempotencyWaitMs,
   });
   const envoyRateLimit = new EnvoyRateLimit({
     quota: envoyQuota,
@@ -147,6 +210,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const api = instrumentApi(createApi({
     quota,
     admin,
+    gate: () => {
+      if (!started) throw new UnavailableError("starting up (migrations running); retry shortly");
+    },
     auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins },
     onInternalError: (method, err) => logger.error({ method, err }, "internal error"),
     adminLimiter: (credential) => {
@@ -157,12 +223,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     },
   }), { metrics: m, tracer: tracer ?? noopTracer(), keys });
 
-  if (config.plansFile) {
-    const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
-    logger.info({ plans: plans.map((p) => p.id) }, "plans applied from file");
-  }
+  let started = false;
 
-  let ready = true;
   const tls = config.tlsKeyFile && config.tlsCertFile
     ? {
         key: readFileSync(config.tlsKeyFile),
@@ -178,7 +240,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
   const envoy = createEnvoyRlsApi({ rateLimit: envoyRateLimit, auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins } });
-  const grpc: RunningGrpcServer = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, ...(tls ? { tls } : {}), onError, onCall });
+  const grpc: RunningGrpcServer = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall });
+  // Not ready until the checks below pass (the health service starts out SERVING).
+  for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"]) grpc.health.setStatus(service, "NOT_SERVING");
   // The usage dashboard (web/dist, built by `npm run build:web` and checked in) at /dashboard/.
   const site = staticSite({ root: fileURLToPath(new URL("../web/dist", import.meta.url)) });
   if (!site) logger.warn("web/dist/index.html not found: the dashboard is not served (npm run build:web)");
@@ -188,15 +252,63 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     port: config.httpPort,
     maxMessageBytes: config.maxMessageBytes,
     allowedOrigins: config.allowedOrigins,
+    headersTimeoutMs: config.headersTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     ...(tls ? { tls } : {}),
-    health: () => ({ live: true, ready }),
+    health: () => ({ live: true, ready: isReady() }),
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
     onError,
     onCall,
     ...(site ? { site } : {}),
   });
 
+  const services = ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"];
+  let servingNow: boolean | undefined;
+  onReadinessChange = () => {
+    const now = isReady();
+    if (now === servingNow) return;
+    servingNow = now;
+    for (const service of services) grpc.health.setStatus(service, now ? "SERVING" : "NOT_SERVING");
+    logger.info({ ready: now, ...readiness }, now ? "ready" : "not ready");
+  };
+  onReadinessChange();
+
+  // Migrations run while both ports answer health (NOT_SERVING, /readyz 503, /healthz 200) and calls UNAVAILABLE.
+  if (config.migrateOnStart) {
+    try {
+      const applied = await migrate(orm);
+      if (applied.length) logger.info({ applied }, "migrations applied");
+    } catch (e) {
+      await Promise.all([grpc.shutdown(0), http.shutdown(0)]);
+      redis?.disconnect();
+      await orm.close(true);
+      throw e;
+    }
+  }
+  readiness.migrated = true;
+  const pingDatabase = async () => {
+    try {
+      await db.ping();
+      dependencyUp.set({ dependency: "postgres" }, 1);
+      if (!readiness.database) {
+        readiness.database = true;
+        onReadinessChange();
+      }
+    } catch {
+      dependencyUp.set({ dependency: "postgres" }, 0);
+    }
+  };
+  await pingDatabase();
+  if (config.plansFile) {
+    const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
+    logger.info({ plans: plans.map((p) => p.id) }, "plans applied from file");
+  }
+  started = true;
+  onReadinessChange();
+
   const timers = [
+    setInterval(() => void pingDatabase(), 5_000),
     setInterval(() => void flusher.flush().then(m.flushed, (e) => logger.warn({ err: String(e) }, "usage flush failed")), config.flushIntervalMs),
     setInterval(
       () => void renewals.run((subscriptionId, err) => logger.warn({ subscriptionId, err: String(err) }, "add-on renewal failed")).catch((e) => logger.warn({ err: String(e) }, "add-on renewals failed")),
@@ -214,8 +326,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const stop = () =>
     (stopping ??= (async () => {
       logger.info("shutting down: NOT_SERVING, draining");
-      ready = false;
-      for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"]) grpc.health.setStatus(service, "NOT_SERVING");
+      readiness.stopping = true;
+      for (const service of services) grpc.health.setStatus(service, "NOT_SERVING");
       for (const t of timers) clearInterval(t);
       // Keep serving while health checkers and load balancers see NOT_SERVING / 503 and move traffic away.
       const delay = Math.min(config.shutdownDelayMs, config.shutdownGraceMs);
@@ -225,10 +337,36 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       await bus.close();
       await store.close();
       redis?.disconnect();
-      await db.close();
+      // Bounded: a connection lost mid-query (a black-holed Postgres) can keep the pool from ending.
+      const closed = await Promise.race([db.close().then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 5_000).unref())]);
+      if (!closed) logger.warn("postgres pool did not close within 5 s; exiting anyway");
       await tracing?.shutdown().catch((e) => logger.warn({ err: String(e) }, "trace export failed"));
       logger.info("stopped");
     })());
 
-  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, renewals, metrics, logger, stop };
+  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, renewals, keys, metrics, logger, stop };
+}
+
+/** Redis' eviction policy, from INFO (CONFIG GET is renamed or disabled on some managed services). */
+async function redisEvictionPolicy(redis: Redis): Promise<string> {
+  const info = await redis.info("memory");
+  const m = /^maxmemory_policy:(\S+)/m.exec(info);
+  if (!m) throw new Error("INFO memory has no maxmemory_policy");
+  return m[1]!;
+}
+
+/** Resolves true once the connection is ready, false after `ms`. */
+function waitReady(redis: Redis, ms: number): Promise<boolean> {
+  if (redis.status === "ready") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      redis.off("ready", onReady);
+      resolve(false);
+    }, ms);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    redis.once("ready", onReady);
+  });
 }

@@ -46,6 +46,28 @@ const schema = z.strictObject({
   tlsKeyFile: z.string().default(""),
   tlsCertFile: z.string().default(""),
   tlsClientCaFile: z.string().default(""),
+  /** A request waits at most this long for a concurrent one with the same idempotency key, then ABORTED (ms). */
+  idempotencyWaitMs: z.coerce.number().int().min(1).max(60_000).default(200),
+  /** Postgres: connecting (or waiting for a pooled connection) may take this long (ms); a statement this long is
+   * cancelled (ms). Together they bound every Postgres call. */
+  dbConnectTimeoutMs: z.coerce.number().int().min(100).max(60_000).default(5_000),
+  dbStatementTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
+  /** Key cache: entries are refreshed in the background after this age (ms); stale entries keep serving meanwhile. */
+  keyCacheTtlMs: z.coerce.number().int().min(100).max(3_600_000).default(60_000),
+  /** Unknown key ids are remembered this long (ms), so a flood of random ids does not reach Postgres. */
+  keyCacheNegativeTtlMs: z.coerce.number().int().min(0).max(600_000).default(5_000),
+  /** At most this many keys (known and unknown) are cached; the least recently used go first. */
+  keyCacheMaxEntries: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
+  /** GetLimits calls per minute per API key (and per account for trusted account lookups); 0 = unlimited. */
+  getLimitsRatePerMinute: z.coerce.number().int().min(0).max(1_000_000).default(120),
+  /** Connections: the request headers must arrive within this (ms), including a new connection's first bytes. */
+  headersTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(10_000),
+  /** Connections with no request in flight are closed after this (ms), on both ports. */
+  idleTimeoutMs: z.coerce.number().int().min(100).max(3_600_000).default(120_000),
+  /** HTTP/2: concurrent streams per connection, on both ports. */
+  maxConcurrentStreams: z.coerce.number().int().min(1).max(100_000).default(1_000),
+  /** Start even when Redis may evict keys (maxmemory-policy other than noeviction): only warn, and export a metric. */
+  redisAllowEviction: z.stringbool().default(false),
   /** Seed a demo plan, account, subscription, funded wallet and key, and print a ready-to-paste call. */
   demo: z.stringbool().default(false),
   /** Plans file applied at start-up. */
@@ -118,6 +140,17 @@ const ENV: Record<string, keyof z.infer<typeof schema>> = {
   QUOTA_TLS_KEY_FILE: "tlsKeyFile",
   QUOTA_TLS_CERT_FILE: "tlsCertFile",
   QUOTA_TLS_CLIENT_CA_FILE: "tlsClientCaFile",
+  QUOTA_IDEMPOTENCY_WAIT_MS: "idempotencyWaitMs",
+  QUOTA_DB_CONNECT_TIMEOUT_MS: "dbConnectTimeoutMs",
+  QUOTA_DB_STATEMENT_TIMEOUT_MS: "dbStatementTimeoutMs",
+  QUOTA_KEY_CACHE_TTL_MS: "keyCacheTtlMs",
+  QUOTA_KEY_CACHE_NEGATIVE_TTL_MS: "keyCacheNegativeTtlMs",
+  QUOTA_KEY_CACHE_MAX_ENTRIES: "keyCacheMaxEntries",
+  QUOTA_GET_LIMITS_RATE_PER_MINUTE: "getLimitsRatePerMinute",
+  QUOTA_HEADERS_TIMEOUT_MS: "headersTimeoutMs",
+  QUOTA_IDLE_TIMEOUT_MS: "idleTimeoutMs",
+  QUOTA_MAX_CONCURRENT_STREAMS: "maxConcurrentStreams",
+  QUOTA_REDIS_ALLOW_EVICTION: "redisAllowEviction",
   QUOTA_DEMO: "demo",
   QUOTA_PLANS_FILE: "plansFile",
   QUOTA_ENVOY_CONFIG: "envoy",

@@ -8,6 +8,7 @@ import { activeAddOn, cycleOf } from "./limits.ts";
 import { formatMicros } from "./money.ts";
 import { addOnMonthlyPrice } from "./plan.ts";
 import type { SubscriptionRecord, UnitOfWork } from "./ports.ts";
+import { own } from "./validation.ts";
 
 const fieldPath = (parent: string, name: string) => (parent ? `${parent}.${name}` : name);
 
@@ -20,7 +21,7 @@ export async function changeAddOn(uow: UnitOfWork, sub: SubscriptionRecord, pack
     throw new InvalidArgumentError(fieldPath(field, "limit"), limitName ? `plan ${plan.id} has no add-ons for limit ${JSON.stringify(limitName)}` : `plan ${plan.id} has ${candidates.length} limits with add-ons; name one`);
   }
   let description: string;
-  const previous = sub.addOns[spec.name];
+  const previous = own(sub.addOns, spec.name);
   const previousPkg = previous ? spec.addOns!.find((p) => p.id === previous) : undefined;
   const oldPrice = previousPkg ? addOnMonthlyPrice(spec, previousPkg) : 0n;
   let newPrice = 0n;

@@ -4,7 +4,7 @@
  * replica's cache is invalidated (ChangeBus).
  */
 import { createHash } from "node:crypto";
-import { ACCOUNT_ID_RE, KEY_ID_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
+import { ACCOUNT_ID_RE, KEY_ID_RE, NAME_RE, PAYMENT_REFERENCE_MAX, PAYMENT_REFERENCE_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import type { CapacitySync } from "./capacity.ts";
 import { DuplicateKeyError, FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaError } from "./errors.ts";
 import { formatApiKey, hashSecret, newId, newKeyId, newSecret, newSortableId } from "./ids.ts";
@@ -40,6 +40,8 @@ export interface AdminServiceDeps {
   bus: ChangeBus;
   capacity: CapacitySync;
   quota: QuotaService;
+  /** How long a create waits for a concurrent one with the same request id before ABORTED (ms). */
+  idempotencyWaitMs?: number;
 }
 
 export class AdminService {
@@ -60,15 +62,20 @@ export class AdminService {
             if (prior.requestHash !== hash) throw new InvalidArgumentError("request_id", "was already used for a different request");
             return decode(prior.response);
           }
+          // Claimed before the work: a concurrent retry waits for this one and then answers with its result.
+          await uow.claimIdempotency({ scope, key: requestId, requestHash: hash }, this.#d.idempotencyWaitMs ?? 200);
         }
         const result = await work(uow);
-        if (requestId) await uow.putIdempotency({ scope, key: requestId, requestHash: hash, response: encode(result) });
+        if (requestId) await uow.completeIdempotency({ scope, key: requestId, requestHash: hash, response: encode(result) });
         return result;
       });
     } catch (e) {
       if (requestId && e instanceof DuplicateKeyError) {
         const prior = await this.#d.db.read((uow) => uow.getIdempotency(scope, requestId));
-        if (prior && prior.requestHash === hash) return decode(prior.response);
+        if (prior) {
+          if (prior.requestHash !== hash) throw new InvalidArgumentError("request_id", "was already used for a different request");
+          return decode(prior.response);
+        }
       }
       throw e;
     }
@@ -308,6 +315,8 @@ export class AdminService {
         };
       },
     );
+    // Replicas that looked this key id up before it existed remember it as unknown: tell them.
+    if (fresh) await this.#d.bus.publish(key.accountId);
     // The secret exists only in this answer: a retried create returns the key without it.
     return { key, apiKey: fresh ? formatApiKey(key.id, secret) : "" };
   }
@@ -338,7 +347,7 @@ export class AdminService {
     if (req.wallet !== "prepaid" && req.wallet !== "credit") throw new InvalidArgumentError("wallet", 'must be "prepaid" or "credit"');
     // Validated here under this request's field names (the TopUp it delegates to calls them external.*).
     if (!req.reference) throw new InvalidArgumentError("payment.reference", "is required");
-    if (req.reference.length > 256 || !/^[\x21-\x7e]+$/.test(req.reference)) throw new InvalidArgumentError("payment.reference", "must be 1-256 printable ASCII characters");
+    if (!PAYMENT_REFERENCE_RE.test(req.reference)) throw new InvalidArgumentError("payment.reference", `must be 1-${PAYMENT_REFERENCE_MAX} printable ASCII characters`);
     if (req.provider && !/^[a-z0-9_.-]{1,64}$/.test(req.provider)) throw new InvalidArgumentError("payment.provider", "must be 1-64 characters of a-z 0-9 _ . -");
     moneyToMicros("payment.amount", req.amount);
     const answer = await this.#d.quota.topUp(
@@ -351,6 +360,7 @@ export class AdminService {
         target: { case: req.wallet === "prepaid" ? "wallet" : "credit", ...(req.amount ? { amount: req.amount } : {}) },
         funding: { case: "external", reference: req.reference, provider: req.provider, ...(req.amount ? { amount: req.amount } : {}) },
       },
+      { referenceField: "payment.reference" },
     );
     return { ...answer, balance: req.wallet === "prepaid" ? answer.newBalanceMicros : answer.creditBalanceMicros };
   }

@@ -16,7 +16,7 @@ import { gatesFor, limitsForCall, priceOf } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
 import { parseDuration } from "./plan.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
-import { METHOD_RE, NAME_RE, REQUEST_ID_RE, checkAmount, checkMeters } from "./validation.ts";
+import { METHOD_RE, NAME_RE, REQUEST_ID_RE, checkAmount, checkMeters, own } from "./validation.ts";
 
 export interface CheckRequest {
   apiKey: string;
@@ -81,7 +81,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
     return report(d, { ...empty, reason: "PRODUCT_NOT_ALLOWED" }, req.mode);
   }
 
-  const units = req.cost ?? BigInt(plan.methods.costs[req.method] ?? plan.methods.default);
+  const units = req.cost ?? BigInt(own(plan.methods.costs, req.method) ?? plan.methods.default);
   const spend = req.estimatedSpendMicros ?? priceOf(plan, req.meters, 1n);
   if (spend > MAX_AMOUNT) throw new InvalidArgumentError("meters", "the priced spend of these meters is too large (at most 1e15 micro-USD)");
   const now = d.clock.now();

@@ -10,7 +10,8 @@ export type ErrorCode =
   | "PERMISSION_DENIED"
   | "UNAUTHENTICATED"
   | "UNAVAILABLE"
-  | "RESOURCE_EXHAUSTED";
+  | "RESOURCE_EXHAUSTED"
+  | "ABORTED";
 
 export class QuotaError extends Error {
   readonly code: ErrorCode;
@@ -62,6 +63,13 @@ export class UnauthenticatedError extends QuotaError {
 export class UnavailableError extends QuotaError {
   constructor(message: string, options?: { cause?: unknown }) {
     super("UNAVAILABLE", "UNAVAILABLE", message, options);
+  }
+}
+
+/** A concurrent request with the same idempotency key is still running: retry (with backoff) for its result. */
+export class IdempotencyInProgressError extends QuotaError {
+  constructor(what: string) {
+    super("ABORTED", "IDEMPOTENCY_IN_PROGRESS", `${what} is in progress in another request; retry for its result`);
   }
 }
 

@@ -60,10 +60,16 @@ export async function getLimits(d: QuotaDeps, caller: Caller, req: GetLimitsRequ
   } else if (!ACCOUNT_ID_RE.test(accountId)) {
     throw new InvalidArgumentError("account_id", "is not an account id");
   }
+  // Per key (a key holder may only read its own account), or per account for trusted callers.
+  d.getLimitsLimiter.take(key ? `k:${key.id}` : `a:${accountId}`);
   const now = d.clock.now();
   let config: AccountConfig | null;
   try {
-    config = await d.db.loadAccountConfig(accountId, new Date(now));
+    // Cached briefly and dropped on any change to the account (change bus): repeated reads cost one wallet query
+    // and one Redis call per subscription.
+    config = await d.keys.accountConfig(accountId);
+    // Wallet balances are read fresh: usage postings (the flusher) change them without a change-bus message.
+    if (config) config = { ...config, wallets: await d.db.listWallets(accountId) };
   } catch (e) {
     throw new UnavailableError("database unreachable", { cause: e });
   }

@@ -1,10 +1,11 @@
 /**
  * Key authentication for the data plane: an API key ("qa_<id>_<secret>") or a bare key id (trusted callers) is
  * resolved from the KeyCache (no Postgres on a hit) and its secret compared in constant time. Unknown and revoked
- * keys are answers (a denial reason), not errors; malformed requests are INVALID_ARGUMENT.
+ * keys are answers (a denial reason), not errors; malformed requests are INVALID_ARGUMENT. The cache remembers a
+ * secret that matched, so SHA-256 runs once per cached key, not once per call.
  */
 import { InvalidArgumentError, UnavailableError } from "./errors.ts";
-import { parseApiKey, secretMatches } from "./ids.ts";
+import { parseApiKey } from "./ids.ts";
 import type { KeyCache, KeyContext } from "./key-cache.ts";
 import { KEY_ID_RE } from "./validation.ts";
 
@@ -40,7 +41,7 @@ export async function resolveKey(keys: KeyCache, apiKey: string, keyId: string, 
     throw new UnavailableError("key store unreachable", { cause: e });
   }
   if (!ctx) return { denial: "KEY_INVALID" };
-  if (secret !== undefined && !secretMatches(secret, ctx.key.secretHash)) return { denial: "KEY_INVALID" };
+  if (secret !== undefined && !keys.verify(id, ctx, secret)) return { denial: "KEY_INVALID" };
   if (ctx.key.status === "revoked") return { ctx, denial: "KEY_REVOKED" };
   return { ctx };
 }

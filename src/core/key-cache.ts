@@ -1,11 +1,21 @@
 /**
  * KeyCache: key id -> everything CheckAndReserve needs (key, subscription, plan), so the hot path never touches
- * Postgres. Entries are dropped when the ChangeBus says their account changed (every replica hears it), and live
- * at most `ttlMs` as a safety net. Unknown key ids are remembered briefly so a flood of bad keys cannot hammer
- * Postgres. When Postgres is down, entries past their TTL keep serving (stale beats unavailable for reads of
- * configuration that changes rarely).
+ * Postgres.
+ *
+ * - Entries are dropped when the ChangeBus says their account changed (every replica hears it); a change also
+ *   drops every remembered unknown key (a key created on another replica must be found at once).
+ * - Past `ttlMs` an entry is stale: it is served at once and refreshed in the background (stale-while-revalidate),
+ *   so a slow or black-holed Postgres never holds a call; a refresh that fails keeps the stale entry.
+ * - Unknown key ids are remembered for `negativeTtlMs`, so a flood of random ids does not reach Postgres.
+ * - At most `maxEntries` entries (known and unknown); the least recently used go first, so random ids cannot push
+ *   the keys in real use out.
+ * - A presented secret that matched is remembered with the entry (compared in constant time, without hashing
+ *   again): the hot path computes SHA-256 once per key and cache entry, not once per call.
+ * - Account configurations for GetLimits are cached for `configTtlMs` (invalidated the same way).
  */
-import type { Clock, Database, KeyRecord, PlanRecord, SubscriptionRecord } from "./ports.ts";
+import { timingSafeEqual } from "node:crypto";
+import { secretMatches } from "./ids.ts";
+import type { AccountConfig, Clock, Database, KeyRecord, PlanRecord, SubscriptionRecord } from "./ports.ts";
 
 export interface KeyContext {
   key: KeyRecord;
@@ -16,12 +26,17 @@ export interface KeyContext {
 interface Entry {
   ctx: KeyContext | null;
   loadedAt: number;
+  /** The last presented secret that matched this entry's hash. */
+  verified?: Buffer;
 }
 
 export interface KeyCacheOptions {
   ttlMs?: number;
   negativeTtlMs?: number;
   maxEntries?: number;
+  configTtlMs?: number;
+  /** A background refresh failed (the stale entry keeps serving). */
+  onRefreshError?: (keyId: string, err: unknown) => void;
   /** Told of every lookup: served from the cache (hit) or loaded from Postgres (miss). For metrics. */
   onLookup?: (hit: boolean) => void;
 }
@@ -29,45 +44,64 @@ export interface KeyCacheOptions {
 export class KeyCache {
   readonly #db: Database;
   readonly #clock: Clock;
+  /** Map order is recency order: a hit moves its entry to the end; eviction takes the first. */
   readonly #entries = new Map<string, Entry>();
   readonly #byAccount = new Map<string, Set<string>>();
+  readonly #negative = new Set<string>();
   readonly #inflight = new Map<string, Promise<KeyContext | null>>();
+  readonly #configs = new Map<string, { config: AccountConfig | null; loadedAt: number; generation: number }>();
   readonly #ttl: number;
   readonly #negativeTtl: number;
   readonly #max: number;
+  readonly #configTtl: number;
+  readonly #onRefreshError: (keyId: string, err: unknown) => void;
   readonly #onLookup: ((hit: boolean) => void) | undefined;
   /** Bumped by every invalidation: a load that started before one must not cache what it read. */
   #generation = 0;
+  /** Postgres lookups made (key misses and refreshes; account configurations), and secrets hashed: for tests and
+   * metrics. */
+  loads = 0;
+  configLoads = 0;
+  secretHashes = 0;
 
   constructor(db: Database, clock: Clock, options: KeyCacheOptions = {}) {
     this.#db = db;
     this.#clock = clock;
     this.#ttl = options.ttlMs ?? 60_000;
     this.#negativeTtl = options.negativeTtlMs ?? 5_000;
-    this.#max = options.maxEntries ?? 100_000;
+    this.#max = Math.max(1, options.maxEntries ?? 100_000);
+    this.#configTtl = options.configTtlMs ?? 1_000;
+    this.#onRefreshError = options.onRefreshError ?? (() => {});
     this.#onLookup = options.onLookup;
   }
 
-  /** Resolves a key id; null when it does not exist. Throws only when it is not cached and Postgres is down. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /**
+   * Resolves a key id; null when it does not exist. Waits for Postgres only on a miss (bounded by the database's
+   * own timeouts); throws only then, when Postgres fails.
+   */
   async get(keyId: string): Promise<KeyContext | null> {
     const e = this.#entries.get(keyId);
     const now = this.#clock.now();
-    if (e && now - e.loadedAt < (e.ctx ? this.#ttl : this.#negativeTtl)) {
-      this.#onLookup?.(true);
-      return e.ctx;
+    if (e) {
+      this.#touch(keyId, e);
+      const age = now - e.loadedAt;
+      if (e.ctx === null) {
+        if (age < this.#negativeTtl) {
+          this.#onLookup?.(true);
+          return null;
+        }
+      } else {
+        if (age >= this.#ttl) this.#refresh(keyId);
+        this.#onLookup?.(true);
+        return e.ctx;
+      }
     }
     this.#onLookup?.(false);
-    let p = this.#inflight.get(keyId);
-    if (!p) {
-      p = this.#load(keyId).finally(() => this.#inflight.delete(keyId));
-      this.#inflight.set(keyId, p);
-    }
-    try {
-      return await p;
-    } catch (err) {
-      if (e?.ctx) return e.ctx; // stale but known: keep serving while Postgres is unreachable
-      throw err;
-    }
+    return this.#loadOnce(keyId);
   }
 
   /** The cached context of a key, without loading (undefined when not cached). */
@@ -75,20 +109,73 @@ export class KeyCache {
     return this.#entries.get(keyId)?.ctx;
   }
 
-  /** Drops every cached key of an account ("*" = everything, e.g. after a plan changed). */
+  /**
+   * Whether `secret` is the key's secret: a secret that matched before is compared directly (constant time), any
+   * other is hashed and compared with the stored hash, and remembered when it matches.
+   */
+  verify(keyId: string, ctx: KeyContext, secret: string): boolean {
+    const e = this.#entries.get(keyId);
+    const presented = Buffer.from(secret);
+    if (e?.ctx === ctx && e.verified && e.verified.length === presented.length && timingSafeEqual(e.verified, presented)) return true;
+    this.secretHashes++;
+    if (!secretMatches(secret, ctx.key.secretHash)) return false;
+    if (e?.ctx === ctx) e.verified = presented;
+    return true;
+  }
+
+  /** The account's configuration for GetLimits: cached briefly, dropped with the account's keys on a change. */
+  async accountConfig(accountId: string): Promise<AccountConfig | null> {
+    const now = this.#clock.now();
+    const c = this.#configs.get(accountId);
+    if (c && c.generation === this.#generation && now - c.loadedAt < this.#configTtl) return c.config;
+    const generation = this.#generation;
+    this.configLoads++;
+    const config = await this.#db.loadAccountConfig(accountId, new Date(now));
+    if (generation === this.#generation) {
+      if (this.#configs.size >= this.#max) this.#configs.delete(this.#configs.keys().next().value!);
+      this.#configs.set(accountId, { config, loadedAt: now, generation });
+    }
+    return config;
+  }
+
+  /** Drops every cached key of an account ("*" = everything, e.g. after a plan changed), and all unknown keys. */
   invalidate(accountId: string): void {
     this.#generation++;
+    this.#configs.clear();
     if (accountId === "*") {
       this.#entries.clear();
       this.#byAccount.clear();
+      this.#negative.clear();
       return;
     }
     for (const keyId of this.#byAccount.get(accountId) ?? []) this.#entries.delete(keyId);
     this.#byAccount.delete(accountId);
+    for (const keyId of this.#negative) this.#entries.delete(keyId);
+    this.#negative.clear();
+  }
+
+  #touch(keyId: string, e: Entry): void {
+    this.#entries.delete(keyId);
+    this.#entries.set(keyId, e);
+  }
+
+  #refresh(keyId: string): void {
+    if (this.#inflight.has(keyId)) return;
+    this.#loadOnce(keyId).catch((err) => this.#onRefreshError(keyId, err));
+  }
+
+  #loadOnce(keyId: string): Promise<KeyContext | null> {
+    let p = this.#inflight.get(keyId);
+    if (!p) {
+      p = this.#load(keyId).finally(() => this.#inflight.delete(keyId));
+      this.#inflight.set(keyId, p);
+    }
+    return p;
   }
 
   async #load(keyId: string): Promise<KeyContext | null> {
     const generation = this.#generation;
+    this.loads++;
     const ctx = await this.#db.read(async (uow) => {
       const key = await uow.getKey(keyId);
       if (!key) return null;
@@ -98,17 +185,31 @@ export class KeyCache {
     });
     // A change was announced while this load ran: what it read may predate the change, so use it once, not cache it.
     if (generation !== this.#generation) return ctx;
-    if (this.#entries.size >= this.#max) {
-      const oldest = this.#entries.keys().next().value;
-      if (oldest !== undefined) this.#entries.delete(oldest);
-    }
+    const previous = this.#entries.get(keyId);
     this.#entries.delete(keyId);
-    this.#entries.set(keyId, { ctx, loadedAt: this.#clock.now() });
+    while (this.#entries.size >= this.#max) this.#evictOldest();
+    const entry: Entry = { ctx, loadedAt: this.#clock.now() };
+    // The same key record: a secret verified against it stays verified.
+    if (previous?.verified && previous.ctx && ctx && previous.ctx.key.secretHash === ctx.key.secretHash) entry.verified = previous.verified;
+    this.#entries.set(keyId, entry);
     if (ctx) {
+      this.#negative.delete(keyId);
       let set = this.#byAccount.get(ctx.key.accountId);
       if (!set) this.#byAccount.set(ctx.key.accountId, (set = new Set()));
       set.add(keyId);
+    } else {
+      this.#negative.add(keyId);
     }
     return ctx;
+  }
+
+  #evictOldest(): void {
+    const oldest = this.#entries.keys().next();
+    if (oldest.done) return;
+    const keyId = oldest.value;
+    const e = this.#entries.get(keyId)!;
+    this.#entries.delete(keyId);
+    if (e.ctx) this.#byAccount.get(e.ctx.key.accountId)?.delete(keyId);
+    else this.#negative.delete(keyId);
   }
 }

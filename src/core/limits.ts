@@ -7,6 +7,7 @@ import { DAY_MS, fixedBounds, monthlyCycle } from "./periods.ts";
 import { meterOf, parseDuration, type LimitSpec, type PlanSpec } from "./plan.ts";
 import { parseDecimalMicros } from "./money.ts";
 import type { AccountConfig, KeyRecord, SubscriptionRecord } from "./ports.ts";
+import { own } from "./validation.ts";
 
 /** Rolling windows are counted in 15-minute buckets: a window over-counts by at most one bucket of usage. */
 export const ROLLING_BUCKET_MS = 15 * 60 * 1000;
@@ -52,7 +53,7 @@ function amountFor(l: LimitSpec, a: CallAmounts): bigint {
   if (meter === "calls" || meter === "requests") return 1n;
   if (meter === "units") return a.units;
   if (meter === "spend") return a.spend;
-  return a.meters[meter] ?? 0n;
+  return own(a.meters, meter) ?? 0n;
 }
 
 function periodOf(l: LimitSpec, anchor: number, now: number): Period {
@@ -76,9 +77,9 @@ function windowOf(l: LimitSpec): number | undefined {
 
 export function blocksOf(plan: PlanSpec, sub: SubscriptionRecord): Array<[number, number]> {
   const defs = plan.accessBlocks?.blocks ?? {};
-  return sub.accessBlocks.map((b) => {
-    const [s, e] = defs[b]!;
-    return [s * 3_600_000, e * 3_600_000];
+  return sub.accessBlocks.flatMap((b): Array<[number, number]> => {
+    const block = own(defs, b);
+    return block ? [[block[0] * 3_600_000, block[1] * 3_600_000]] : [];
   });
 }
 
@@ -131,7 +132,7 @@ export function limitsForCall(
     }
     out.push({ counter, info });
     // A key's own sub-limit of a shared quota: the same period and meter, a fixed capacity.
-    const sub_ = key?.subLimits[l.name];
+    const sub_ = key ? own(key.subLimits, l.name) : undefined;
     if (key && sub_ !== undefined && l.kind === "quota" && l.scope !== "key") {
       out.push({
         counter: { ...counter, id: limitId("key", key.id, `sub:${l.name}`), limit: sub_ },
@@ -152,7 +153,7 @@ export function gatesFor(sub: SubscriptionRecord, key: KeyRecord | undefined): G
 
 /** The add-on package active on limit `l` of a subscription, if any. */
 export function activeAddOn(l: LimitSpec, sub: SubscriptionRecord) {
-  const id = sub.addOns[l.name];
+  const id = own(sub.addOns, l.name);
   return id ? l.addOns?.find((p) => p.id === id) : undefined;
 }
 
@@ -211,7 +212,7 @@ export function durableLimitIds(config: AccountConfig): string[] {
       } else {
         ids.add(limitId(l.scope, sub.id, l.name));
         for (const k of config.keys) {
-          if (k.subscriptionId === sub.id && k.subLimits[l.name] !== undefined) ids.add(limitId("key", k.id, `sub:${l.name}`));
+          if (k.subscriptionId === sub.id && own(k.subLimits, l.name) !== undefined) ids.add(limitId("key", k.id, `sub:${l.name}`));
         }
       }
     }
@@ -224,7 +225,7 @@ export function priceOf(plan: PlanSpec, meters: Record<string, bigint>, calls: b
   if (!plan.pricing) return 0n;
   let spend = calls * parseDecimalMicros("pricing.perCall", plan.pricing.perCall);
   for (const [meter, price] of Object.entries(plan.pricing.perMeter)) {
-    spend += (meters[meter] ?? 0n) * parseDecimalMicros(`pricing.perMeter.${meter}`, price);
+    spend += (own(meters, meter) ?? 0n) * parseDecimalMicros(`pricing.perMeter.${meter}`, price);
   }
   return spend;
 }

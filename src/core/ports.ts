@@ -149,6 +149,15 @@ export interface UnitOfWork {
   /** Inserts a marker (scope, key) unless it exists; true when this transaction inserted it. A concurrent claim of the
    * same key waits for the first transaction, then gets false (exactly-once across replicas). */
   claimOnce(scope: string, key: string): Promise<boolean>;
+  /**
+   * Claims an idempotency key for this transaction before its work starts (a pending record, written now). A
+   * concurrent claim of the same key waits for this transaction: when it commits, the waiter fails with
+   * DuplicateKeyError (and answers with the committed result); when it rolls back, the waiter proceeds. A wait
+   * longer than `waitMs` throws ABORTED / IDEMPOTENCY_IN_PROGRESS (retryable).
+   */
+  claimIdempotency(r: { scope: string; key: string; requestHash: string }, waitMs: number): Promise<void>;
+  /** Stores the result of a claimed key (same transaction). */
+  completeIdempotency(r: IdempotencyRecord): Promise<void>;
   /** Marks the account's Redis capacity stale (the reconciler rewrites it if the post-commit write is lost). */
   bumpCapacityVersion(accountId: string): Promise<number>;
   /** The same for every account subscribed to one of these plans; returns those accounts. */
@@ -170,6 +179,8 @@ export interface Database {
   listAccounts(): Promise<AccountRecord[]>;
   listPlans(): Promise<PlanRecord[]>;
   listKeys(accountId: string): Promise<KeyRecord[]>;
+  /** The account's wallets (one query; balances move with usage postings, which announce nothing). */
+  listWallets(accountId: string): Promise<WalletRecord[]>;
   listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }): Promise<TransactionRecord[]>;
   /** Sum of all postings per (ledger account, currency) — for audits and tests. */
   postingTotals(): Promise<Array<{ ledgerAccount: string; currency: string; total: bigint }>>;

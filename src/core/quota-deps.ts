@@ -2,6 +2,7 @@
  * What every data-plane use case is given (the ports, the clock, the caches), and the two ways they call the
  * counter store: under a deadline, and with a restore from Postgres when the store does not know the account.
  */
+import { CallLimiter } from "./call-limiter.ts";
 import type { CapacitySync } from "./capacity.ts";
 import type { CounterStore, Mode, ReserveCommand, ReserveResult } from "./counter-store.ts";
 import { QuotaError, UnavailableError } from "./errors.ts";
@@ -20,15 +21,32 @@ export interface QuotaServiceDeps {
   touched?: (accountId: string, openUntilMs?: number) => void;
   /** Counter-store deadline: past it the plan's failure mode answers. */
   storeDeadlineMs?: number;
+  /** How long a request waits for a concurrent one with the same idempotency key before ABORTED (ms). */
+  idempotencyWaitMs?: number;
+  /** GetLimits calls per minute per key (or account) in this process; 0 = unlimited (default 120). */
+  getLimitsRatePerMinute?: number;
   /** Counts decisions for metrics. */
   onDecision?: (event: { decision: string; reason: string; mode: Mode; failOpen: boolean }) => void;
 }
 
 /** The dependencies with their defaults filled in. */
-export type QuotaDeps = QuotaServiceDeps & { storeDeadlineMs: number };
+export type QuotaDeps = QuotaServiceDeps & {
+  storeDeadlineMs: number;
+  idempotencyWaitMs: number;
+  /** TopUps running in this process, by idempotency scope and key: a repeat waits for the first without holding a
+   * database connection. */
+  topUpsInFlight: Map<string, Promise<unknown>>;
+  getLimitsLimiter: CallLimiter;
+};
 
 export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
-  return { ...deps, storeDeadlineMs: deps.storeDeadlineMs ?? 50 };
+  return {
+    ...deps,
+    storeDeadlineMs: deps.storeDeadlineMs ?? 50,
+    idempotencyWaitMs: deps.idempotencyWaitMs ?? 200,
+    topUpsInFlight: new Map(),
+    getLimitsLimiter: new CallLimiter("GetLimits", deps.getLimitsRatePerMinute ?? 120, deps.clock),
+  };
 }
 
 /** Deadline for counter-store calls: a slow store must not turn into a client timeout. */

@@ -14,7 +14,7 @@ import { getLimits, type GetLimitsAnswer, type GetLimitsRequest } from "./get-li
 import type { Caller } from "./key-auth.ts";
 import { withDefaults, type QuotaDeps, type QuotaServiceDeps } from "./quota-deps.ts";
 import { release, type ReleaseAnswer, type ReleaseRequest } from "./release.ts";
-import { topUp, type TopUpAnswer, type TopUpRequest } from "./top-up.ts";
+import { topUp, type TopUpAnswer, type TopUpOptions, type TopUpRequest } from "./top-up.ts";
 
 export type { CheckAnswer, CheckRequest, DenyReason } from "./check-and-reserve.ts";
 export type { BatchResult } from "./batch.ts";
@@ -24,7 +24,7 @@ export type { Caller } from "./key-auth.ts";
 export { toStatus, type LimitStatusOut } from "./limit-status.ts";
 export type { QuotaServiceDeps } from "./quota-deps.ts";
 export type { ReleaseAnswer, ReleaseRequest } from "./release.ts";
-export type { QuotaLineIn, TopUpAnswer, TopUpRequest } from "./top-up.ts";
+export type { QuotaLineIn, TopUpAnswer, TopUpOptions, TopUpRequest } from "./top-up.ts";
 export { changeAddOn } from "./add-ons.ts";
 export { keyView, type GrantOut, type KeyViewOut } from "./views.ts";
 
@@ -43,8 +43,8 @@ export class QuotaService {
     return release(this.#d, req);
   }
 
-  topUp(caller: Caller, req: TopUpRequest): Promise<TopUpAnswer> {
-    return topUp(this.#d, caller, req);
+  topUp(caller: Caller, req: TopUpRequest, options?: TopUpOptions): Promise<TopUpAnswer> {
+    return topUp(this.#d, caller, req, options);
   }
 
   getLimits(caller: Caller, req: GetLimitsRequest): Promise<GetLimitsAnswer> {

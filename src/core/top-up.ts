@@ -11,9 +11,9 @@ import { newId, newSortableId } from "./ids.ts";
 import { resolveKey, type Caller } from "./key-auth.ts";
 import { capacityOf, cycleOf } from "./limits.ts";
 import { MAX_AMOUNT, formatMicros, moneyToMicros, parseDecimalMicros, type MoneyParts } from "./money.ts";
-import type { AccountConfig, GrantRecord, KeyRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
+import type { AccountConfig, GrantRecord, IdempotencyRecord, KeyRecord, SubscriptionRecord, TransactionRecord, UnitOfWork, WalletKind } from "./ports.ts";
 import type { QuotaDeps } from "./quota-deps.ts";
-import { ACCOUNT_ID_RE, NAME_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
+import { ACCOUNT_ID_RE, NAME_RE, PAYMENT_REFERENCE_MAX, PAYMENT_REFERENCE_RE, REQUEST_ID_RE, SUBSCRIPTION_ID_RE, hashRequest } from "./validation.ts";
 import { grantOut, type GrantOut } from "./views.ts";
 
 export interface QuotaLineIn {
@@ -49,7 +49,12 @@ export interface TopUpAnswer {
   replayed: boolean;
 }
 
-export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest): Promise<TopUpAnswer> {
+export interface TopUpOptions {
+  /** The request field that carries the payment reference, for error messages (admin Deposit: payment.reference). */
+  referenceField?: string;
+}
+
+export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest, options: TopUpOptions = {}): Promise<TopUpAnswer> {
   if (!req.idempotencyKey) throw new InvalidArgumentError("idempotency_key", "is required");
   if (!REQUEST_ID_RE.test(req.idempotencyKey)) throw new InvalidArgumentError("idempotency_key", "must be 1-128 characters of A-Z a-z 0-9 _ . : ~ -");
   if (req.target.case === undefined) throw new InvalidArgumentError("target", "is required (quota, wallet, credit or add_on)");
@@ -89,26 +94,52 @@ export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest): Pr
 
   const requestHash = hashRequest({ ...req, apiKey: undefined });
   const scope = `topup:${accountId}`;
+  const payment = req.funding.case === "external" ? { reference: req.funding.reference, hash: paymentHash(accountId, key, req) } : undefined;
+  const referenceField = options.referenceField ?? "external.reference";
+  // A repeat of a TopUp still running in this process waits for it (holding no connection), then looks its result up.
+  // When the first one committed the same request, its answer is the answer (no second round trip to Postgres).
+  const flight = `${scope}\u0000${req.idempotencyKey}`;
+  for (let earlier = d.topUpsInFlight.get(flight); earlier; earlier = d.topUpsInFlight.get(flight)) {
+    const first = (await earlier.catch(() => undefined)) as { requestHash: string; answer: TopUpAnswer } | undefined;
+    if (first && first.requestHash === requestHash) return { ...first.answer, replayed: true };
+  }
+  const run = commitTopUp(d, req, { accountId, key, scope, requestHash, payment, referenceField });
+  d.topUpsInFlight.set(flight, run.then((answer) => ({ requestHash, answer })));
+  try {
+    return await run;
+  } finally {
+    d.topUpsInFlight.delete(flight);
+  }
+}
+
+async function commitTopUp(
+  d: QuotaDeps,
+  req: TopUpRequest,
+  { accountId, key, scope, requestHash, payment, referenceField }: { accountId: string; key: KeyRecord | undefined; scope: string; requestHash: string; payment: { reference: string; hash: string } | undefined; referenceField: string },
+): Promise<TopUpAnswer> {
   const now = d.clock.now();
   let answer: TopUpAnswer;
   try {
     answer = await d.db.transaction(async (uow) => {
       const account = await uow.getAccount(accountId);
       if (!account) throw new QuotaError("NOT_FOUND", "ACCOUNT_NOT_FOUND", `account ${JSON.stringify(accountId)} not found`);
+      // A payment reference first: it is credited once, and only a repeat of the same payment replays it.
+      if (payment) {
+        const prior = await uow.getIdempotency("payment", payment.reference);
+        if (prior) return replayPayment(prior.response, accountId, payment.hash, referenceField);
+      }
       const earlier = await uow.getIdempotency(scope, req.idempotencyKey);
-      if (earlier) {
-        if (earlier.requestHash !== requestHash) throw new InvalidArgumentError("idempotency_key", "was already used for a different request");
-        return { ...decodeTopUp(earlier.response), replayed: true };
-      }
-      if (req.funding.case === "external") {
-        const prior = await uow.getIdempotency("payment", req.funding.reference);
-        if (prior) return replayPayment(prior.response, accountId);
-      }
+      if (earlier) return replayKey(earlier, requestHash);
+      // Claim the key (and the reference) before any work: a concurrent repeat waits here for this transaction and
+      // then answers with its result, instead of racing it for the wallet (issue 7, item 2).
+      await uow.claimIdempotency({ scope, key: req.idempotencyKey, requestHash }, d.idempotencyWaitMs);
+      if (payment) await uow.claimIdempotency({ scope: "payment", key: payment.reference, requestHash: payment.hash }, d.idempotencyWaitMs);
       const result = await applyTopUp(d, uow, accountId, key, req, now);
-      await uow.putIdempotency({ scope, key: req.idempotencyKey, requestHash, response: encodeTopUp(result) });
-      if (req.funding.case === "external") {
-        // The payment record names its account: a reference can never be replayed to, or credited by, another one.
-        await uow.putIdempotency({ scope: "payment", key: req.funding.reference, requestHash, response: { ...(encodeTopUp(result) as object), accountId } });
+      await uow.completeIdempotency({ scope, key: req.idempotencyKey, requestHash, response: encodeTopUp(result) });
+      if (payment) {
+        // The payment record names its account and what it paid for: a reference can never be replayed to, or
+        // credited by, another account, nor replayed for another amount or target.
+        await uow.completeIdempotency({ scope: "payment", key: payment.reference, requestHash: payment.hash, response: { ...(encodeTopUp(result) as object), accountId, paymentHash: payment.hash } });
       }
       await uow.bumpCapacityVersion(accountId);
       return result;
@@ -117,14 +148,12 @@ export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest): Pr
     if (e instanceof DuplicateKeyError) {
       // A concurrent request with the same idempotency key or payment reference committed first: answer with its
       // result (and apply nothing).
-      const prior = await d.db.read(async (uow) =>
-        (await uow.getIdempotency(scope, req.idempotencyKey)) ??
-        (req.funding.case === "external" ? await uow.getIdempotency("payment", req.funding.reference) : null),
-      );
-      if (prior) {
-        if (prior.scope === scope && prior.requestHash !== requestHash) throw new InvalidArgumentError("idempotency_key", "was already used for a different request");
-        return prior.scope === "payment" ? replayPayment(prior.response, accountId) : { ...decodeTopUp(prior.response), replayed: true };
-      }
+      const [prior, priorPayment] = await d.db.read(async (uow) => [
+        await uow.getIdempotency(scope, req.idempotencyKey),
+        payment ? await uow.getIdempotency("payment", payment.reference) : null,
+      ] as const);
+      if (priorPayment && payment) return replayPayment(priorPayment.response, accountId, payment.hash, referenceField);
+      if (prior) return replayKey(prior, requestHash);
     }
     throw e;
   }
@@ -280,7 +309,7 @@ async function applyTopUp(d: QuotaDeps, uow: UnitOfWork, accountId: string, key:
 
 function externalPayment(f: { reference: string; amount?: MoneyParts; provider: string }): bigint {
   if (!f.reference) throw new InvalidArgumentError("external.reference", "is required");
-  if (f.reference.length > 256 || !/^[\x21-\x7e]+$/.test(f.reference)) throw new InvalidArgumentError("external.reference", "must be 1-256 printable ASCII characters");
+  if (!PAYMENT_REFERENCE_RE.test(f.reference)) throw new InvalidArgumentError("external.reference", `must be 1-${PAYMENT_REFERENCE_MAX} printable ASCII characters`);
   if (f.provider && !/^[a-z0-9_.-]{1,64}$/.test(f.provider)) throw new InvalidArgumentError("external.provider", "must be 1-64 characters of a-z 0-9 _ . -");
   return moneyToMicros("external.amount", f.amount);
 }
@@ -330,13 +359,32 @@ function capacityTotal(config: Pick<AccountConfig, "subscriptions" | "plans" | "
   return total;
 }
 
-/** A payment reference seen before: the first answer for the same account, ALREADY_EXISTS for any other. */
-function replayPayment(raw: unknown, accountId: string): TopUpAnswer {
-  const owner = (raw as { accountId?: string }).accountId;
-  if (owner !== accountId) {
-    throw new QuotaError("ALREADY_EXISTS", "PAYMENT_REFERENCE_USED", "external.reference was already credited to another account");
+/** What a payment paid for: the account, the target (kind, amount or lines, subscription) and the amount paid. */
+function paymentHash(accountId: string, key: KeyRecord | undefined, req: TopUpRequest): string {
+  const f = req.funding as { amount?: MoneyParts };
+  return hashRequest({ accountId, subscriptionId: req.subscriptionId || key?.subscriptionId || "", target: req.target, amount: f.amount ? `${moneyToMicros("external.amount", f.amount)}` : "" });
+}
+
+/**
+ * A payment reference seen before: the first answer for the same payment; ALREADY_EXISTS for another account
+ * (PAYMENT_REFERENCE_USED) or another amount or target (PAYMENT_REFERENCE_MISMATCH). Nothing is applied.
+ */
+function replayPayment(raw: unknown, accountId: string, hash: string, field: string): TopUpAnswer {
+  const r = raw as { accountId?: string; paymentHash?: string; pending?: boolean };
+  if (r.accountId !== accountId) {
+    throw new QuotaError("ALREADY_EXISTS", "PAYMENT_REFERENCE_USED", `${field}: was already credited to another account`);
+  }
+  // Records written before payment hashes were stored carry none: they match on the account alone.
+  if (r.paymentHash !== undefined && r.paymentHash !== hash) {
+    throw new QuotaError("ALREADY_EXISTS", "PAYMENT_REFERENCE_MISMATCH", `${field}: was already credited for a different amount or target; nothing was changed`);
   }
   return { ...decodeTopUp(raw), replayed: true };
+}
+
+/** An idempotency key seen before: the first answer for the same request, INVALID_ARGUMENT for another one. */
+function replayKey(prior: IdempotencyRecord, requestHash: string): TopUpAnswer {
+  if (prior.requestHash !== requestHash) throw new InvalidArgumentError("idempotency_key", "was already used for a different request");
+  return { ...decodeTopUp(prior.response), replayed: true };
 }
 
 function encodeTopUp(a: TopUpAnswer): unknown {

@@ -13,6 +13,12 @@ export const SUBSCRIPTION_ID_RE = /^sub_[a-z2-7]{16}$/;
 export const KEY_ID_RE = /^[a-z2-7]{16}$/;
 /** Idempotency keys and request ids chosen by callers. */
 export const REQUEST_ID_RE = /^[A-Za-z0-9_.:~-]{1,128}$/;
+/**
+ * External payment references (checkout session ids, on-chain transaction hashes): printable ASCII, at most
+ * PAYMENT_REFERENCE_MAX characters — the width of the idempotency_records.key column they are stored in.
+ */
+export const PAYMENT_REFERENCE_MAX = 128;
+export const PAYMENT_REFERENCE_RE = new RegExp(`^[\\x21-\\x7e]{1,${PAYMENT_REFERENCE_MAX}}$`);
 export const METHOD_RE = /^[A-Za-z0-9_.:/-]{1,128}$/;
 export const METER_RE = /^[a-z][a-z0-9_]{0,31}$/;
 
@@ -38,4 +44,12 @@ export function checkMeters(field: string, meters: Record<string, bigint>): void
     if (!METER_RE.test(name)) throw new InvalidArgumentError(`${field}[${JSON.stringify(name).slice(0, 40)}]`, "meter names are 1-32 characters of a-z 0-9 _");
     checkAmount(`${field}.${name}`, meters[name], 0n);
   }
+}
+
+/**
+ * The value stored under a caller- or operator-chosen name, never one inherited from Object's prototype: a method
+ * named "constructor" or a limit named "toString" is an ordinary name (plain objects come from JSON and protobuf maps).
+ */
+export function own<V>(record: Readonly<Record<string, V>>, name: string): V | undefined {
+  return Object.hasOwn(record, name) ? record[name] : undefined;
 }

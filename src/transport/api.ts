@@ -18,6 +18,20 @@ export interface Api {
   admin: AdminApi;
 }
 
-export function createApi(deps: { quota: QuotaService; admin: AdminService; auth: AuthConfig; adminLimiter?: (caller: string) => void; onInternalError?: (method: string, err: unknown) => void }): Api {
-  return { quota: createQuotaApi(deps.quota, deps.auth, deps.onInternalError), admin: createAdminApi(deps.admin, deps.auth, deps.adminLimiter) };
+export function createApi(deps: { quota: QuotaService; admin: AdminService; auth: AuthConfig; adminLimiter?: (caller: string) => void; onInternalError?: (method: string, err: unknown) => void; gate?: () => void }): Api {
+  const quota = createQuotaApi(deps.quota, deps.auth, deps.onInternalError);
+  const admin = createAdminApi(deps.admin, deps.auth, deps.adminLimiter);
+  return deps.gate ? { quota: gated(quota, deps.gate), admin: gated(admin, deps.gate) } : { quota, admin };
+}
+
+/** Every method first asks `gate` (e.g. UNAVAILABLE while the process is starting). */
+function gated<T extends object>(api: T, gate: () => void): T {
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(api)) {
+    out[name] = async (req: unknown, ctx: unknown) => {
+      gate();
+      return (fn as (r: unknown, c: unknown) => Promise<unknown>)(req, ctx);
+    };
+  }
+  return out as T;
 }

@@ -69,16 +69,31 @@ export function mode(m: Mode): "ENFORCE" | "CHECK_ONLY" | "SHADOW" {
   }
 }
 
+/** google.protobuf.Duration's own range: ±315,576,000,000 s, |nanos| <= 999,999,999, seconds and nanos of one sign. */
+const DURATION_MAX_SECONDS = 315_576_000_000n;
+/** google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z, nanos 0..999,999,999. */
+const TIMESTAMP_MIN_SECONDS = -62_135_596_800n;
+const TIMESTAMP_MAX_SECONDS = 253_402_300_799n;
+const NANOS_MAX = 999_999_999;
+
+/** A request Duration as ms; anything protobuf itself does not allow is INVALID_ARGUMENT naming the field. */
 export function durationField(field: string, d: Duration | undefined): number | undefined {
   if (!d) return undefined;
+  if (d.seconds > DURATION_MAX_SECONDS || d.seconds < -DURATION_MAX_SECONDS || d.nanos > NANOS_MAX || d.nanos < -NANOS_MAX || (d.seconds > 0n && d.nanos < 0) || (d.seconds < 0n && d.nanos > 0)) {
+    throw new InvalidArgumentError(field, "is not a valid Duration (seconds within ±315576000000, nanos within ±999999999 and of the same sign)");
+  }
   // Only a range guard before converting to a number; the core checks the real bounds (1s..1h).
   if (d.seconds < 0n || d.nanos < 0 || d.seconds > 86_400n) throw new InvalidArgumentError(field, "must be between 1s and 1h");
   return durationMs(d);
 }
 
+/** A request Timestamp as ms; outside protobuf's range, or before 1970 (no valid time here is), INVALID_ARGUMENT. */
 export function timestampField(field: string, t: Timestamp | undefined): number | undefined {
   if (!t) return undefined;
-  if (t.seconds < 0n || t.seconds > 253_402_300_799n) throw new InvalidArgumentError(field, "is out of range");
+  if (t.seconds < TIMESTAMP_MIN_SECONDS || t.seconds > TIMESTAMP_MAX_SECONDS || t.nanos < 0 || t.nanos > NANOS_MAX) {
+    throw new InvalidArgumentError(field, "is not a valid Timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)");
+  }
+  if (t.seconds < 0n) throw new InvalidArgumentError(field, "is out of range (before 1970)");
   return timestampDate(t).getTime();
 }
 

@@ -15,6 +15,7 @@ export const STATUS_TABLE: Record<ErrorCode, { grpc: GrpcStatus; connect: Code }
   UNAUTHENTICATED: { grpc: GrpcStatus.UNAUTHENTICATED, connect: Code.Unauthenticated },
   UNAVAILABLE: { grpc: GrpcStatus.UNAVAILABLE, connect: Code.Unavailable },
   RESOURCE_EXHAUSTED: { grpc: GrpcStatus.RESOURCE_EXHAUSTED, connect: Code.ResourceExhausted },
+  ABORTED: { grpc: GrpcStatus.ABORTED, connect: Code.Aborted },
 };
 
 export interface MappedError {

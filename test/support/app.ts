@@ -73,6 +73,8 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
       QUOTA_LOG_LEVEL: "silent",
       QUOTA_STORE_DEADLINE_MS: "2000",
       QUOTA_SHUTDOWN_DELAY_MS: "0",
+      // Tests read GetLimits before and after every case; the per-key limit is tested on its own (hardening.test.ts).
+      QUOTA_GET_LIMITS_RATE_PER_MINUTE: "0",
       ...(db ? { DATABASE_URL: options.wrapDatabaseUrl ? options.wrapDatabaseUrl(db.url) : db.url } : {}),
       ...(options.redis === false ? {} : { REDIS_URL: TEST_REDIS_URL, QUOTA_REDIS_KEY_PREFIX: redisPrefix }),
       ...options.env,

@@ -74,12 +74,23 @@ await Promise.all(
           result.denied[reason] = (result.denied[reason] ?? 0) + 1;
         }
       } else {
-        const r = await c.quota.topUp({
-          apiKey: calls.apiKey,
-          idempotencyKey: `${calls.keyPrefix}-${i % calls.distinctKeys}`,
-          target: { case: "quota", value: { lines: [{ units: BigInt(calls.units) }] } },
-          funding: { case: "fromWallet", value: {} },
-        });
+        const topUp = () =>
+          c.quota.topUp({
+            apiKey: calls.apiKey,
+            idempotencyKey: `${calls.keyPrefix}-${i % calls.distinctKeys}`,
+            target: { case: "quota", value: { lines: [{ units: BigInt(calls.units) }] } },
+            funding: { case: "fromWallet", value: {} },
+          });
+        // ABORTED (IDEMPOTENCY_IN_PROGRESS): the same key is running on another replica — retry, as clients must.
+        let r: Awaited<ReturnType<typeof topUp>> | undefined;
+        for (let attempt = 0; !r; attempt++) {
+          try {
+            r = await topUp();
+          } catch (e) {
+            if (codeOf(e) !== 10 || attempt >= 100) throw e;
+            await new Promise((res) => setTimeout(res, 20 + Math.random() * 80));
+          }
+        }
         if (r.replayed) result.replayed++;
         else result.applied++;
       }

@@ -19,13 +19,16 @@ export async function freePort(): Promise<number> {
 export class PrivateRedis {
   #proc: ChildProcess | undefined;
   readonly port: number;
+  readonly #args: string[];
 
-  private constructor(port: number) {
+  private constructor(port: number, args: string[]) {
     this.port = port;
+    this.#args = args;
   }
 
-  static async start(port?: number): Promise<PrivateRedis> {
-    const r = new PrivateRedis(port ?? (await freePort()));
+  /** `args`: extra redis-server arguments, e.g. ["--maxmemory-policy", "allkeys-lru"]. */
+  static async start(port?: number, args: string[] = []): Promise<PrivateRedis> {
+    const r = new PrivateRedis(port ?? (await freePort()), args);
     await r.startProcess();
     return r;
   }
@@ -35,7 +38,7 @@ export class PrivateRedis {
   }
 
   async startProcess(): Promise<void> {
-    this.#proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    this.#proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...this.#args], { stdio: "ignore" });
     const deadline = Date.now() + 10_000;
     for (;;) {
       const probe = new Redis(this.port, "127.0.0.1", { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });

@@ -61,4 +61,43 @@ describe("configuration", () => {
     expect(shown).not.toContain("pw@");
     expect(shown).toContain("postgresql://***@db:5432/q");
   });
+
+  it("issue 7 keys: defaults, environment names and bounds", () => {
+    expect(loadConfig({})).toMatchObject({
+      idempotencyWaitMs: 200,
+      dbConnectTimeoutMs: 5_000,
+      dbStatementTimeoutMs: 5_000,
+      keyCacheTtlMs: 60_000,
+      keyCacheNegativeTtlMs: 5_000,
+      keyCacheMaxEntries: 100_000,
+      getLimitsRatePerMinute: 120,
+      headersTimeoutMs: 10_000,
+      idleTimeoutMs: 120_000,
+      maxConcurrentStreams: 1_000,
+      redisAllowEviction: false,
+    });
+    const c = loadConfig({
+      QUOTA_IDEMPOTENCY_WAIT_MS: "250",
+      QUOTA_DB_CONNECT_TIMEOUT_MS: "300",
+      QUOTA_DB_STATEMENT_TIMEOUT_MS: "400",
+      QUOTA_KEY_CACHE_TTL_MS: "1000",
+      QUOTA_KEY_CACHE_NEGATIVE_TTL_MS: "0",
+      QUOTA_KEY_CACHE_MAX_ENTRIES: "10",
+      QUOTA_GET_LIMITS_RATE_PER_MINUTE: "0",
+      QUOTA_HEADERS_TIMEOUT_MS: "500",
+      QUOTA_IDLE_TIMEOUT_MS: "600",
+      QUOTA_MAX_CONCURRENT_STREAMS: "7",
+      QUOTA_REDIS_ALLOW_EVICTION: "true",
+    });
+    expect(c).toMatchObject({ idempotencyWaitMs: 250, dbConnectTimeoutMs: 300, dbStatementTimeoutMs: 400, keyCacheTtlMs: 1000, keyCacheNegativeTtlMs: 0, keyCacheMaxEntries: 10, getLimitsRatePerMinute: 0, headersTimeoutMs: 500, idleTimeoutMs: 600, maxConcurrentStreams: 7, redisAllowEviction: true });
+    let err: ConfigError | undefined;
+    try {
+      loadConfig({ QUOTA_DB_STATEMENT_TIMEOUT_MS: "0", QUOTA_KEY_CACHE_MAX_ENTRIES: "0", QUOTA_MAX_CONCURRENT_STREAMS: "-1", QUOTA_REDIS_ALLOW_EVICTION: "maybe" });
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err!.problems).toHaveLength(4);
+    expect(err!.message).toContain("dbStatementTimeoutMs (QUOTA_DB_STATEMENT_TIMEOUT_MS)");
+    expect(err!.message).toContain("redisAllowEviction (QUOTA_REDIS_ALLOW_EVICTION)");
+  });
 });

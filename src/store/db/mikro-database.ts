@@ -5,7 +5,7 @@
 import { LockMode } from "@mikro-orm/core";
 import { classifyDbError } from "./db-errors.ts";
 import type { SqlEntityManager as EntityManager, MikroORM } from "@mikro-orm/postgresql";
-import { FailedPreconditionError } from "../../core/errors.ts";
+import { FailedPreconditionError, IdempotencyInProgressError } from "../../core/errors.ts";
 import type {
   AccountConfig,
   AccountRecord,
@@ -206,6 +206,25 @@ class MikroUnitOfWork implements UnitOfWork {
   async putIdempotency(r: IdempotencyRecord) {
     await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: r.response as object });
   }
+  async claimIdempotency(r: { scope: string; key: string; requestHash: string }, waitMs: number) {
+    // The insert waits on a concurrent claim's uncommitted row (unique index); lock_timeout bounds that wait, for
+    // this statement only (set back before any other statement of the transaction).
+    await this.#em.execute(`set local lock_timeout = ${Math.max(1, Math.floor(waitMs))}`);
+    try {
+      await this.#em.insert(IdempotencyEntity, { scope: r.scope, key: r.key, requestHash: r.requestHash, response: { pending: true } });
+    } catch (e) {
+      // 55P03: our lock_timeout; 57014: the statement timeout came first. Either way the other request still runs.
+      const code = (e as { code?: string }).code;
+      if (code === "55P03" || code === "57014" || /lock timeout|statement timeout/i.test(String((e as Error).message))) {
+        throw new IdempotencyInProgressError(`a request with this ${r.scope === "payment" ? "payment reference" : "idempotency key"}`);
+      }
+      throw e;
+    }
+    await this.#em.execute(`set local lock_timeout = default`);
+  }
+  async completeIdempotency(r: IdempotencyRecord) {
+    await this.#em.nativeUpdate(IdempotencyEntity, { scope: r.scope, key: r.key }, { requestHash: r.requestHash, response: r.response as object });
+  }
   async bumpCapacityVersionForPlans(planIds: string[]): Promise<string[]> {
     if (planIds.length === 0) return [];
     const rows = await this.#em.execute<Array<{ id: string }>>(
@@ -330,6 +349,10 @@ export class MikroDatabase implements Database {
 
   async listKeys(accountId: string) {
     return (await this.#orm.em.fork().find(ApiKeyEntity, { accountId }, { orderBy: { createdAt: "asc", id: "asc" } })).map((k) => toKey(k as AnyRow));
+  }
+
+  async listWallets(accountId: string) {
+    return (await this.#orm.em.fork().find(WalletEntity, { accountId })).map((w) => toWallet(w as AnyRow));
   }
 
   async listTransactions(q: { accountId?: string; limit: number; before?: { createdAt: Date; id: string } }) {

@@ -14,6 +14,13 @@ export interface OrmOptions {
   url?: string;
   /** PGlite data folder ("memory://" for a throw-away in-memory database). */
   dataDir?: string;
+  /**
+   * Postgres: a connection (or a wait for a pooled one) fails after connectTimeoutMs; a statement is cancelled by the
+   * server after statementTimeoutMs and abandoned by the client shortly after (a black-holed connection never
+   * answers, so the server-side timeout alone would not bound it).
+   */
+  connectTimeoutMs?: number;
+  statementTimeoutMs?: number;
   /** Connection pool size for Postgres. */
   poolSize?: number;
   debug?: boolean;
@@ -32,6 +39,12 @@ export async function openOrm(options: OrmOptions): Promise<CoreORM> {
       ...common,
       clientUrl: options.url,
       pool: { min: 0, max: options.poolSize ?? 10 },
+      driverOptions: {
+        connectionTimeoutMillis: options.connectTimeoutMs ?? 5_000,
+        statement_timeout: options.statementTimeoutMs ?? 5_000,
+        query_timeout: (options.statementTimeoutMs ?? 5_000) + 500,
+        keepAlive: true,
+      },
     })) as unknown as CoreORM;
   }
   const { MikroORM } = await import("@mikro-orm/pglite");

@@ -26,6 +26,12 @@ export interface ConnectServerOptions {
   /** TLS for HTTPS (HTTP/1.1 and h2 via ALPN). */
   tls?: { key: Buffer; cert: Buffer; clientCa?: Buffer; requireClientCert: boolean };
   health: () => { live: boolean; ready: boolean };
+  /** A new connection's first bytes and every request's headers must arrive within this (ms). */
+  headersTimeoutMs?: number;
+  /** A connection with nothing in flight is closed after this (ms). */
+  idleTimeoutMs?: number;
+  /** HTTP/2 streams per connection. */
+  maxConcurrentStreams?: number;
   metrics: () => Promise<{ contentType: string; body: string }>;
   onError?: (method: string, err: unknown) => void;
   onCall?: (method: string, code: string, seconds: number) => void;
@@ -220,22 +226,32 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
   };
 
   let listener: net.Server;
-  const h1 = http.createServer(handler as http.RequestListener);
-  const h2 = http2.createServer({}, handler as never);
+  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  const idleTimeout = opts.idleTimeoutMs ?? 120_000;
+  const settings = { maxConcurrentStreams: opts.maxConcurrentStreams ?? 1_000 };
+  // connectionsCheckingInterval: how often Node enforces headersTimeout/requestTimeout (default every 30 s).
+  const h1 = http.createServer(
+    { headersTimeout, requestTimeout: Math.max(headersTimeout, 30_000), keepAliveTimeout: Math.min(5_000, idleTimeout), connectionsCheckingInterval: Math.min(1_000, headersTimeout) },
+    handler as http.RequestListener,
+  );
+  const h2 = http2.createServer({ settings }, handler as never);
   if (opts.tls) {
     listener = http2.createSecureServer(
-      { key: opts.tls.key, cert: opts.tls.cert, allowHTTP1: true, ...(opts.tls.clientCa ? { ca: opts.tls.clientCa } : {}), requestCert: opts.tls.requireClientCert, rejectUnauthorized: opts.tls.requireClientCert },
+      { key: opts.tls.key, cert: opts.tls.cert, allowHTTP1: true, settings, ...(opts.tls.clientCa ? { ca: opts.tls.clientCa } : {}), requestCert: opts.tls.requireClientCert, rejectUnauthorized: opts.tls.requireClientCert },
       handler as never,
     ) as unknown as net.Server;
   } else {
     const PREFACE = Buffer.from("PRI * HTTP/2.0");
     listener = net.createServer((socket) => {
+      // A connection that sends nothing (or too little to tell the protocol) is closed: it would be held for ever.
+      socket.setTimeout(headersTimeout, () => socket.destroy());
       socket.once("readable", function route() {
         const head: Buffer | null = socket.read(PREFACE.length) ?? socket.read();
         if (head === null) {
           socket.once("readable", route);
           return;
         }
+        socket.setTimeout(0);
         socket.unshift(head);
         if (head.length >= 3 && PREFACE.subarray(0, Math.min(head.length, PREFACE.length)).equals(head.subarray(0, Math.min(head.length, PREFACE.length)))) {
           h2.emit("connection", socket);
@@ -255,6 +271,11 @@ export async function startConnectServer(opts: ConnectServerOptions): Promise<Ru
   const trackSession = (session: http2.ServerHttp2Session) => {
     sessions.add(session);
     session.on("close", () => sessions.delete(session));
+    // Idle HTTP/2 connections (no frames for idleTimeout): GOAWAY, then closed once in-flight streams end.
+    session.setTimeout(idleTimeout, () => {
+      session.close();
+      setTimeout(() => session.destroy(), 5_000).unref();
+    });
   };
   h2.on("session", trackSession);
   listener.on("session", trackSession);

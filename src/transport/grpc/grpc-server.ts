@@ -5,7 +5,7 @@
  * Requests are decoded inside the handler (not by grpc-js) so malformed bytes answer INVALID_ARGUMENT, not INTERNAL.
  */
 import * as grpc from "@grpc/grpc-js";
-import { fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { DescFile } from "@bufbuild/protobuf";
 import { HealthImplementation } from "grpc-health-check";
@@ -27,6 +27,10 @@ export interface GrpcServerOptions {
   maxMessageBytes: number;
   /** TLS: key/cert (PEM) and, for mTLS, the CA that signs client certificates. */
   tls?: { key: Buffer; cert: Buffer; clientCa?: Buffer; requireClientCert: boolean };
+  /** A connection with no call in flight is closed after this (ms); this also closes connections that send nothing. */
+  idleTimeoutMs?: number;
+  /** HTTP/2 streams (calls) per connection. */
+  maxConcurrentStreams?: number;
   onError?: (method: string, err: unknown) => void;
   /** Counts calls for metrics: method, status code name, seconds. */
   onCall?: (method: string, code: string, seconds: number) => void;
@@ -40,6 +44,31 @@ export interface RunningGrpcServer {
 }
 
 type Handler = (req: never, ctx: CallContext) => Promise<unknown>;
+
+/** grpc/health/v1/health.proto (the standard health service served by grpc-health-check), for reflection. */
+const HEALTH_PROTO = create(FileDescriptorProtoSchema, {
+  name: "grpc/health/v1/health.proto",
+  package: "grpc.health.v1",
+  syntax: "proto3",
+  messageType: [
+    { name: "HealthCheckRequest", field: [{ name: "service", number: 1, label: 1, type: 9, jsonName: "service" }] },
+    {
+      name: "HealthCheckResponse",
+      field: [{ name: "status", number: 1, label: 1, type: 14, typeName: ".grpc.health.v1.HealthCheckResponse.ServingStatus", jsonName: "status" }],
+      enumType: [{ name: "ServingStatus", value: [{ name: "UNKNOWN", number: 0 }, { name: "SERVING", number: 1 }, { name: "NOT_SERVING", number: 2 }, { name: "SERVICE_UNKNOWN", number: 3 }] }],
+    },
+  ],
+  service: [
+    {
+      name: "Health",
+      method: [
+        { name: "Check", inputType: ".grpc.health.v1.HealthCheckRequest", outputType: ".grpc.health.v1.HealthCheckResponse" },
+        { name: "Watch", inputType: ".grpc.health.v1.HealthCheckRequest", outputType: ".grpc.health.v1.HealthCheckResponse", serverStreaming: true },
+      ],
+    },
+  ],
+  options: { javaMultipleFiles: true, javaOuterClassname: "HealthProto", javaPackage: "io.grpc.health.v1", goPackage: "google.golang.org/grpc/health/grpc_health_v1", csharpNamespace: "Grpc.Health.V1" },
+});
 
 function allFiles(files: DescFile[]): DescFile[] {
   const seen = new Map<string, DescFile>();
@@ -114,6 +143,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
     "grpc.max_receive_message_length": opts.maxMessageBytes,
     "grpc.max_send_message_length": 16 * 1024 * 1024,
     "grpc.keepalive_permit_without_calls": 1,
+    "grpc.max_connection_idle_ms": opts.idleTimeoutMs ?? 120_000,
+    "grpc.max_concurrent_streams": opts.maxConcurrentStreams ?? 1_000,
   });
   const q = opts.api.quota as unknown as Record<string, Handler>;
   const a = opts.api.admin as unknown as Record<string, Handler>;
@@ -131,6 +162,8 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<RunningG
   const files = allFiles([file_quota_v1_quota, file_quota_v1_admin, ...(opts.envoy ? [file_envoy_service_ratelimit_v3_rls] : [])]);
   new ReflectionService({
     "quota.v1": { fileDescriptorProtos: files.map((f) => Buffer.from(toBinary(FileDescriptorProtoSchema, f.proto))) },
+    // grpc.health.v1 too: `grpcurl ... grpc.health.v1.Health/Check` (what operators type first) needs its descriptor.
+    "grpc.health.v1": { fileDescriptorProtos: [Buffer.from(toBinary(FileDescriptorProtoSchema, HEALTH_PROTO))] },
   } as never).addToServer(server);
 
   const credentials = opts.tls

@@ -1,0 +1,71 @@
+/**
+ * Start-up and readiness (issue 7, items 20 and 21): ready means "can answer by policy" — NOT_SERVING (gRPC health,
+ * /readyz 503) until the counter store has been reached, while liveness (/healthz) depends on nothing; a Redis that
+ * may evict keys (maxmemory-policy other than noeviction) stops the start, unless explicitly allowed (then a warning
+ * and a metric).
+ */
+import { afterAll, describe, expect, it } from "vitest";
+import pino from "pino";
+import { startTestApp, type TestApp } from "../support/app.ts";
+import { PrivateRedis } from "../support/redis-server.ts";
+import { healthCheck } from "../support/server-process.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
+
+const get = async (port: number, path: string) => (await fetch(`http://127.0.0.1:${port}${path}`, { headers: { connection: "close" } })).status;
+
+describe("start-up and readiness", () => {
+  const cleanup: Array<() => Promise<void>> = [];
+  afterAll(async () => {
+    for (const c of cleanup.reverse()) await c().catch(() => {});
+  });
+
+  it("item 21: refuses to start with a Redis whose maxmemory-policy is not noeviction, naming the policy and the fix", async () => {
+    const redis = await PrivateRedis.start(undefined, ["--maxmemory-policy", "allkeys-lru"]);
+    cleanup.push(() => redis.stop());
+    await expect(startTestApp({ env: { REDIS_URL: redis.url } })).rejects.toThrow(/maxmemory-policy.*noeviction/);
+  });
+
+  it("item 21: with QUOTA_REDIS_ALLOW_EVICTION=true it starts, logs a warning and exports quota_redis_eviction_unsafe 1", async () => {
+    const redis = await PrivateRedis.start(undefined, ["--maxmemory-policy", "volatile-lru"]);
+    cleanup.push(() => redis.stop());
+    const lines: string[] = [];
+    const logger = pino({ level: "warn" }, { write: (l: string) => void lines.push(l) });
+    const t: TestApp = await startTestApp({ env: { REDIS_URL: redis.url, QUOTA_REDIS_ALLOW_EVICTION: "true" }, logger });
+    cleanup.push(() => t.stop());
+    expect(lines.some((l) => l.includes("volatile-lru") && l.includes("noeviction"))).toBe(true);
+    expect(await t.app.metrics.getSingleMetricAsString("quota_redis_eviction_unsafe")).toMatch(/quota_redis_eviction_unsafe 1/);
+    expect(await get(t.app.httpPort, "/readyz")).toBe(200);
+  });
+
+  it("item 21: a noeviction Redis starts and reports 0", async () => {
+    const redis = await PrivateRedis.start(undefined, ["--maxmemory-policy", "noeviction"]);
+    cleanup.push(() => redis.stop());
+    const t = await startTestApp({ env: { REDIS_URL: redis.url } });
+    cleanup.push(() => t.stop());
+    expect(await t.app.metrics.getSingleMetricAsString("quota_redis_eviction_unsafe")).toMatch(/quota_redis_eviction_unsafe 0/);
+  });
+
+  it("item 20: Redis unreachable at start: NOT_SERVING and /readyz 503, /healthz 200; ready once Redis answers", async () => {
+    const redis = await PrivateRedis.start();
+    cleanup.push(() => redis.stop());
+    const proxy = await TcpProxy.start(redis.port);
+    cleanup.push(() => proxy.close());
+    proxy.cut();
+    const t = await startTestApp({ env: { REDIS_URL: `redis://127.0.0.1:${proxy.port}` } });
+    cleanup.push(() => t.stop());
+    expect(await get(t.app.httpPort, "/healthz")).toBe(200);
+    expect(await get(t.app.httpPort, "/readyz")).toBe(503);
+    expect(await healthCheck(`127.0.0.1:${t.app.grpcPort}`)).toBe("NOT_SERVING");
+    expect(await healthCheck(`127.0.0.1:${t.app.grpcPort}`, "quota.v1.QuotaService")).toBe("NOT_SERVING");
+    proxy.restore();
+    const deadline = Date.now() + 10_000;
+    while ((await get(t.app.httpPort, "/readyz")) !== 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await get(t.app.httpPort, "/readyz")).toBe(200);
+    expect(await healthCheck(`127.0.0.1:${t.app.grpcPort}`)).toBe("SERVING");
+    // Losing Redis later keeps the replica ready (answers come from the plan's failure mode), liveness too.
+    proxy.cut();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await get(t.app.httpPort, "/readyz")).toBe(200);
+    expect(await get(t.app.httpPort, "/healthz")).toBe(200);
+  });
+});
