@@ -253,6 +253,28 @@ checksum/plans: {{ .Values.plans.content | sha256sum }}
   value: {{ $v.counters.retentionGraceMs | int64 | quote }}
 - name: QUOTA_WORKERS
   value: {{ $v.server.workers | int64 | quote }}
+- name: QUOTA_HEADERS_TIMEOUT_MS
+  value: {{ $v.server.headersTimeoutMs | int64 | quote }}
+- name: QUOTA_IDLE_TIMEOUT_MS
+  value: {{ $v.server.idleTimeoutMs | int64 | quote }}
+- name: QUOTA_MAX_CONCURRENT_STREAMS
+  value: {{ $v.server.maxConcurrentStreams | int64 | quote }}
+- name: QUOTA_GET_LIMITS_RATE_PER_MINUTE
+  value: {{ $v.server.getLimitsRatePerMinute | int64 | quote }}
+- name: QUOTA_IDEMPOTENCY_WAIT_MS
+  value: {{ $v.server.idempotencyWaitMs | int64 | quote }}
+- name: QUOTA_DB_CONNECT_TIMEOUT_MS
+  value: {{ $v.database.connectTimeoutMs | int64 | quote }}
+- name: QUOTA_DB_STATEMENT_TIMEOUT_MS
+  value: {{ $v.database.statementTimeoutMs | int64 | quote }}
+- name: QUOTA_KEY_CACHE_TTL_MS
+  value: {{ $v.keyCache.ttlMs | int64 | quote }}
+- name: QUOTA_KEY_CACHE_NEGATIVE_TTL_MS
+  value: {{ $v.keyCache.negativeTtlMs | int64 | quote }}
+- name: QUOTA_KEY_CACHE_MAX_ENTRIES
+  value: {{ $v.keyCache.maxEntries | int64 | quote }}
+- name: QUOTA_REDIS_ALLOW_EVICTION
+  value: {{ $v.redis.allowEviction | quote }}
 {{- if $v.envoy }}
 - name: QUOTA_ENVOY_CONFIG
   value: {{ toJson $v.envoy | quote }}
