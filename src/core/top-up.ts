@@ -100,11 +100,13 @@ export async function topUp(d: QuotaDeps, caller: Caller, req: TopUpRequest, opt
   // When the first one committed the same request, its answer is the answer (no second round trip to Postgres).
   const flight = `${scope}\u0000${req.idempotencyKey}`;
   for (let earlier = d.topUpsInFlight.get(flight); earlier; earlier = d.topUpsInFlight.get(flight)) {
-    const first = (await earlier.catch(() => undefined)) as { requestHash: string; answer: TopUpAnswer } | undefined;
+    const first = (await earlier) as { requestHash: string; answer: TopUpAnswer } | undefined;
     if (first && first.requestHash === requestHash) return { ...first.answer, replayed: true };
   }
   const run = commitTopUp(d, req, { accountId, key, scope, requestHash, payment, referenceField });
-  d.topUpsInFlight.set(flight, run.then((answer) => ({ requestHash, answer })));
+  // Never rejects (a failed first attempt is not an answer for its repeats: they run themselves), so a first attempt
+  // without waiters cannot leave an unhandled rejection behind.
+  d.topUpsInFlight.set(flight, run.then((answer) => ({ requestHash, answer }), () => undefined));
   try {
     return await run;
   } finally {
