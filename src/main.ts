@@ -171,7 +171,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const capacity = new CapacitySync({ db: idb, store, clock, bus });
   const flusher = new UsageFlusher({ db: idb, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
   bus.subscribe(flusher.invalidate);
+  const adminToken = config.adminToken || randomBytes(24).toString("base64url");
+  if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
   const quota = new QuotaService({
+    leaseSecret: adminToken,
     db: idb,
     store,
     clock,
@@ -187,6 +190,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const renewals = new AddOnRenewals({ db: idb, clock });
   // Envoy's rate-limit service: the same core with its own, shorter counter-store deadline (below Envoy's timeout).
   const envoyQuota = new QuotaService({
+    leaseSecret: adminToken,
     db: idb,
     store,
     clock,
@@ -204,8 +208,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     onCommitError: (err) => logger.warn({ err: String(err) }, "envoy: immediate commit failed; the reservation settles at its TTL"),
   });
 
-  const adminToken = config.adminToken || randomBytes(24).toString("base64url");
-  if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
   const adminCalls = new Map<string, { windowStart: number; count: number }>();
   const api = instrumentApi(createApi({
     quota,

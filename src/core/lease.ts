@@ -16,6 +16,7 @@
  *   flight), access windows (blocks open and close by the hour), overage keys (they may pass a quota), and
  *   quotas that count a meter other than calls/units/spend (the meter is known only per call).
  */
+import { createHmac, timingSafeEqual } from "node:crypto";
 import { FailedPreconditionError, InvalidArgumentError, QuotaError, UnavailableError } from "./errors.ts";
 import { newReservationId, parseReservationId } from "./ids.ts";
 import { resolveKey } from "./key-auth.ts";
@@ -72,7 +73,7 @@ export async function lease(d: QuotaDeps, req: LeaseRequest): Promise<LeaseAnswe
 
   // Settle earlier leases first: what they return is available to this grant.
   const closing = req.close.map((c, i) => {
-    const parsed = parseLeaseId(c.leaseId);
+    const parsed = parseLeaseId(d.leaseKey, c.leaseId);
     if (!parsed || parseReservationId(parsed.reservationId)?.keyId !== ctx.key.id) throw new InvalidArgumentError(`close[${i}].lease_id`, "is not a lease of this key");
     // Never more than was granted: a lease settles within what it reserved (no charge beyond it, no overage).
     if (c.usedCalls < 0n || c.usedCalls > parsed.granted) throw new InvalidArgumentError(`close[${i}].used_calls`, `must be between 0 and the ${parsed.granted} calls granted`);
@@ -153,7 +154,7 @@ export async function lease(d: QuotaDeps, req: LeaseRequest): Promise<LeaseAnswe
       return {
         ...answer,
         decision: "ALLOWED",
-        leaseId: leaseIdOf(r.reservationId ?? cmd.reservationId, units, spend, grant),
+        leaseId: leaseIdOf(d.leaseKey, r.reservationId ?? cmd.reservationId, units, spend, grant),
         grantedCalls: grant,
         expiresAt,
         limits: applied.map((a, i) => toStatus(a, r.states[i])),
@@ -179,15 +180,25 @@ function grantFor(asked: bigint, applied: AppliedLimit[], status: LimitStatusOut
 }
 
 /**
- * A lease id is its reservation id with what it was granted: `lease~<units per call>~<spend per call>~<calls>~<reservation>`.
- * It is not a secret and not trusted for more than the reservation holds: the reserve script charged exactly
- * calls × amounts, and a settlement beyond `calls` is refused.
+ * A lease id is its reservation id with what it was granted, signed:
+ * `lease~<units per call>~<spend per call>~<calls>~<reservation>~<HMAC-SHA256, 22 chars>`. The signature binds the
+ * per-call amounts and the grant to the reservation, so a lease cannot be settled cheaper or beyond what the reserve
+ * script charged (an edited id is "not a lease of this key"). Replicas verify each other's ids with the shared key.
  */
-function leaseIdOf(reservationId: string, units: bigint, spend: bigint, granted: bigint): string {
-  return `lease~${units}~${spend}~${granted}~${reservationId}`;
+function leaseIdOf(key: Buffer, reservationId: string, units: bigint, spend: bigint, granted: bigint): string {
+  const body = `lease~${units}~${spend}~${granted}~${reservationId}`;
+  return `${body}~${sign(key, body)}`;
 }
 
-function parseLeaseId(id: string): { reservationId: string; units: bigint; spend: bigint; granted: bigint } | undefined {
-  const m = /^lease~(\d{1,16})~(\d{1,16})~(\d{1,6})~(r~.{1,200})$/.exec(id);
-  return m ? { units: BigInt(m[1]!), spend: BigInt(m[2]!), granted: BigInt(m[3]!), reservationId: m[4]! } : undefined;
+function parseLeaseId(key: Buffer, id: string): { reservationId: string; units: bigint; spend: bigint; granted: bigint } | undefined {
+  const m = /^(lease~(\d{1,16})~(\d{1,16})~(\d{1,6})~(r~[A-Za-z0-9_~-]{1,200}))~([A-Za-z0-9_-]{22})$/.exec(id);
+  if (!m) return undefined;
+  const expected = Buffer.from(sign(key, m[1]!));
+  const given = Buffer.from(m[6]!);
+  if (expected.length !== given.length || !timingSafeEqual(expected, given)) return undefined;
+  return { units: BigInt(m[2]!), spend: BigInt(m[3]!), granted: BigInt(m[4]!), reservationId: m[5]! };
+}
+
+function sign(key: Buffer, body: string): string {
+  return createHmac("sha256", key).update(body).digest("base64url").slice(0, 22);
 }

@@ -3,6 +3,7 @@
  * counter store: under a deadline, and with a restore from Postgres when the store does not know the account.
  */
 import { CallLimiter } from "./call-limiter.ts";
+import { createHash, randomBytes } from "node:crypto";
 import type { CapacitySync } from "./capacity.ts";
 import type { CounterStore, Mode, ReserveCommand, ReserveResult } from "./counter-store.ts";
 import { QuotaError, UnavailableError } from "./errors.ts";
@@ -25,6 +26,9 @@ export interface QuotaServiceDeps {
   idempotencyWaitMs?: number;
   /** GetLimits calls per minute per key (or account) in this process; 0 = unlimited (default 120). */
   getLimitsRatePerMinute?: number;
+  /** Signs lease ids (HMAC), so a lease is settled at exactly what it was granted; every replica must share it (the
+   * composition root derives it from QUOTA_ADMIN_TOKEN). Default: random per process. */
+  leaseSecret?: string;
   /** Counts decisions for metrics. */
   onDecision?: (event: { decision: string; reason: string; mode: Mode; failOpen: boolean }) => void;
 }
@@ -32,6 +36,7 @@ export interface QuotaServiceDeps {
 /** The dependencies with their defaults filled in. */
 export type QuotaDeps = QuotaServiceDeps & {
   storeDeadlineMs: number;
+  leaseKey: Buffer;
   idempotencyWaitMs: number;
   /** TopUps running in this process, by idempotency scope and key: a repeat waits for the first without holding a
    * database connection. */
@@ -43,6 +48,7 @@ export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
   return {
     ...deps,
     storeDeadlineMs: deps.storeDeadlineMs ?? 50,
+    leaseKey: createHash("sha256").update(`quota-authority lease ids:${deps.leaseSecret ?? randomBytes(32).toString("hex")}`).digest(),
     idempotencyWaitMs: deps.idempotencyWaitMs ?? 200,
     topUpsInFlight: new Map(),
     getLimitsLimiter: new CallLimiter("GetLimits", deps.getLimitsRatePerMinute ?? 120, deps.clock),

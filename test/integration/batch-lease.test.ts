@@ -101,6 +101,13 @@ describe("batches and leases", () => {
     expect(codeOf(over)).toBe(status.INVALID_ARGUMENT);
     expect(messageOf(over)).toBe("close[0].used_calls: must be between 0 and the 10 calls granted");
     expect(await daily(k.apiKey)).toMatchObject({ used: 130n });
+    // An edited lease id (cheaper per call, or a larger grant) is not a lease: its signature does not match.
+    for (const forged of [b.leaseId.replace(/^lease~1~0~10~/, "lease~0~0~10~"), b.leaseId.replace(/^lease~1~0~10~/, "lease~1~0~99~")]) {
+      expect(forged).not.toBe(b.leaseId);
+      const e = await s.c.quota.lease({ apiKey: k.apiKey, product: "p", method: "m", calls: 0n, close: [{ leaseId: forged, usedCalls: 5n }] }).catch((x) => x);
+      expect(messageOf(e)).toBe("close[0].lease_id: is not a lease of this key");
+    }
+    expect(await daily(k.apiKey)).toMatchObject({ used: 130n });
     // A lease of another key cannot be closed with this one.
     const other = await seedAccount(s.c, "l-quota");
     const e = await s.c.quota.lease({ apiKey: other.apiKey, product: "p", method: "m", calls: 0n, close: [{ leaseId: b.leaseId, usedCalls: 0n }] }).catch((x) => x);
