@@ -93,9 +93,21 @@ function unary<I extends DescMessage, O extends DescMessage>(method: string, inS
 
 /** The key's quota counter: `used` of the limit named `limitName` (GetLimits reads the counter store). */
 async function usedOf(apiKey: string): Promise<{ used: bigint; limit: bigint }> {
-  const r = await unary("GetLimits", GetLimitsRequestSchema, GetLimitsResponseSchema, create(GetLimitsRequestSchema, { apiKey, product: spec.product }));
+  // Retried (bounded): on a loaded machine the server's 50 ms store deadline can answer UNAVAILABLE.
+  let r: MessageShape<typeof GetLimitsResponseSchema> | undefined;
+  for (let tries = 0; !r; tries++) {
+    try {
+      r = await getLimits(apiKey);
+    } catch (e) {
+      if (tries >= 9) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
   for (const s of r.subscriptions) for (const l of s.limits) if (l.name === spec.limitName) return { used: l.used, limit: l.limit };
   throw new Error(`GetLimits: no limit named ${spec.limitName}`);
+}
+function getLimits(apiKey: string) {
+  return unary("GetLimits", GetLimitsRequestSchema, GetLimitsResponseSchema, create(GetLimitsRequestSchema, { apiKey, product: spec.product }));
 }
 
 interface Lease {
@@ -186,7 +198,8 @@ async function decide(h: Holder): Promise<boolean> {
   return false;
 }
 
-const before = await Promise.all(holders.map((h) => usedOf(h.key)));
+const before: Array<{ used: bigint; limit: bigint }> = [];
+for (const h of holders) before.push(await usedOf(h.key));
 if (process.argv[3] === "--handshake") {
   console.log("ready");
   await new Promise<void>((resolve) => process.stdin.once("data", () => resolve()));
@@ -219,10 +232,11 @@ await Promise.all(
     await h.renewing?.catch(() => false);
     for (const l of [h.cur, h.spare]) if (l) h.toClose.push({ leaseId: l.id, usedCalls: BigInt(l.used) });
     h.cur = h.spare = undefined;
-    for (let tries = 0; h.toClose.length && tries < 5; tries++) await renew(h, false).catch(() => false);
+    for (let tries = 0; h.toClose.length && tries < 10; tries++) await renew(h, false).catch(() => new Promise((resolve) => setTimeout(resolve, 200)));
   }),
 );
-const after = await Promise.all(holders.map((h) => usedOf(h.key)));
+const after: Array<{ used: bigint; limit: bigint }> = [];
+for (const h of holders) after.push(await usedOf(h.key));
 session.close();
 
 let counted = 0n;
