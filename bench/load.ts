@@ -56,6 +56,8 @@ export interface LoadResult {
   /** Mix "batch": items decided (allowed + denied) and items answered with an error; ops = decisions. */
   decisions?: number;
   itemErrors?: number;
+  /** Mix "batch": denied items whose reason is UNAVAILABLE (store deadline passed: fail closed). */
+  deniedUnavailable?: number;
   /** This process's own CPU during the load window. */
   cpuSeconds: number;
 }
@@ -98,6 +100,7 @@ let allowed = 0;
 let denied = 0;
 let rpcs = 0;
 let itemErrors = 0;
+let deniedUnavailable = 0;
 
 /** One unary gRPC call; resolves with the answer frame, or undefined on a non-OK status. */
 function call(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, frame: Buffer): Promise<Buffer | undefined> {
@@ -142,6 +145,7 @@ async function operation(i: number): Promise<void> {
     allowed += b.allowed;
     denied += b.denied;
     itemErrors += b.itemErrors;
+    deniedUnavailable += b.deniedUnavailable;
     return;
   }
   const a = scanReserveAnswer(answer);
@@ -224,7 +228,7 @@ const result: LoadResult = {
   opsPerSecond: Math.round(ops / elapsed),
   rpcsPerSecond: Math.round(rpcs / elapsed),
   latencyMs: summarize(latencies, done),
-  ...(spec.mix === "batch" ? { decisions, itemErrors } : {}),
+  ...(spec.mix === "batch" ? { decisions, itemErrors, deniedUnavailable } : {}),
   cpuSeconds: (cpu.user + cpu.system) / 1e6,
 };
 console.log(JSON.stringify(result));

@@ -175,6 +175,7 @@ try {
       }
       side.push({ scenario: s.id, round, ...r });
       log(fmtRow(`${s.id} r${round}`, r));
+      if (r.denied > 0) log(`${s.id} r${round}: ${r.allowed} allowed, ${r.denied} denied${r.deniedUnavailable ? ` (${r.deniedUnavailable} with reason UNAVAILABLE: store deadline, fail closed)` : ""}`);
     }
   }
   const summary: Record<string, Measured & { what: string }> = {};

@@ -54,6 +54,8 @@ export interface BatchAnswer {
   denied: number;
   /** Items answered with a BatchItemError (field 2 of CheckAndReserveBatchResult). */
   itemErrors: number;
+  /** Denied items whose reason is UNAVAILABLE (12): the counter store did not answer in time (fail closed). */
+  deniedUnavailable: number;
 }
 
 /**
@@ -61,7 +63,7 @@ export interface BatchAnswer {
  * field 1 is a CheckAndReserveResponse (its decision read as in scanReserveAnswer), field 2 a BatchItemError.
  */
 export function scanBatchAnswer(frame: Buffer): BatchAnswer {
-  const out: BatchAnswer = { allowed: 0, denied: 0, itemErrors: 0 };
+  const out: BatchAnswer = { allowed: 0, denied: 0, itemErrors: 0, deniedUnavailable: 0 };
   if (frame.length < 5) return out;
   const end = Math.min(frame.length, 5 + frame.readUInt32BE(1));
   let pos = 5;
@@ -88,7 +90,11 @@ export function scanBatchAnswer(frame: Buffer): BatchAnswer {
         // The decision is field 1 of the response; protobuf writes fields in order, so it comes first when set.
         const d = innerLen > 0 && frame[pos] === 0x08 ? frame[pos + 1]! : 0;
         if (d === 1) out.allowed++;
-        else out.denied++;
+        else {
+          out.denied++;
+          // The reason (field 2) follows the decision.
+          if (innerLen > 3 && frame[pos + 2] === 0x10 && frame[pos + 3] === 12) out.deniedUnavailable++;
+        }
       }
     }
     pos = resultEnd;
