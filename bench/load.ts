@@ -4,10 +4,12 @@
  *
  *   node bench/load.ts SPEC.json      prints one JSON result line
  *
- * SPEC: { port, keysFile, mix, loop, concurrency, rate, calls, seconds, connections, token, product, method }
+ * SPEC: { port, keysFile, mix, loop, concurrency, rate, calls, seconds, connections, token, product, method, batch }
  *   mix   "reserve"  CheckAndReserve only
  *         "pair"     CheckAndReserve then Release(COMMIT) of the reservation (one operation = two RPCs)
  *         "limits"   GetLimits
+ *         "batch"    CheckAndReserveBatch of `batch` items (keys round-robin inside the message); one operation is
+ *                    one RPC, and `decisions` counts the items answered (ops/s is then decisions/s)
  *   loop  "closed"   `concurrency` operations in flight, each starts when the previous ends
  *         "open"     operations start at a fixed `rate` per second whatever the answers do; latency is measured
  *                    from the scheduled start (no coordinated omission); at most `maxInFlight` outstanding, the
@@ -16,13 +18,13 @@
  */
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
-import { checkAndReserveFrame, getLimitsFrame, releaseFrame, scanReserveAnswer } from "./lib/grpc-wire.ts";
+import { checkAndReserveBatchFrame, checkAndReserveFrame, getLimitsFrame, releaseFrame, scanBatchAnswer, scanReserveAnswer } from "./lib/grpc-wire.ts";
 import { summarize } from "./lib/stats.ts";
 
 export interface LoadSpec {
   port: number;
   keysFile: string;
-  mix: "reserve" | "pair" | "limits";
+  mix: "reserve" | "pair" | "limits" | "batch";
   loop: "closed" | "open";
   concurrency: number;
   rate: number;
@@ -33,6 +35,8 @@ export interface LoadSpec {
   product: string;
   method: string;
   maxInFlight?: number;
+  /** Items per CheckAndReserveBatch message (mix "batch"), 1..1,000. */
+  batch?: number;
   /** Path served for "reserve" (the floor server answers the same path). */
   service?: string;
 }
@@ -49,6 +53,11 @@ export interface LoadResult {
   opsPerSecond: number;
   rpcsPerSecond: number;
   latencyMs: ReturnType<typeof summarize>;
+  /** Mix "batch": items decided (allowed + denied) and items answered with an error; ops = decisions. */
+  decisions?: number;
+  itemErrors?: number;
+  /** Mix "batch": denied items whose reason is UNAVAILABLE (store deadline passed: fail closed). */
+  deniedUnavailable?: number;
   /** This process's own CPU during the load window. */
   cpuSeconds: number;
 }
@@ -58,8 +67,12 @@ const calls = Math.min(spec.calls, 5_000_000);
 const seconds = Math.min(spec.seconds, 300);
 const service = spec.service ?? "/quota.v1.QuotaService";
 const keys = readFileSync(spec.keysFile, "utf8").split("\n").filter(Boolean);
-const frames = keys.map((k) => (spec.mix === "limits" ? getLimitsFrame(k) : checkAndReserveFrame(k, spec.product, spec.method)));
-const firstPath = `${service}/${spec.mix === "limits" ? "GetLimits" : "CheckAndReserve"}`;
+const batch = Math.max(1, Math.min(spec.batch ?? 100, 1000));
+// Batch i carries keys i*batch .. i*batch+batch-1 (mod the key count): every key is used, round-robin.
+const frames = keys.map((k, i) =>
+  spec.mix === "limits" ? getLimitsFrame(k) : spec.mix === "batch" ? checkAndReserveBatchFrame(Array.from({ length: batch }, (_, t) => keys[(i * batch + t) % keys.length]!), spec.product, spec.method) : checkAndReserveFrame(k, spec.product, spec.method),
+);
+const firstPath = `${service}/${spec.mix === "limits" ? "GetLimits" : spec.mix === "batch" ? "CheckAndReserveBatch" : "CheckAndReserve"}`;
 const headersFor = (path: string): http2.OutgoingHttpHeaders => ({
   ":method": "POST",
   ":path": path,
@@ -86,6 +99,8 @@ let firstError: string | undefined;
 let allowed = 0;
 let denied = 0;
 let rpcs = 0;
+let itemErrors = 0;
+let deniedUnavailable = 0;
 
 /** One unary gRPC call; resolves with the answer frame, or undefined on a non-OK status. */
 function call(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, frame: Buffer): Promise<Buffer | undefined> {
@@ -125,6 +140,14 @@ async function operation(i: number): Promise<void> {
   const session = sessions[i % sessions.length]!;
   const answer = await call(session, firstHeaders, frames[i % frames.length]!);
   if (!answer || spec.mix === "limits") return;
+  if (spec.mix === "batch") {
+    const b = scanBatchAnswer(answer);
+    allowed += b.allowed;
+    denied += b.denied;
+    itemErrors += b.itemErrors;
+    deniedUnavailable += b.deniedUnavailable;
+    return;
+  }
   const a = scanReserveAnswer(answer);
   if (a.decision === 1) allowed++;
   else denied++;
@@ -191,18 +214,21 @@ const elapsed = (performance.now() - started) / 1000;
 const cpu = process.cpuUsage(cpu0);
 for (const s of sessions) s.close();
 
+const decisions = allowed + denied;
+const ops = spec.mix === "batch" ? decisions : done;
 const result: LoadResult = {
-  ops: done,
+  ops,
   rpcs,
-  errors,
+  errors: errors + itemErrors,
   ...(firstError ? { firstError } : {}),
   allowed,
   denied,
   shed,
   seconds: Math.round(elapsed * 1000) / 1000,
-  opsPerSecond: Math.round(done / elapsed),
+  opsPerSecond: Math.round(ops / elapsed),
   rpcsPerSecond: Math.round(rpcs / elapsed),
   latencyMs: summarize(latencies, done),
+  ...(spec.mix === "batch" ? { decisions, itemErrors, deniedUnavailable } : {}),
   cpuSeconds: (cpu.user + cpu.system) / 1e6,
 };
 console.log(JSON.stringify(result));

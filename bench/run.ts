@@ -6,6 +6,7 @@
  *   npm run bench -- --seconds 5 --rounds 2 --concurrency 64 --connections 1 --accounts 10
  *                    --curve-accounts 10,1000,100000 --curve-limits 1,3,6 --open-rates 250,500,1000,2000
  *                    --open-accounts 10000 --only a,b,c,d --h2load --workers 2 --profile --out bench/results
+ *                    --batch 100 --batch-concurrency 8 --lease-calls 1000 --lease-decisions 50000000 --lease-prefetch 0
  *
  * One private redis-server (free port) and a fresh Postgres database serve every scenario; the scenarios run
  * alternated (a b c d e f, then again) so drift on a shared machine hits them alike:
@@ -13,7 +14,13 @@
  *   (b) rate-limiter-flexible RateLimiterRedis.consume() in its own process (what a Node user would pick)
  *   (c) a bare grpc-js server doing one EVALSHA of a comparable 3-limit script (bench/floor-server.ts, the floor)
  *   (d) our server (`src/cli/main.ts serve`, Redis + Postgres, plan "l3": monthly quota, per-key rate, concurrency)
- *   (e) our batch path, (f) our lease path: probed on the server; "not available" while it lacks the RPC
+ *   (e) our batch path: CheckAndReserveBatch of --batch items (default 100, keys round-robin inside each message),
+ *       --batch-concurrency messages in flight (default 8); reported in decisions/s, latency per message
+ *   (f) our lease path (bench/lease.ts): a calling process deciding locally under leases of --lease-calls calls
+ *       (default 1,000) on plan "lq1" (one quota: leases refuse rate/concurrency), --concurrency callers; reported in
+ *       decisions/s, latency of the Lease RPCs; the next lease of a key is taken once --lease-prefetch (0..1, default
+ *       0: at once) of the current one is used; checks the quota counter moved by exactly the admitted decisions
+ *   (e)/(f) are probed first: "not available" when the server answers UNIMPLEMENTED
  * Load for (c)/(d) comes from bench/load.ts (its own process, raw node:http2, pre-encoded frames, many keys);
  * --h2load adds Debian h2load rows (one key: h2load sends one body file for every stream).
  * --embedded runs our server on the embedded default (PGlite + in-process counters) instead.
@@ -51,6 +58,11 @@ const { values: o } = parseArgs({
     out: { type: "string", default: "bench/results" },
     name: { type: "string" },
     embedded: { type: "boolean", default: false },
+    batch: { type: "string", default: "100" },
+    "batch-concurrency": { type: "string", default: "8" },
+    "lease-calls": { type: "string", default: "1000" },
+    "lease-decisions": { type: "string", default: "50000000" },
+    "lease-prefetch": { type: "string", default: "0" },
   },
 });
 const quick = o.quick;
@@ -69,6 +81,11 @@ const only = new Set(o.only.split(","));
 // through the admin API (its database is inside the server), so at most 10,000. (a)-(c) still use the private Redis.
 const embedded = o.embedded;
 const workers = Math.max(1, Math.min(Number(o.workers), 16));
+const batchSize = Math.max(1, Math.min(Number(o.batch), 1000));
+const batchConcurrency = Math.max(1, Math.min(Number(o["batch-concurrency"]), 256));
+const leaseCalls = Math.max(1, Math.min(Number(o["lease-calls"]), 100_000));
+const leasePrefetch = Math.max(0, Math.min(Number(o["lease-prefetch"]), 1));
+const leaseDecisions = Math.max(1, Math.min(Number(o["lease-decisions"]), 200_000_000));
 const outDir = `${ROOT}${o.out.replace(/\/$/, "")}/`;
 mkdirSync(outDir, { recursive: true });
 const runName = o.name ?? `bench-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}`;
@@ -111,6 +128,8 @@ try {
   if (only.has("curve")) {
     for (const l of curveLimits) if (l !== 3) keys[l] = await seed(`l${l}`, Math.max(...curveAccounts), `l${l}`);
   }
+  // (f): accounts of their own on the one-quota plan (so (d)/(e) traffic does not move the counters it checks).
+  const leaseKeys = only.has("f") ? await seed("lq1", accounts, "lq1") : [];
   log(`seeded ${Object.values(keys).reduce((n, k) => n + k.length, 0)} accounts in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const keysFile = (limits: number, n: number) => {
     const f = `${tmp}keys-l${limits}-${n}.txt`;
@@ -143,8 +162,8 @@ try {
     { id: "b", what: "rate-limiter-flexible RateLimiterRedis.consume() in-process", run: () => rateLimiterFlexible() },
     { id: "c", what: "bare grpc-js + one EVALSHA, 3 limits (floor)", run: () => measure(["floor"], () => load(floor!.port, { keysFile: headKeys, mix: "reserve" })) },
     { id: "d", what: `our server CheckAndReserve, 3 limits${embedded ? " (embedded: PGlite + in-process counters)" : ""}`, run: () => measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "reserve" })) },
-    { id: "e", what: "our batch path (CheckAndReserveBatch)", run: () => probeThen(server!.grpcPort, "CheckAndReserveBatch") },
-    { id: "f", what: "our lease path (Lease, decisions in the calling process)", run: () => probeThen(server!.grpcPort, "Lease") },
+    { id: "e", what: `our batch path, CheckAndReserveBatch of ${batchSize} (3 limits), ${batchConcurrency} in flight: decisions/s, latency per message`, run: async () => (await probe(server!.grpcPort, "CheckAndReserveBatch")) ?? measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "batch", batch: batchSize, concurrency: batchConcurrency, calls: Math.ceil(calls / batchSize) })) },
+    { id: "f", what: `our lease path (leases of ${leaseCalls}, 1 quota, decisions in the calling process): decisions/s, latency of Lease RPCs`, run: async () => (await probe(server!.grpcPort, "Lease")) ?? leasePath(server!.grpcPort, leaseKeys) },
   ];
   for (let round = 1; round <= rounds; round++) {
     for (const s of scenarios) {
@@ -156,6 +175,7 @@ try {
       }
       side.push({ scenario: s.id, round, ...r });
       log(fmtRow(`${s.id} r${round}`, r));
+      if (r.denied > 0) log(`${s.id} r${round}: ${r.allowed} allowed, ${r.denied} denied${r.deniedUnavailable ? ` (${r.deniedUnavailable} with reason UNAVAILABLE: store deadline, fail closed)` : ""}`);
     }
   }
   const summary: Record<string, Measured & { what: string }> = {};
@@ -164,7 +184,7 @@ try {
     if (rows.length) summary[s.id] = { what: s.what, ...average(rows) };
   }
   const ratio = (x: string, y: string) => (summary[x] && summary[y] ? round3(summary[x]!.opsPerSecond / summary[y]!.opsPerSecond) : `n/a (${!summary[x] ? `${x}: ${unavailable[x] ?? "not run"}` : `${y}: ${unavailable[y] ?? "not run"}`})`);
-  const ratios = { "d/c": ratio("d", "c"), "d/a": ratio("d", "a"), "e/c": ratio("e", "c"), "f/b": ratio("f", "b") };
+  const ratios = { "d/c": ratio("d", "c"), "d/a": ratio("d", "a"), "e/c": ratio("e", "c"), "e/d": ratio("e", "d"), "f/b": ratio("f", "b") };
   results.sideBySide = { summary, ratios, unavailable, rounds: side };
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +256,7 @@ const report = {
   date: new Date().toISOString(),
   command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
   machine: { cores: cpus().length, model: cpus()[0]?.model, loadAverageAtEnd: loadAverage(), node: process.version, redis: spawnSync("redis-server", ["--version"]).stdout.toString().trim() },
-  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded },
+  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded, batchSize, batchConcurrency, leaseCalls, leasePrefetch, leaseDecisions },
   ...results,
 };
 writeFileSync(`${outDir}${runName}.json`, JSON.stringify(report, null, 2));
@@ -461,12 +481,8 @@ async function h2load(port: number, apiKey: string): Promise<LoadResult> {
   };
 }
 
-/**
- * (e)/(f): asks the server for the RPC. UNIMPLEMENTED (12) -> "not available". When the server has it, the bench
- * still reports it as not measured until its load mix is added: a "batch"/"lease" mix in bench/load.ts (frame
- * encoding of the new request) and the scenario's run() here calling load() with it.
- */
-async function probeThen(port: number, method: string): Promise<string> {
+/** (e)/(f): asks the server for the RPC; a reason string when it answers UNIMPLEMENTED (12), else undefined. */
+async function probe(port: number, method: string): Promise<string | undefined> {
   const status = await new Promise<string>((resolve) => {
     const s = http2.connect(`http://127.0.0.1:${port}`);
     s.on("error", (e) => resolve(`error ${e.message}`));
@@ -482,7 +498,20 @@ async function probeThen(port: number, method: string): Promise<string> {
     req.end(Buffer.from([0, 0, 0, 0, 0]));
   });
   if (status === "12") return `not available: the server answers UNIMPLEMENTED for quota.v1.QuotaService/${method}`;
-  return `the server has ${method} (grpc-status ${status} for an empty request) but bench/load.ts has no mix for it yet`;
+  return undefined;
+}
+
+/** (f): bench/lease.ts in its own process (its CPU is the "loadgen" figure: the caller's cost of its decisions). */
+async function leasePath(port: number, leaseKeys: string[]): Promise<Measured> {
+  const keysFile = `${tmp}keys-lq1.txt`;
+  writeFileSync(keysFile, leaseKeys.join("\n"));
+  const spec = { port, token: SERVICE_TOKEN, keysFile, product: "api", method: "eth_call", limitName: "monthly", concurrency, calls: leaseDecisions, seconds, leaseCalls, ttlMs: 30_000, prefetchAt: leasePrefetch };
+  const f = `${tmp}spec-lease-${Date.now()}.json`;
+  writeFileSync(f, JSON.stringify(spec));
+  const m = await measure(["server"], () => runChild([nodeBin, "bench/lease.ts", f, "--handshake"], seconds + 60));
+  const check = (m as Measured & { lease?: { exact: boolean; keysOverLimit: number; admittedUnits: string; counterMovedUnits: string } }).lease;
+  if (check) log(`f lease check: admitted ${check.admittedUnits} units, counter moved ${check.counterMovedUnits}, exact ${check.exact}, keys over limit ${check.keysOverLimit}`);
+  return m;
 }
 
 function fmtRow(label: string, m: Measured): string {

@@ -114,7 +114,7 @@ export async function createDatabase(): Promise<Database> {
 }
 
 /** The bench plans: the same 3-limit shape as issue 8 (monthly quota, per-key rate, per-key concurrency), plus 1 and
- * 6 limits for the cost curve. Limits are high: the bench measures admitted calls, not denials. */
+ * 6 limits for the cost curve, and "lq1" (one quota) for the lease path. Limits are high: the bench measures admitted calls, not denials. */
 export const PLANS = `
 plans:
   - id: l1
@@ -139,6 +139,12 @@ plans:
       - { name: rpm, kind: rate, scope: key, limit: 100000000, window: 1m }
       - { name: in-flight, kind: concurrency, scope: key, limit: 1000000 }
       - { name: sub-in-flight, kind: concurrency, scope: subscription, limit: 1000000 }
+  # Scenario (f), leases: only a quota (leases refuse rate and concurrency limits: LEASE_REMOTE_ONLY).
+  - id: lq1
+    name: one quota, leasable
+    methods: { default: 10 }
+    limits:
+      - { name: monthly, kind: quota, limit: 1000000000000, period: monthly }
 `;
 
 const B32 = "abcdefghijklmnopqrstuvwxyz234567";

@@ -29,9 +29,77 @@ export function grpcFrame(message: number[] | Uint8Array): Buffer {
   return frame;
 }
 
+/** quota.v1.CheckAndReserveRequest { api_key = 1, product = 3, method = 4 } (the message, no frame header). */
+function checkAndReserveMessage(apiKey: string, product: string, method: string): number[] {
+  return [...stringField(1, apiKey), ...stringField(3, product), ...stringField(4, method)];
+}
+
 /** quota.v1.CheckAndReserveRequest { api_key = 1, product = 3, method = 4 }. */
 export function checkAndReserveFrame(apiKey: string, product: string, method: string): Buffer {
-  return grpcFrame([...stringField(1, apiKey), ...stringField(3, product), ...stringField(4, method)]);
+  return grpcFrame(checkAndReserveMessage(apiKey, product, method));
+}
+
+/** quota.v1.CheckAndReserveBatchRequest { requests = 1 (repeated CheckAndReserveRequest) }: one item per key given. */
+export function checkAndReserveBatchFrame(apiKeys: string[], product: string, method: string): Buffer {
+  const out: number[] = [];
+  for (const k of apiKeys) {
+    const item = checkAndReserveMessage(k, product, method);
+    out.push(...varint((1 << 3) | 2), ...varint(item.length), ...item);
+  }
+  return grpcFrame(out);
+}
+
+export interface BatchAnswer {
+  allowed: number;
+  denied: number;
+  /** Items answered with a BatchItemError (field 2 of CheckAndReserveBatchResult). */
+  itemErrors: number;
+  /** Denied items whose reason is UNAVAILABLE (12): the counter store did not answer in time (fail closed). */
+  deniedUnavailable: number;
+}
+
+/**
+ * Counts the results of a CheckAndReserveBatchResponse (field 1, repeated CheckAndReserveBatchResult): per result,
+ * field 1 is a CheckAndReserveResponse (its decision read as in scanReserveAnswer), field 2 a BatchItemError.
+ */
+export function scanBatchAnswer(frame: Buffer): BatchAnswer {
+  const out: BatchAnswer = { allowed: 0, denied: 0, itemErrors: 0, deniedUnavailable: 0 };
+  if (frame.length < 5) return out;
+  const end = Math.min(frame.length, 5 + frame.readUInt32BE(1));
+  let pos = 5;
+  const readVarint = (): number => {
+    let result = 0;
+    let shift = 1;
+    for (;;) {
+      const b = frame[pos++]!;
+      result += (b & 0x7f) * shift;
+      if (b < 0x80) return result;
+      shift *= 128;
+    }
+  };
+  while (pos < end) {
+    const tag = readVarint();
+    if ((tag & 7) !== 2) break;
+    const len = readVarint();
+    const resultEnd = pos + len;
+    if (tag >>> 3 === 1 && len > 0) {
+      const inner = readVarint();
+      const innerLen = readVarint();
+      if (inner >>> 3 === 2) out.itemErrors++;
+      else if (inner >>> 3 === 1) {
+        // The decision is field 1 of the response; protobuf writes fields in order, so it comes first when set.
+        const d = innerLen > 0 && frame[pos] === 0x08 ? frame[pos + 1]! : 0;
+        if (d === 1) out.allowed++;
+        else {
+          out.denied++;
+          // The reason (field 2) follows the decision.
+          if (innerLen > 3 && frame[pos + 2] === 0x10 && frame[pos + 3] === 12) out.deniedUnavailable++;
+        }
+      }
+    }
+    pos = resultEnd;
+  }
+  return out;
 }
 
 /** quota.v1.ReleaseRequest { reservation_id = 1, outcome = 2 (COMMIT = 1) }. */
