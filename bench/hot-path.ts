@@ -14,7 +14,8 @@ import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { CheckAndReserveRequestSchema, CheckAndReserveResponseSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
+import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
+import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { startApp } from "../src/main.ts";
 import { createQuotaApi } from "../src/transport/quota-api.ts";
@@ -67,7 +68,8 @@ async function one(i: number): Promise<void> {
   const req = fromBinary(CheckAndReserveRequestSchema, frames[i % frames.length]!);
   const res = await api.checkAndReserve(req, ctx);
   if (res.reservationId === "") throw new Error(`denied: ${res.reason}`);
-  bytes += toBinary(CheckAndReserveResponseSchema, res).length;
+  // As the gRPC port serializes it (src/transport/grpc/grpc-server.ts).
+  bytes += encodeCheckAndReserveResponse(res).length;
   if (o.release) await api.release(fromBinary(ReleaseRequestSchema, toBinary(ReleaseRequestSchema, create(ReleaseRequestSchema, { reservationId: res.reservationId }))), ctx);
 }
 async function run(n: number, deadline: number): Promise<number> {
