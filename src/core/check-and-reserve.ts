@@ -12,7 +12,7 @@ import { buildHeaders } from "./headers.ts";
 import { newReservationId } from "./ids.ts";
 import { resolveKey, type KeyDenial } from "./key-auth.ts";
 import { toStatus, type LimitStatusOut } from "./limit-status.ts";
-import { gatesFor, limitsForCall, priceOf } from "./limits.ts";
+import { callPlanFor, priceOf, withAmounts } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
 import { parseDuration } from "./plan.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
@@ -84,17 +84,19 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
   const units = req.cost ?? BigInt(own(plan.methods.costs, req.method) ?? plan.methods.default);
   const spend = req.estimatedSpendMicros ?? priceOf(plan, req.meters, 1n);
   if (spend > MAX_AMOUNT) throw new InvalidArgumentError("meters", "the priced spend of these meters is too large (at most 1e15 micro-USD)");
-  const now = d.clock.now();
-  const applied = limitsForCall(plan, ctx.subscription, ctx.key, req.product, { units, spend, meters: req.meters }, now);
+  // Everything per key context and product that does not change per call comes from the call plan (computed once,
+  // again only past the next period boundary); this call adds its amounts.
+  const callPlan = callPlanFor(ctx, req.product, d.clock.now());
+  const applied = withAmounts(callPlan.limits, { units, spend, meters: req.meters });
   const accountId = ctx.key.accountId;
   const cmd = {
     accountId,
     reservationId: newReservationId(accountId, ctx.key.id),
     mode: req.mode,
-    ttlMs: ttl ?? parseDuration(plan.reservation.ttl),
+    ttlMs: ttl ?? reservationTtlOf(plan),
     product: req.product,
     expiryPolicy: plan.reservation.onExpiry,
-    gates: gatesFor(ctx.subscription, ctx.key),
+    gates: callPlan.gates,
     limits: applied.map((a) => a.counter),
     ...(req.idempotencyId ? { idempotencyId: `${ctx.key.id}:${req.idempotencyId}` } : {}),
   };
@@ -130,7 +132,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
       ...(result.outcome === "DENIED" && result.retryAfterMs !== undefined ? { retryAfterMs: result.retryAfterMs } : {}),
     }),
     cost: units,
-    reservedSpendMicros: applied.some((a) => a.info.kind === "BUDGET") ? spend : 0n,
+    reservedSpendMicros: callPlan.hasBudget ? spend : 0n,
     failOpen: false,
     deniedLimit,
     replayed: result.replayed,
@@ -140,6 +142,13 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
   if (result.retryAfterMs !== undefined) answer.retryAfterMs = result.retryAfterMs;
   if (result.availableAt !== undefined) answer.availableAt = result.availableAt;
   return report(d, answer, req.mode);
+}
+
+const ttlByPlan = new WeakMap<object, number>();
+function reservationTtlOf(plan: { reservation: { ttl: string } }): number {
+  let ms = ttlByPlan.get(plan);
+  if (ms === undefined) ttlByPlan.set(plan, (ms = parseDuration(plan.reservation.ttl)));
+  return ms;
 }
 
 function report(d: QuotaDeps, a: CheckAnswer, mode: Mode): CheckAnswer {

@@ -223,14 +223,85 @@ export function durableLimitIds(config: AccountConfig): string[] {
 /** Spend in micro-USD of a call under the plan's pricing: per call plus per unit of each priced meter. */
 export function priceOf(plan: PlanSpec, meters: Record<string, bigint>, calls: bigint): bigint {
   if (!plan.pricing) return 0n;
-  let spend = calls * parseDecimalMicros("pricing.perCall", plan.pricing.perCall);
-  for (const [meter, price] of Object.entries(plan.pricing.perMeter)) {
-    spend += (own(meters, meter) ?? 0n) * parseDecimalMicros(`pricing.perMeter.${meter}`, price);
-  }
+  const p = pricesOf(plan);
+  let spend = calls * p.perCall;
+  for (const [meter, price] of p.perMeter) spend += (own(meters, meter) ?? 0n) * price;
   return spend;
+}
+
+/** The plan's prices parsed once per plan spec (plan specs are not mutated once loaded). */
+const parsedPrices = new WeakMap<PlanSpec, { perCall: bigint; perMeter: Array<[string, bigint]> }>();
+function pricesOf(plan: PlanSpec) {
+  let p = parsedPrices.get(plan);
+  if (!p) {
+    p = {
+      perCall: parseDecimalMicros("pricing.perCall", plan.pricing!.perCall),
+      perMeter: Object.entries(plan.pricing!.perMeter).map(([meter, price]) => [meter, parseDecimalMicros(`pricing.perMeter.${meter}`, price)]),
+    };
+    parsedPrices.set(plan, p);
+  }
+  return p;
 }
 
 /** The current monthly billing cycle of a subscription. */
 export function cycleOf(sub: SubscriptionRecord, now: number) {
   return monthlyCycle(sub.startsAt.getTime(), now);
+}
+
+/**
+ * What limitsForCall and gatesFor answer for one key context and product, computed once and reused by every call
+ * until the next period boundary (`from <= now < until`): the hot path then only fills in this call's amounts.
+ * Keyed by the KeyContext object, so a key, subscription or plan change (a new context from the KeyCache) starts
+ * afresh and a dropped context is collected with its entries.
+ */
+export interface CallPlan {
+  /** The applied limits with zero amounts (shared, never mutated). */
+  limits: readonly AppliedLimit[];
+  gates: readonly Gate[];
+  hasBudget: boolean;
+  from: number;
+  until: number;
+}
+
+interface PlanContext {
+  plan: { spec: PlanSpec };
+  subscription: SubscriptionRecord;
+  key: KeyRecord;
+}
+
+/** Products seen per context are caller input: past this many the context's map starts over (bounded memory). */
+const MAX_PRODUCTS_PER_KEY = 64;
+const callPlans = new WeakMap<PlanContext, Map<string, CallPlan>>();
+const ZERO: CallAmounts = { units: 0n, spend: 0n, meters: {} };
+
+export function callPlanFor(ctx: PlanContext, product: string, now: number): CallPlan {
+  let byProduct = callPlans.get(ctx);
+  if (!byProduct) callPlans.set(ctx, (byProduct = new Map()));
+  const cached = byProduct.get(product);
+  if (cached && now >= cached.from && now < cached.until) return cached;
+  const limits = limitsForCall(ctx.plan.spec, ctx.subscription, ctx.key, product, ZERO, now);
+  let from = -Infinity;
+  let until = Infinity;
+  for (const a of limits) {
+    const p = a.counter.period;
+    if (p?.type !== "fixed") continue;
+    if (p.bounds[1] > from) from = p.bounds[1];
+    if (p.bounds[2] < until) until = p.bounds[2];
+  }
+  const plan: CallPlan = { limits, gates: gatesFor(ctx.subscription, ctx.key), hasBudget: limits.some((a) => a.info.kind === "BUDGET"), from, until };
+  if (!cached && byProduct.size >= MAX_PRODUCTS_PER_KEY) byProduct.clear();
+  byProduct.set(product, plan);
+  return plan;
+}
+
+/** The plan's limits with this call's amounts (what limitsForCall answers for these amounts). */
+export function withAmounts(limits: readonly AppliedLimit[], a: CallAmounts): AppliedLimit[] {
+  const out: AppliedLimit[] = new Array(limits.length);
+  for (let i = 0; i < limits.length; i++) {
+    const l = limits[i]!;
+    const meter = l.counter.meter;
+    const amount = meter === "calls" || meter === "requests" ? 1n : meter === "units" ? a.units : meter === "spend" ? a.spend : (own(a.meters, meter) ?? 0n);
+    out[i] = { counter: { ...l.counter, amount }, info: l.info };
+  }
+  return out;
 }

@@ -26,6 +26,8 @@ import {
 
 type Hash = Map<string, string>;
 type ZSet = Map<string, number>;
+/** Per concurrency set: no slot expires before this (see #evaluate). */
+const slotFloor = new WeakMap<ZSet, number>();
 
 interface Reservation {
   expiresAt: number;
@@ -401,7 +403,18 @@ export class InMemoryCounterStore implements CounterStore {
       }
       case "CONCURRENCY": {
         const z = this.#zset(acct, limit.id);
-        for (const [m, score] of z) if (score <= now) z.delete(m);
+        // Expired slots are dropped by a scan only when one can be due: `slotFloor` is a lower bound of the scores
+        // (exact after a scan, lowered by each new slot, still a bound after a release), so the common call does
+        // not walk every open reservation (Redis does the same in O(log n) with ZREMRANGEBYSCORE).
+        const floor = slotFloor.get(z);
+        if (floor === undefined || floor <= now) {
+          let min = Infinity;
+          for (const [m, score] of z) {
+            if (score <= now) z.delete(m);
+            else if (score < min) min = score;
+          }
+          slotFloor.set(z, min);
+        }
         const count = BigInt(z.size);
         const max = limit.limit!;
         const pass = count + limit.amount <= max;
@@ -532,7 +545,10 @@ export class InMemoryCounterStore implements CounterStore {
         if (ev.state.used === 1n) ev.state.resetAt = now + limit.windowMs!;
         return [];
       case "CONCURRENCY":
-        this.#zset(acct, limit.id).set(reservationId, expiresAt);
+        const z = this.#zset(acct, limit.id);
+        z.set(reservationId, expiresAt);
+        const floor = slotFloor.get(z);
+        if (floor !== undefined && expiresAt < floor) slotFloor.set(z, expiresAt);
         bump(ev.state);
         return [["slot", 1n]];
       default:

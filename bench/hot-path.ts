@@ -1,0 +1,118 @@
+/**
+ * In-process measure of the PROCESS side of CheckAndReserve (no gRPC framing, no load generator competing for the
+ * CPU): the app is started in this process (Postgres for plans and keys; counters in memory, or in a private
+ * redis-server with --redis), then the QuotaService adapter is called directly with a decoded request and its
+ * answer is encoded to protobuf bytes, as the gRPC handler does. Reports this process's CPU µs per call
+ * (process.cpuUsage over the measured window; with --redis it includes ioredis encode/decode, not Redis itself).
+ *
+ *   sh scripts/node bench/hot-path.ts [--redis] [--calls 20000] [--concurrency 32] [--accounts 10] [--plan l3]
+ *   sh scripts/node --cpu-prof --cpu-prof-dir=/tmp/prof bench/hot-path.ts ...   (then bench/profile-top.ts)
+ *
+ * Bounded: at most 200,000 calls and 60 s of load. Loopback only.
+ */
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
+import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
+import { loadConfig } from "../src/config/config.ts";
+import { startApp } from "../src/main.ts";
+import { createQuotaApi } from "../src/transport/quota-api.ts";
+import { ROOT, PLANS, createDatabase, seedAccounts, startRedis } from "./lib/env.ts";
+import { loadAverage } from "./lib/stats.ts";
+
+const { values: o } = parseArgs({
+  options: {
+    redis: { type: "boolean", default: false },
+    calls: { type: "string", default: "20000" },
+    concurrency: { type: "string", default: "32" },
+    accounts: { type: "string", default: "10" },
+    plan: { type: "string", default: "l3" },
+    release: { type: "boolean", default: false },
+  },
+});
+const calls = Math.min(Number(o.calls), 200_000);
+const concurrency = Math.min(Number(o.concurrency), 1024);
+const accounts = Math.min(Number(o.accounts), 10_000);
+
+const db = await createDatabase();
+const redis = o.redis ? await startRedis() : undefined;
+const plansFile = `${ROOT}bench/results/.plans-hot.yaml`;
+writeFileSync(plansFile, PLANS);
+const config = loadConfig(
+  {
+    QUOTA_HOST: "127.0.0.1",
+    QUOTA_GRPC_PORT: "0",
+    QUOTA_HTTP_PORT: "0",
+    DATABASE_URL: db.url,
+    ...(redis ? { REDIS_URL: redis.url, QUOTA_REDIS_KEY_PREFIX: "qa:" } : {}),
+    QUOTA_ADMIN_TOKEN: "bench-admin-token",
+    QUOTA_LOG_LEVEL: "silent",
+    QUOTA_PLANS_FILE: plansFile,
+    QUOTA_SHUTDOWN_DELAY_MS: "0",
+    // The machine is shared and loaded: a 50 ms store deadline would turn slow scripts into UNAVAILABLE denials.
+    QUOTA_STORE_DEADLINE_MS: "2000",
+  },
+  {},
+  undefined,
+);
+const app = await startApp(config, { logger: pino({ level: "silent" }) });
+const keys = await seedAccounts(db.url, o.plan, accounts, "hot");
+const api = createQuotaApi(app.quota, { serviceToken: "", adminToken: "bench-admin-token", allowedOrigins: [] });
+const ctx = { header: () => undefined, peerVerified: false };
+// Requests as the gRPC handler sees them: decoded from bytes.
+const frames = keys.map((k) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" })));
+
+let done = 0;
+let bytes = 0;
+async function one(i: number): Promise<void> {
+  const req = fromBinary(CheckAndReserveRequestSchema, frames[i % frames.length]!);
+  const res = await api.checkAndReserve(req, ctx);
+  if (res.reservationId === "") throw new Error(`denied: ${res.reason}`);
+  // As the gRPC port serializes it (src/transport/grpc/grpc-server.ts).
+  bytes += encodeCheckAndReserveResponse(res).length;
+  if (o.release) await api.release(fromBinary(ReleaseRequestSchema, toBinary(ReleaseRequestSchema, create(ReleaseRequestSchema, { reservationId: res.reservationId }))), ctx);
+}
+async function run(n: number, deadline: number): Promise<number> {
+  let next = 0;
+  let count = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < n && Date.now() < deadline) {
+        await one(next++);
+        count++;
+      }
+    }),
+  );
+  return count;
+}
+
+// Warm-up: restores every account and lets V8 optimize; then the measured window.
+await run(Math.max(keys.length * 4, Math.min(5000, calls / 4)), Date.now() + 20_000);
+const load0 = loadAverage();
+const cpu0 = process.cpuUsage();
+const t0 = process.hrtime.bigint();
+done = await run(calls, Date.now() + 60_000);
+const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+const cpu = process.cpuUsage(cpu0);
+const us = (cpu.user + cpu.system) / done;
+console.log(
+  JSON.stringify({
+    counters: redis ? "redis" : "memory",
+    plan: o.plan,
+    release: o.release,
+    calls: done,
+    concurrency,
+    accounts,
+    cpuUsPerCall: Math.round(us * 10) / 10,
+    userUs: Math.round((cpu.user / done) * 10) / 10,
+    callsPerSec: Math.round(done / wall),
+    responseBytes: Math.round(bytes / done),
+    loadAverage: load0,
+  }),
+);
+await app.stop();
+await redis?.stop();
+await db.drop();
+process.exit(0);
