@@ -16,7 +16,7 @@ import { callPlanFor, priceOf, withAmounts } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
 import { parseDuration } from "./plan.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
-import { METHOD_RE, NAME_RE, REQUEST_ID_RE, checkAmount, checkMeters, own } from "./validation.ts";
+import { METHOD_RE, NAME_RE, REQUEST_ID_RE, hashRequest, checkAmount, checkMeters, own } from "./validation.ts";
 
 export interface CheckRequest {
   apiKey: string;
@@ -98,7 +98,13 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
     expiryPolicy: plan.reservation.onExpiry,
     gates: callPlan.gates,
     limits: applied.map((a) => a.counter),
-    ...(req.idempotencyId ? { idempotencyId: `${ctx.key.id}:${req.idempotencyId}` } : {}),
+    ...(req.idempotencyId
+      ? {
+          idempotencyId: `${ctx.key.id}:${req.idempotencyId}`,
+          // What the call asks for (not its mode: an enforced decision answers a later SHADOW repeat).
+          requestHash: hashRequest([req.product, req.method, req.cost ?? null, req.estimatedSpendMicros ?? null, Object.entries(req.meters).sort(), ttl ?? null]).slice(0, 16),
+        }
+      : {}),
   };
 
   let result;
@@ -115,6 +121,10 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
       { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units },
       req.mode,
     );
+  }
+  if (result.outcome === "IDEMPOTENCY_MISMATCH") {
+    // As for TopUp's idempotency_key: a reused id with another request is bad input, and changes nothing.
+    throw new InvalidArgumentError("idempotency_id", "was already used for a different request (product, method, cost, spend, meters or TTL differ)");
   }
   // The reservation stays open until released or expired: the flusher sweeps the account after its TTL even if idle.
   if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") d.touched?.(accountId, d.clock.now() + cmd.ttlMs);

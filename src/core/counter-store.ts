@@ -73,6 +73,9 @@ export interface ReserveCommand {
   accountId: string;
   reservationId: string;
   idempotencyId?: string;
+  /** A hash of what the call asks for (product, method, amounts, mode): an idempotency id already recorded for another
+   * hash answers IDEMPOTENCY_MISMATCH and applies nothing. Records without a hash match any request. */
+  requestHash?: string;
   mode: Mode;
   ttlMs: number;
   /** The product of the call; grants restricted to another product do not count. */
@@ -107,8 +110,9 @@ export interface LimitState {
 
 export interface ReserveResult {
   /** NEED_RESTORE: the account's state is not in the store (first touch, or the store lost its data): the caller
-   * must `restore` it from the source of truth and call again. */
-  outcome: "ALLOWED" | "DENIED" | "NEED_RESTORE";
+   * must `restore` it from the source of truth and call again. IDEMPOTENCY_MISMATCH: the idempotency id belongs to
+   * another request (nothing applied). */
+  outcome: "ALLOWED" | "DENIED" | "NEED_RESTORE" | "IDEMPOTENCY_MISMATCH";
   reason?: DenyReasonName;
   /** In SHADOW mode: the reason it would have been denied (outcome is ALLOWED). */
   shadowReason?: DenyReasonName;

@@ -403,6 +403,22 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect(await store.reserve(cmd([quota("s:1:q", 1n)], { mode: "SHADOW", idempotencyId: "req-e" }))).toMatchObject({ replayed: true, reservationId: e.reservationId });
     });
 
+    it("answers IDEMPOTENCY_MISMATCH, applying nothing, when an idempotency id comes back with another request's hash", async () => {
+      await store.restore(account, [cap("s:1:q", 10n)], {});
+      const first = await store.reserve(cmd([quota("s:1:q", 2n)], { idempotencyId: "req-h", requestHash: "aaaa" }));
+      expect(first).toMatchObject({ outcome: "ALLOWED", replayed: false });
+      // the same request again: a replay of the first
+      expect(await store.reserve(cmd([quota("s:1:q", 2n)], { idempotencyId: "req-h", requestHash: "aaaa" }))).toMatchObject({ outcome: "ALLOWED", replayed: true, reservationId: first.reservationId });
+      // another request with the same id: an error, never the first request's answer, and nothing charged
+      const other = await store.reserve(cmd([quota("s:1:q", 5n)], { idempotencyId: "req-h", requestHash: "bbbb" }));
+      expect(other.outcome).toBe("IDEMPOTENCY_MISMATCH");
+      const after = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(after.states[0]).toMatchObject({ used: 2n, remaining: 8n });
+      // a record written without a hash (or a call without one) matches as before
+      const plain = await store.reserve(cmd([quota("s:1:q", 1n)], { idempotencyId: "req-p" }));
+      expect(await store.reserve(cmd([quota("s:1:q", 1n)], { idempotencyId: "req-p", requestHash: "cccc" }))).toMatchObject({ replayed: true, reservationId: plain.reservationId });
+    });
+
     it("reports the capacity version it holds per account (null when absent)", async () => {
       const other = `${account}x`;
       await store.restore(account, [cap("s:1:q", 1n)], {}, 4);

@@ -104,6 +104,17 @@ describe("issue 7 hardening (gRPC, Postgres, Redis)", () => {
     const reused = await failure(c.admin.createAccount({ id: uniq("acc").toLowerCase(), name: "two", requestId: rid }, ADMIN));
     expect(reused.code).toBe(status.INVALID_ARGUMENT);
     expect(reused.message).toMatch(/^request_id: /);
+    // CheckAndReserve: the same rule for idempotency_id (the same request replays; another one is refused, uncharged).
+    const idem = uniq("call");
+    const call = (method: string) => c.quota.checkAndReserve({ apiKey: s.apiKey, product: "api", method, idempotencyId: idem });
+    const once = await call("heavy");
+    expect(once.decision).toBe(Decision.ALLOWED);
+    expect(await call("heavy")).toMatchObject({ replayed: true, reservationId: once.reservationId });
+    const changed = await failure(call("light"));
+    expect(changed.code).toBe(status.INVALID_ARGUMENT);
+    expect(changed.message).toBe("idempotency_id: was already used for a different request (product, method, cost, spend, meters or TTL differ)");
+    const used = (await c.quota.getLimits({ apiKey: s.apiKey })).subscriptions[0]!.limits.find((l) => l.name === "monthly")!.used;
+    expect(used).toBe(5n); // only the first call ("heavy" costs 5)
   });
 
   it("item 4: Deposit with a used reference and another amount names payment.reference (DepositRequest has no idempotency key)", async () => {

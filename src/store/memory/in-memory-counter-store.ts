@@ -54,7 +54,7 @@ interface AccountState {
   reservations: Map<string, Reservation>;
   settled: Map<string, Settled>;
   /** idempotency id -> the mode that recorded it and the reservation id. */
-  idempotency: Map<string, { mode: "E" | "S"; reservationId: string }>;
+  idempotency: Map<string, { mode: "E" | "S"; reservationId: string; hash: string }>;
   /** Expiry index, as reserve.lua's: "r:<id>" reservation TTL, then its settled result's retention; "i:<id>"
    * idempotency retention. */
   expiry: ZSet;
@@ -132,6 +132,10 @@ export class InMemoryCounterStore implements CounterStore {
     if (cmd.idempotencyId) {
       // A SHADOW decision never satisfies an enforcing call (it was not enforced); an enforced one satisfies every mode.
       const earlier = acct.idempotency.get(cmd.idempotencyId);
+      // The same id for another request is an error, never the other request's answer (records without a hash match).
+      if (earlier !== undefined && cmd.requestHash && earlier.hash && earlier.hash !== cmd.requestHash) {
+        return { outcome: "IDEMPOTENCY_MISMATCH", overage: false, replayed: false, now, states: [] };
+      }
       if (earlier !== undefined && (earlier.mode === "E" || cmd.mode === "SHADOW")) return replay(earlier.reservationId);
     }
 
@@ -203,7 +207,7 @@ export class InMemoryCounterStore implements CounterStore {
     acct.reservations.set(cmd.reservationId, reservation);
     setExpiry(acct, `r:${cmd.reservationId}`, reservation.expiresAt);
     if (cmd.idempotencyId) {
-      acct.idempotency.set(cmd.idempotencyId, { mode: cmd.mode === "SHADOW" ? "S" : "E", reservationId: cmd.reservationId });
+      acct.idempotency.set(cmd.idempotencyId, { mode: cmd.mode === "SHADOW" ? "S" : "E", reservationId: cmd.reservationId, hash: cmd.requestHash ?? "" });
       setExpiry(acct, `i:${cmd.idempotencyId}`, retentionOf(reservation.expiresAt, now, this.#grace));
     }
     base.reservationId = cmd.reservationId;

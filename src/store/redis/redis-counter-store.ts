@@ -88,7 +88,7 @@ export class RedisCounterStore implements CounterStore {
     const keys = [...this.#fixedKeys(cmd.accountId), ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
     // Positional arguments (reserve.lua's header): the script decodes no JSON on the hot path.
     const args: string[] = [
-      this.#now(), this.#grace, cmd.reservationId, cmd.idempotencyId ?? "", MODE_CODE[cmd.mode], String(cmd.ttlMs), cmd.product,
+      this.#now(), this.#grace, cmd.reservationId, cmd.idempotencyId ? (cmd.requestHash ? `${cmd.idempotencyId}|${cmd.requestHash}` : cmd.idempotencyId) : "", MODE_CODE[cmd.mode], String(cmd.ttlMs), cmd.product,
       cmd.expiryPolicy, String(cmd.gates.length),
     ];
     for (const g of cmd.gates) args.push(g.reason, g.from === undefined ? "" : String(g.from), g.until === undefined ? "" : String(g.until));
@@ -98,7 +98,7 @@ export class RedisCounterStore implements CounterStore {
       number, string, string, number, number, string, number, number, number, string, unknown[][],
     ];
     const result: ReserveResult = {
-      outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : "NEED_RESTORE",
+      outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : code === 3 ? "IDEMPOTENCY_MISMATCH" : "NEED_RESTORE",
       overage: overage === 1,
       replayed: replayed === 1,
       now,

@@ -14,7 +14,8 @@ KEYS[6..] {a:<id>}:s:<limit id>  one key per limit, in the command's order: the 
           CONCURRENCY limit (declared, unused, for the other kinds)
 ARGV, positional, every number a decimal string:
   [1] clock override in ms, or '' for Redis TIME      [2] retention grace in ms (kept past the TTL)
-  [3] reservation id   [4] idempotency id or ''   [5] mode E (ENFORCE) | C (CHECK_ONLY) | S (SHADOW)
+  [3] reservation id   [4] idempotency id or '', optionally followed by '|' and the request's hash (ids never
+      contain '|')   [5] mode E (ENFORCE) | C (CHECK_ONLY) | S (SHADOW)
   [6] ttl ms   [7] product   [8] expiry policy (charge | refund)   [9] number of gates G
   then G x 3: reason, from or '', until or ''
   then per limit 13 fields (one per state key): id, kind, meter, amount, limit or '', windowMs or '', overage
@@ -23,7 +24,8 @@ ARGV, positional, every number a decimal string:
 
 Returns { code, reason, deniedLimitId, retryAfterMs, availableAt, reservationId, overage, replayed, now,
           shadowReason, states }
-  code      0 ALLOWED, 1 DENIED, 2 NEED_RESTORE (account state absent: restore from Postgres, then call again)
+  code      0 ALLOWED, 1 DENIED, 2 NEED_RESTORE (account state absent: restore from Postgres, then call again),
+            3 IDEMPOTENCY_MISMATCH (the idempotency id was recorded for a request with another hash; nothing applied)
   reason    '' or a deny reason; retryAfterMs/availableAt -1 when not applicable; overage/replayed 0|1
   states    one reply_state (lib.lua) per limit (empty for a replay of a tombstone)
 ]==]
@@ -34,6 +36,11 @@ if redis.call('HEXISTS', KEYS[1], 'v') == 0 then
 end
 local grace = tonumber(ARGV[2])
 local rid, idem, mode, ttl, product, policy = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local ihash = ''
+do
+  local bar = string.find(idem, '|', 1, true)
+  if bar then idem, ihash = string.sub(idem, 1, bar - 1), string.sub(idem, bar + 1) end
+end
 sweep(now, SWEEP_BATCH, grace)
 
 local gates = {}
@@ -99,9 +106,21 @@ end
 if idem ~= '' then
   -- The record is the mode's letter and the reservation id. A SHADOW decision never satisfies an enforcing call
   -- (it was not enforced); an enforced one satisfies every mode.
+  -- Record: the mode's letter, then '|<hash>|' when the request carried one, then the reservation id ('r~...').
   local rec = redis.call('HGET', KEYS[2], 'i:' .. idem)
+  local earlier, rhash = nil, ''
+  if rec then
+    earlier = string.sub(rec, 2)
+    if string.sub(earlier, 1, 1) == '|' then
+      local close = string.find(earlier, '|', 2, true)
+      rhash, earlier = string.sub(earlier, 2, close - 1), string.sub(earlier, close + 1)
+    end
+  end
+  -- The same id for another request is an error, never the other request's answer (records without a hash match).
+  if rec and ihash ~= '' and rhash ~= '' and ihash ~= rhash then
+    return { 3, '', '', -1, -1, earlier, 0, 0, now, '', {} }
+  end
   if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
-    local earlier = string.sub(rec, 2)
     local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
     if raw then return replay(earlier, raw) end
     return { 0, '', '', -1, -1, earlier, 0, 1, now, '', zero_states() }
@@ -183,7 +202,7 @@ end
 redis.call('HSET', KEYS[2], 'r:' .. rid, cmsgpack.pack(r))
 redis.call('ZADD', KEYS[3], expires, 'r:' .. rid)
 if idem ~= '' then
-  redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. rid)
+  redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. (ihash ~= '' and ('|' .. ihash .. '|') or '') .. rid)
   redis.call('ZADD', KEYS[3], retention_of(expires, now, grace), 'i:' .. idem)
 end
 -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
