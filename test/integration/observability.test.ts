@@ -49,8 +49,10 @@ describe("tracing", () => {
   });
 
   it("makes a server span per RPC with the Redis calls as its children, and Postgres spans under admin calls", async () => {
+    // Its own account (the quota of 1 is this test's): every test here runs alone or in any order.
+    const own = await seedAccount(c, "obs-plan");
     exporter.reset();
-    const r = await c.quota.checkAndReserve({ apiKey: seeded.apiKey, product: "api", method: "GET:/things", cost: 1n });
+    const r = await c.quota.checkAndReserve({ apiKey: own.apiKey, product: "api", method: "GET:/things", cost: 1n });
     expect(r.reservationId).not.toBe("");
     await tracing.forceFlush();
     const spans = exporter.getFinishedSpans();
@@ -63,7 +65,7 @@ describe("tracing", () => {
     expect(redis.every((s) => s.spanContext().traceId === rpc!.spanContext().traceId)).toBe(true);
 
     exporter.reset();
-    await c.admin.createAccount({ id: "obs-second", name: "second" }, { authorization: "Bearer test-admin-token" });
+    await c.admin.createAccount({ id: `obs-${Date.now().toString(36)}`, name: "second" }, { authorization: "Bearer test-admin-token" });
     await tracing.forceFlush();
     const admin = exporter.getFinishedSpans();
     const create = admin.find((s) => s.name === "quota.v1.QuotaAdminService/CreateAccount")!;
@@ -74,11 +76,14 @@ describe("tracing", () => {
 
 describe("metrics", () => {
   it("count decisions by reason, limit kind and plan (never by key), and time Redis and Postgres calls", async () => {
+    const allowed = await c.quota.checkAndReserve({ apiKey: seeded.apiKey, product: "api", method: "GET:/things", cost: 1n });
+    expect(allowed.reservationId).not.toBe("");
     const denied = await c.quota.checkAndReserve({ apiKey: seeded.apiKey, product: "api", method: "GET:/things", cost: 1n }); // the quota of 1 is used up
     expect(denied.reservationId).toBe("");
     const text = await metricsText();
-    expect(text).toMatch(/quota_decisions_total\{decision="DENIED",reason="QUOTA_EXHAUSTED",mode="ENFORCE",fail_open="false",limit_kind="QUOTA",plan="obs-plan"\} 1/);
-    expect(text).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="",mode="ENFORCE",fail_open="false",limit_kind="",plan="obs-plan"\} 1/);
+    // At least this test's own decisions (other tests of the file add theirs, in any order).
+    expect(text).toMatch(/quota_decisions_total\{decision="DENIED",reason="QUOTA_EXHAUSTED",mode="ENFORCE",fail_open="false",limit_kind="QUOTA",plan="obs-plan"\} [1-9]/);
+    expect(text).toMatch(/quota_decisions_total\{decision="ALLOWED",reason="",mode="ENFORCE",fail_open="false",limit_kind="",plan="obs-plan"\} [1-9]/);
     expect(text).not.toContain(seeded.keyId);
     expect(text).not.toContain(seeded.accountId);
     expect(text).toMatch(/quota_store_duration_seconds_count\{store="redis",op="reserve"\} [1-9]/);
