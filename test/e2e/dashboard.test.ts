@@ -56,7 +56,10 @@ async function bar(page: Page, name: string) {
   };
 }
 
-describe("the dashboard in headless Chromium against the real server (--demo)", () => {
+// One user journey against one `--demo` server (starting it per test would triple the file's time): each step reads
+// the state the previous one left (the fresh demo's 5 requests and $25, then the purchase, then errors against that
+// balance). So this file's tests keep their written order even when the suite is shuffled; it is the only such file.
+describe("the dashboard in headless Chromium against the real server (--demo)", { shuffle: false }, () => {
   let server: ServerProcess;
   let browser: Browser;
   let apiKey: string;
