@@ -5,8 +5,14 @@
  * and a metric).
  */
 import { afterAll, describe, expect, it } from "vitest";
+import pg from "pg";
 import pino from "pino";
-import { startTestApp, type TestApp } from "../support/app.ts";
+import { loadConfig } from "../../src/config/config.ts";
+import { startApp } from "../../src/main.ts";
+import { createTestDatabase, deleteRedisPrefix, startTestApp, type TestApp } from "../support/app.ts";
+import { ADMIN, clients, codeOf, messageOf } from "../support/clients.ts";
+import { TEST_REDIS_URL, uniqueId } from "../support/env.ts";
+import { freePort } from "../support/server-process.ts";
 import { PrivateRedis } from "../support/redis-server.ts";
 import { healthCheck } from "../support/server-process.ts";
 import { TcpProxy } from "../support/tcp-proxy.ts";
@@ -68,4 +74,55 @@ describe("start-up and readiness", () => {
     expect(await get(t.app.httpPort, "/readyz")).toBe(200);
     expect(await get(t.app.httpPort, "/healthz")).toBe(200);
   });
+
+  it("item 20: while migrations run: NOT_SERVING and /readyz 503, /healthz 200, calls UNAVAILABLE; ready once they are done", async () => {
+    // A database already migrated once; a transaction holding the migrations table makes the next start's migrator wait.
+    const db = await createTestDatabase();
+    cleanup.push(() => db.drop());
+    const prefix = `qa-test:${uniqueId("")}:`;
+    cleanup.push(() => deleteRedisPrefix(prefix));
+    const env = (grpc: number, http: number) => ({
+      QUOTA_HOST: "127.0.0.1", QUOTA_GRPC_PORT: String(grpc), QUOTA_HTTP_PORT: String(http), QUOTA_ADMIN_TOKEN: "test-admin-token",
+      QUOTA_LOG_LEVEL: "silent", QUOTA_SHUTDOWN_DELAY_MS: "0", QUOTA_DB_STATEMENT_TIMEOUT_MS: "60000",
+      DATABASE_URL: db.url, REDIS_URL: TEST_REDIS_URL, QUOTA_REDIS_KEY_PREFIX: prefix,
+    });
+    const logger = pino({ level: "silent" });
+    const first = await startApp(loadConfig(env(0, 0), {}, undefined), { logger });
+    await first.stop();
+    const lock = new pg.Client({ connectionString: db.url });
+    await lock.connect();
+    cleanup.push(() => lock.end());
+    await lock.query("begin");
+    await lock.query("lock table mikro_orm_migrations in access exclusive mode");
+    const grpcPort = await freePort();
+    let httpPort = await freePort();
+    while (httpPort === grpcPort) httpPort = await freePort();
+    const starting = startApp(loadConfig(env(grpcPort, httpPort), {}, undefined), { logger });
+    starting.catch(() => {});
+    // The ports answer while the migrator waits on the lock.
+    const deadline = Date.now() + 20_000;
+    let ready = 0;
+    while (Date.now() < deadline) {
+      ready = await get(httpPort, "/readyz").catch(() => 0);
+      if (ready !== 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(ready).toBe(503);
+    expect(await get(httpPort, "/healthz")).toBe(200);
+    expect(await healthCheck(`127.0.0.1:${grpcPort}`)).toBe("NOT_SERVING");
+    const c = clients("grpc-js", { grpc: grpcPort, http: httpPort });
+    try {
+      const e = await c.admin.createAccount({ id: "mig-wait", name: "x" }, ADMIN).catch((x) => x);
+      expect(codeOf(e)).toBe(14); // UNAVAILABLE
+      expect(messageOf(e)).toMatch(/starting up \(migrations running\)/);
+      await lock.query("commit");
+      const app = await starting;
+      cleanup.push(() => app.stop());
+      expect(await get(httpPort, "/readyz")).toBe(200);
+      expect(await healthCheck(`127.0.0.1:${grpcPort}`)).toBe("SERVING");
+      expect((await c.admin.createAccount({ id: "mig-done", name: "x" }, ADMIN)).account?.id).toBe("mig-done");
+    } finally {
+      c.close();
+    }
+  }, 90_000);
 });
