@@ -173,34 +173,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   bus.subscribe(flusher.invalidate);
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");
-  const quota = new QuotaService({
-    leaseSecret: adminToken,
-    db: idb,
-    store,
-    clock,
-    bus,
-    keys,
-    capacity,
-    touched: flusher.touched,
-    storeDeadlineMs: config.storeDeadlineMs,
-    idempotencyWaitMs: config.idempotencyWaitMs,
-    getLimitsRatePerMinute: config.getLimitsRatePerMinute,
-  });
+  const quotaDeps = { leaseSecret: adminToken, db: idb, store, clock, bus, keys, capacity, touched: flusher.touched, idempotencyWaitMs: config.idempotencyWaitMs };
+  const quota = new QuotaService({ ...quotaDeps, storeDeadlineMs: config.storeDeadlineMs, getLimitsRatePerMinute: config.getLimitsRatePerMinute });
   const admin = new AdminService({ db: idb, clock, bus, capacity, quota, idempotencyWaitMs: config.idempotencyWaitMs });
   const renewals = new AddOnRenewals({ db: idb, clock });
   // Envoy's rate-limit service: the same core with its own, shorter counter-store deadline (below Envoy's timeout).
-  const envoyQuota = new QuotaService({
-    leaseSecret: adminToken,
-    db: idb,
-    store,
-    clock,
-    bus,
-    keys,
-    capacity,
-    touched: flusher.touched,
-    storeDeadlineMs: storeDeadlineMs(config.envoy),
-    idempotencyWaitMs: config.idempotencyWaitMs,
-  });
+  const envoyQuota = new QuotaService({ ...quotaDeps, storeDeadlineMs: storeDeadlineMs(config.envoy) });
   const envoyRateLimit = new EnvoyRateLimit({
     quota: envoyQuota,
     config: config.envoy,
