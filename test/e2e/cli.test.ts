@@ -14,9 +14,9 @@ import { uniqueId } from "../support/env.ts";
 import { ADMIN_TOKEN, REPO_ROOT, ServerProcess } from "../support/server-process.ts";
 
 const SERVICE_TOKEN = "cli-test-service-token";
-const plansDoc = (monthly: number) => `
+const plansDoc = (monthly: number, id = "cli") => `
 plans:
-  - id: cli
+  - id: ${id}
     name: CLI (${monthly} a month)
     products: [cli-api]
     methods: { default: 1, costs: { things.search: 3 } }
@@ -145,6 +145,13 @@ describe("the quota-authority CLI against the real server", () => {
 
   it("accounts, subscriptions, keys, deposit, topup, check, limits, ledger, revoke, cancel", { timeout: 120_000 }, async () => {
     const accountId = uniqueId("cli-").toLowerCase();
+    // Its own plan (the "plans diff" test owns plan "cli"): each test runs alone or in any order.
+    const c = clients("grpc-js", server.ports);
+    try {
+      await c.admin.applyPlans({ document: plansDoc(10, "cli-ops") }, ADMIN);
+    } finally {
+      c.close();
+    }
     // accounts
     expect(await ok(["accounts", "create", "--id", accountId, "--name", "CLI customer"])).toMatch(new RegExp(`^account ${accountId} "CLI customer" created \\d{4}-`));
     const got = await json(["accounts", "get", accountId]);
@@ -155,8 +162,8 @@ describe("the quota-authority CLI against the real server", () => {
     expect(nf.stderr).toMatch(/^error: NOT_FOUND.*no-such-account/);
 
     // subscriptions and keys
-    const sub = (await json(["subscriptions", "create", "--account", accountId, "--plan", "cli"])).subscription;
-    expect(sub).toMatchObject({ accountId, planId: "cli", status: "active" });
+    const sub = (await json(["subscriptions", "create", "--account", accountId, "--plan", "cli-ops"])).subscription;
+    expect(sub).toMatchObject({ accountId, planId: "cli-ops", status: "active" });
     const created = await json(["keys", "create", "-a", accountId, "-s", sub.id, "--name", "cli key", "--owner"]);
     expect(created.apiKey).toMatch(/^qa_/);
     expect(created.key).toMatchObject({ subscriptionId: sub.id, status: "active", owner: true, name: "cli key" });
@@ -209,7 +216,7 @@ describe("the quota-authority CLI against the real server", () => {
     // limits: a table with bars, balances, grants
     const limits = await ok(["limits", "--account", accountId]);
     expect(limits).toMatch(new RegExp(`^account ${accountId} \\(as of \\d{4}-`));
-    expect(limits).toMatch(/subscription \S+: plan cli "CLI \(10 a month\)", active, cycle \S+ -> \S+/);
+    expect(limits).toMatch(/subscription \S+: plan cli-ops "CLI \(10 a month\)", active, cycle \S+ -> \S+/);
     expect(limits).toMatch(/monthly +quota +subscription +3 +20 +17 +\[███░{17}\] +15% +\S+ +plan 10, grant \S+ 5, grant \S+ 5/);
     expect(limits).toMatch(/prepaid +4\.00 USD +5\.00 USD/);
     expect(limits).toMatch(/GRANT +LIMIT +PRODUCT +UNITS +SOURCE +EXPIRES\n\S+ +monthly +\* +5 +topup +\d{4}-/);
