@@ -3,6 +3,7 @@
  * gRPC-Web, gRPC over h2c) on the HTTP port. All expose the same promise-returning shape.
  */
 import * as grpc from "@grpc/grpc-js";
+import * as http from "node:http";
 import { create, fromBinary, toBinary, type DescMessage, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -73,12 +74,20 @@ function grpcJsClient<S extends GenServiceMethods>(service: GenService<S>, addre
   return { client: client as Methods<S>, close: () => (raw as unknown as grpc.Client).close() };
 }
 
+/**
+ * HTTP/1.1 clients here open a connection per call: Node's global agent keeps idle sockets for 5 s, the server keeps
+ * idle keep-alive connections for 5 s too, and a request sent on a socket the server is closing at that moment fails
+ * (ABORTED) — a client retry concern that these tests do not measure (keep-alive behaviour has its own tests with
+ * raw sockets: connections.test.ts, sigterm.test.ts).
+ */
+const NO_KEEP_ALIVE = { agent: new http.Agent({ keepAlive: false }) };
+
 function connectClient<S extends GenServiceMethods>(service: GenService<S>, baseUrl: string, protocol: Exclude<Protocol, "grpc-js">, timeoutMs = DEFAULT_CALL_TIMEOUT_MS): Methods<S> {
   const transport =
     protocol === "connect"
-      ? createConnectTransport({ baseUrl, httpVersion: "1.1" })
+      ? createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: NO_KEEP_ALIVE })
       : protocol === "grpc-web"
-        ? createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })
+        ? createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: NO_KEEP_ALIVE })
         : createGrpcTransport({ baseUrl });
   const c = createClient(service, transport) as unknown as Client<GenService<S>> & Record<string, Function>;
   const out: Record<string, unknown> = {};
