@@ -5,7 +5,7 @@
  * use is returned when it is settled (`close`).
  *
  * - The grant shrinks as the remaining capacity shrinks: at most a quarter of what remains (LEASE_SHARE), at least one
- *   call, at most what was asked. Near exhaustion P callers hold at most ~P/4·remaining... never more than remains.
+ *   call, at most what was asked. Every grant is reserved before it is used, so leases never hold more than remains.
  * - A lease ends at its TTL and never outlives the current period of a fixed-period limit it draws on (units counted
  *   in one period are never spent in the next).
  * - An unsettled lease is charged in full when it expires (its usage is unknown: the caller may have admitted every
@@ -24,7 +24,7 @@ import { toStatus, type LimitStatusOut } from "./limit-status.ts";
 import { gatesFor, limitsForCall, priceOf, type AppliedLimit } from "./limits.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
 import { release, type ReleaseAnswer } from "./release.ts";
-import { METHOD_RE, NAME_RE } from "./validation.ts";
+import { METHOD_RE, NAME_RE, own } from "./validation.ts";
 import type { DenyReason } from "./check-and-reserve.ts";
 
 export const LEASE_SHARE = 4n;
@@ -79,7 +79,7 @@ export async function lease(d: QuotaDeps, req: LeaseRequest): Promise<LeaseAnswe
     if (c.usedCalls < 0n || c.usedCalls > parsed.granted) throw new InvalidArgumentError(`close[${i}].used_calls`, `must be between 0 and the ${parsed.granted} calls granted`);
     return { ...parsed, usedCalls: c.usedCalls };
   });
-  const units = BigInt(Object.hasOwn(plan.methods.costs, req.method) ? plan.methods.costs[req.method]! : plan.methods.default);
+  const units = BigInt(own(plan.methods.costs, req.method) ?? plan.methods.default);
   const spend = priceOf(plan, {}, 1n);
   // Each lease is charged at the per-call amounts it was granted with (they are part of its id).
   for (const c of closing) {
