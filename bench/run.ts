@@ -27,6 +27,7 @@
  * Writes bench/results/<name>.json, latency-vs-load.png and cost-curve.png (gnuplot, installed with apt when root).
  */
 import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import * as http2 from "node:http2";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
@@ -37,6 +38,11 @@ import { ROOT, SERVICE_TOKEN, createDatabase, ensureTool, freePort, redisCounter
 import type { LoadResult, LoadSpec } from "./load.ts";
 import { cpuSeconds, loadAverage, machineCpu, round3 } from "./lib/stats.ts";
 import { drawCharts } from "./lib/chart.ts";
+
+/** The SHA1 our server's reserve script is registered under (defineScripts: lib.lua, a newline, reserve.lua). */
+const RESERVE_SHA = createHash("sha1")
+  .update(`${readFileSync(`${ROOT}src/store/redis/scripts/lib.lua`, "utf8")}\n${readFileSync(`${ROOT}src/store/redis/scripts/reserve.lua`, "utf8")}`)
+  .digest("hex");
 
 const { values: o } = parseArgs({
   options: {
@@ -409,17 +415,21 @@ async function captureReserve(redisUrl: string, port: number, keysFile: string):
   const m = await base.monitor();
   let found: string[] | undefined;
   m.on("monitor", (_t: string, args: string[]) => {
-    if (!found && args[0]?.toLowerCase() === "evalsha" && args.some((a) => a.includes('"reservationId"'))) found = args;
+    if (!found && args[0]?.toLowerCase() === "evalsha" && args[1] === RESERVE_SHA) found = args;
   });
   await load(port, { keysFile, mix: "reserve", calls: 20, concurrency: 1, seconds: 5 });
   await new Promise((r) => setTimeout(r, 200));
   m.disconnect();
   base.disconnect();
   if (!found) return undefined;
-  // Every call needs its own reservation id: redis-benchmark replaces __rand_int__ in arguments.
-  const payload = JSON.parse(found[found.length - 1]!) as { reservationId: string };
-  payload.reservationId = "rsv_bench___rand_int__";
-  return [...found.slice(0, -1), JSON.stringify(payload)];
+  // Every call needs its own reservation id: redis-benchmark replaces __rand_int__ in arguments. reserve.lua's ARGV:
+  // clock, grace, D, D descriptions, N, then per call its reservation id first (one call: the server's calls of one
+  // account made in the same tick share a script call, and this capture runs one call at a time).
+  const out = found.slice();
+  const argv = 3 + Number(out[2]);
+  const d = Number(out[argv + 2]);
+  out[argv + 4 + d] = "rsv_bench___rand_int__";
+  return out;
 }
 
 /** (a): redis-benchmark with the captured EVALSHA; CPU of redis-benchmark itself from its parent shell's cutime. */

@@ -50,7 +50,9 @@ export interface CheckAnswer {
   replayed: boolean;
 }
 
-export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<CheckAnswer> {
+/** `storeDeadlineMs`: the counter-store deadline of this call (default: the service's; a batch gives its items more,
+ * batch.ts). */
+export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDeadlineMs = d.storeDeadlineMs): Promise<CheckAnswer> {
   if (!req.product) throw new InvalidArgumentError("product", "is required");
   if (!NAME_RE.test(req.product)) throw new InvalidArgumentError("product", "must be 1-63 characters of a-z 0-9 _ . -");
   if (!req.method) throw new InvalidArgumentError("method", "is required");
@@ -109,7 +111,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest): Promise<
 
   let result;
   try {
-    result = await reserveWithRestore(d, cmd, d.storeDeadlineMs);
+    result = await reserveWithRestore(d, cmd, storeDeadlineMs);
   } catch (e) {
     if (e instanceof QuotaError && e.code !== "UNAVAILABLE") throw e;
     // Counter store unreachable or too slow: the plan decides (DESIGN §6). A script runs whole or not at all, but a

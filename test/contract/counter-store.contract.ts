@@ -66,6 +66,44 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       grants,
     });
 
+    it("decides calls of one account made together exactly as one after another, each with its own answer", async () => {
+      // The Redis store sends calls of one account made in the same tick as one script call (reserve.lua takes
+      // several): the answers must be those of the same calls made in order.
+      await store.restore(account, [cap("s:1:q", 5n)], {});
+      const other = uniqueId("acct");
+      await store.restore(other, [cap("s:1:q", 1n)], {});
+      const conc = (): CounterLimit => ({ id: "k:1:inflight", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 6n });
+      const same = Array.from({ length: 8 }, () => cmd([quota("s:1:q", 1n), conc()]));
+      const idem = cmd([quota("s:1:q", 1n)], { idempotencyId: "k1:same", requestHash: "h1" });
+      const idemAgain = cmd([quota("s:1:q", 1n)], { idempotencyId: "k1:same", requestHash: "h1" });
+      const idemOther = cmd([quota("s:1:q", 1n)], { idempotencyId: "k1:same", requestHash: "h2" });
+      const elsewhere = cmd([quota("s:1:q", 1n)], { accountId: other });
+      const answers = await Promise.all([idem, idemAgain, idemOther, ...same, elsewhere].map((c) => store.reserve(c)));
+      // The idempotent call takes 1 unit; its repeat replays it (nothing applied); another hash is a mismatch.
+      expect(answers[0]).toMatchObject({ outcome: "ALLOWED", replayed: false, reservationId: idem.reservationId });
+      expect(answers[1]).toMatchObject({ outcome: "ALLOWED", replayed: true, reservationId: idem.reservationId });
+      expect(answers[2]!.outcome).toBe("IDEMPOTENCY_MISMATCH");
+      // 4 units left: the next 4 calls pass in order, the last 4 are QUOTA_EXHAUSTED (none of them took a slot).
+      const mine = answers.slice(3, 11);
+      expect(mine.map((a) => a.outcome)).toEqual(["ALLOWED", "ALLOWED", "ALLOWED", "ALLOWED", "DENIED", "DENIED", "DENIED", "DENIED"]);
+      expect(mine.slice(0, 4).map((a) => a.states[0]!.used)).toEqual([2n, 3n, 4n, 5n]);
+      expect(mine.slice(0, 4).map((a) => a.states[1]!.used)).toEqual([1n, 2n, 3n, 4n]);
+      expect(mine[4]).toMatchObject({ reason: "QUOTA_EXHAUSTED", deniedLimitId: "s:1:q" });
+      expect(mine.slice(0, 4).map((a) => a.reservationId)).toEqual(same.slice(0, 4).map((c) => c.reservationId));
+      expect(answers[11]).toMatchObject({ outcome: "ALLOWED" }); // another account: its own quota of 1
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n), { ...conc(), amount: 0n }], { mode: "CHECK_ONLY" }));
+      expect(peek.states.map((s) => s.used)).toEqual([5n, 4n]);
+    });
+
+    it("answers NEED_RESTORE to every call of an absent account made together, and applies none", async () => {
+      const calls = Array.from({ length: 3 }, () => cmd([quota("s:1:q", 1n)]));
+      const answers = await Promise.all(calls.map((c) => store.reserve(c)));
+      expect(answers.map((a) => a.outcome)).toEqual(["NEED_RESTORE", "NEED_RESTORE", "NEED_RESTORE"]);
+      await store.restore(account, [cap("s:1:q", 5n)], {});
+      const again = await Promise.all(calls.map((c) => store.reserve(c)));
+      expect(again.map((a) => a.states[0]!.used)).toEqual([1n, 2n, 3n]);
+    });
+
     it("asks for a restore before the account's state is present, then admits", async () => {
       const first = await store.reserve(cmd([quota("s:1:q", 1n)]));
       expect(first.outcome).toBe("NEED_RESTORE");

@@ -1,6 +1,9 @@
+import { Redis } from "ioredis";
 import { expect, it } from "vitest";
+import type { CounterLimit, ReserveCommand } from "../../src/core/counter-store.ts";
 import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts";
 import { DECLARED_KEYS_GUARD } from "../support/redis-guard.ts";
+import { PrivateRedis } from "../support/redis-server.ts";
 import { testRedis } from "../support/redis.ts";
 import { describeCounterStore } from "./counter-store.contract.ts";
 import { describeCounterStoreProperties, propertyRuns } from "./counter-store.property.ts";
@@ -36,5 +39,35 @@ it("the declared-keys guard refuses a script that touches a key it did not decla
     expect(await redis.eval(`${DECLARED_KEYS_GUARD}\nreturn redis.call('SET', KEYS[1], 'x')`, 1, `${prefix}declared`)).toBe("OK");
   } finally {
     await cleanup();
+  }
+});
+
+it("sends the calls of one account made in the same tick as one script call (at most 50 per call), one per account", async () => {
+  const server = await PrivateRedis.start();
+  const redis = new Redis(server.port, "127.0.0.1", { enableAutoPipelining: true });
+  try {
+    const store = new RedisCounterStore(redis, { keyPrefix: "grp:" });
+    const quota = (amount: bigint): CounterLimit => ({ id: "s:1:q", kind: "QUOTA", meter: "units", amount, period: { type: "none" } });
+    const call = (accountId: string, i: number): ReserveCommand => ({
+      accountId, reservationId: `r_${accountId}_${i}`, mode: "ENFORCE", ttlMs: 30_000, product: "api", expiryPolicy: "charge", gates: [], limits: [quota(1n)],
+    });
+    for (const a of ["a1", "a2", "a3"]) await store.restore(a, [{ limitId: "s:1:q", base: 1000n, basePriority: 100, grants: [] }], {});
+    await store.reserve(call("a1", -1)); // loads the script
+    const scriptCalls = async () => {
+      const info = await redis.info("commandstats");
+      return [...info.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    await redis.config("RESETSTAT");
+    const one = await Promise.all(Array.from({ length: 120 }, (_, i) => store.reserve(call("a1", i))));
+    expect(one.every((r) => r.outcome === "ALLOWED")).toBe(true);
+    expect(one.map((r) => r.states[0]!.used)).toEqual(Array.from({ length: 120 }, (_, i) => BigInt(i + 2)));
+    expect(await scriptCalls()).toBe(3); // 50 + 50 + 20
+    await redis.config("RESETSTAT");
+    const three = await Promise.all(["a1", "a2", "a3", "a2", "a3", "a1"].map((a, i) => store.reserve(call(a, 1000 + i))));
+    expect(three.map((r) => r.states[0]!.used)).toEqual([122n, 1n, 1n, 2n, 2n, 123n]);
+    expect(await scriptCalls()).toBe(3);
+  } finally {
+    redis.disconnect();
+    await server.stop();
   }
 });

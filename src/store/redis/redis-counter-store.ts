@@ -55,6 +55,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #prefix: string;
   readonly #clock: (() => number) | undefined;
   readonly #grace: string;
+  #pending = new Map<string, PendingReserve[]>();
+  #flushScheduled = false;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
     this.#redis = redis;
@@ -83,34 +85,66 @@ export class RedisCounterStore implements CounterStore {
     return (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis);
   }
 
-  async reserve(cmd: ReserveCommand): Promise<ReserveResult> {
-    const tag = this.#tag(cmd.accountId);
-    const keys = [...this.#fixedKeys(cmd.accountId), ...cmd.limits.map((l) => `${tag}s:${l.id}`)];
-    // Positional arguments (reserve.lua's header): the script decodes no JSON on the hot path.
-    const args: string[] = [
-      this.#now(), this.#grace, cmd.reservationId, cmd.idempotencyId ? (cmd.requestHash ? `${cmd.idempotencyId}|${cmd.requestHash}` : cmd.idempotencyId) : "", MODE_CODE[cmd.mode], String(cmd.ttlMs), cmd.product,
-      cmd.expiryPolicy, String(cmd.gates.length),
-    ];
-    for (const g of cmd.gates) args.push(g.reason, g.from === undefined ? "" : String(g.from), g.until === undefined ? "" : String(g.until));
-    for (const l of cmd.limits) pushLimit(args, l);
-    const reply = (await this.#script("reserve")(keys.length, ...keys, ...args)) as unknown[];
-    const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
-      number, string, string, number, number, string, number, number, number, string, unknown[][],
-    ];
-    const result: ReserveResult = {
-      outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : code === 3 ? "IDEMPOTENCY_MISMATCH" : "NEED_RESTORE",
-      overage: overage === 1,
-      replayed: replayed === 1,
-      now,
-      states: states.map(decodeState),
-    };
-    if (reason) result.reason = reason as DenyReasonName;
-    if (shadow) result.shadowReason = shadow as DenyReasonName;
-    if (deniedId) result.deniedLimitId = deniedId;
-    if (retry >= 0) result.retryAfterMs = retry;
-    if (available >= 0) result.availableAt = available;
-    if (reservationId) result.reservationId = reservationId;
-    return result;
+  /** Calls of one account made in the same tick (the items of a CheckAndReserveBatch, concurrent single calls) go to
+   * Redis as ONE script call (reserve.lua takes several, in order), at most MAX_GROUP per call; each gets its own
+   * answer, exactly as if the calls had been made one after another. */
+  reserve(cmd: ReserveCommand): Promise<ReserveResult> {
+    return new Promise<ReserveResult>((resolve, reject) => {
+      let group = this.#pending.get(cmd.accountId);
+      if (!group) this.#pending.set(cmd.accountId, (group = []));
+      group.push({ cmd, resolve, reject });
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true;
+        process.nextTick(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    const groups = this.#pending;
+    this.#pending = new Map();
+    for (const [accountId, calls] of groups) {
+      for (let i = 0; i < calls.length; i += MAX_GROUP) this.#reserveGroup(accountId, calls.length <= MAX_GROUP ? calls : calls.slice(i, i + MAX_GROUP));
+    }
+  }
+
+  #reserveGroup(accountId: string, calls: PendingReserve[]): void {
+    const tag = this.#tag(accountId);
+    const keys = this.#fixedKeys(accountId);
+    // Limit descriptions, each sent once per script call (reserve.lua's header): the script decodes no JSON.
+    const descIndex = new Map<string, number>();
+    const descs: string[] = [];
+    const items: string[] = [];
+    for (const { cmd } of calls) {
+      let refs = "";
+      for (const l of cmd.limits) {
+        const desc = describeLimit(l);
+        let d = descIndex.get(desc);
+        if (d === undefined) {
+          descs.push(desc);
+          keys.push(`${tag}s:${l.id}`);
+          descIndex.set(desc, (d = descs.length));
+        }
+        refs += `${refs ? "," : ""}${d}=${l.amount}`;
+      }
+      let gates = "";
+      for (const g of cmd.gates) gates += `${gates ? ";" : ""}${g.reason},${g.from ?? ""},${g.until ?? ""}`;
+      items.push(
+        cmd.reservationId, cmd.idempotencyId ? (cmd.requestHash ? `${cmd.idempotencyId}|${cmd.requestHash}` : cmd.idempotencyId) : "", MODE_CODE[cmd.mode],
+        String(cmd.ttlMs), cmd.product, cmd.expiryPolicy, gates, refs,
+      );
+    }
+    const args = [this.#now(), this.#grace, String(descs.length), ...descs, String(calls.length), ...items];
+    this.#script("reserve")(keys.length, ...keys, ...args).then(
+      (reply) => {
+        const replies = reply as unknown[];
+        for (let i = 0; i < calls.length; i++) calls[i]!.resolve(replies[0] === 2 ? needRestore() : decodeReserve(replies[i] as unknown[]));
+      },
+      (e: unknown) => {
+        for (const c of calls) c.reject(e);
+      },
+    );
   }
 
   async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
@@ -178,18 +212,46 @@ export class RedisCounterStore implements CounterStore {
 const MODE_CODE = { ENFORCE: "E", CHECK_ONLY: "C", SHADOW: "S" } as const;
 const STATE_OF_CODE: Record<string, ReleaseState> = { C: "COMMITTED", X: "CANCELLED", E: "EXPIRED_CHARGED", R: "EXPIRED_REFUNDED" };
 
-/** A limit as reserve.lua's 13 positional fields. */
-function pushLimit(args: string[], l: CounterLimit): void {
+/** Most calls of one account a reserve script takes: a group's script holds Redis for its whole run. */
+const MAX_GROUP = 50;
+
+interface PendingReserve {
+  cmd: ReserveCommand;
+  resolve: (r: ReserveResult) => void;
+  reject: (e: unknown) => void;
+}
+
+const needRestore = (): ReserveResult => ({ outcome: "NEED_RESTORE", overage: false, replayed: false, now: 0, states: [] });
+
+/** A limit without its amount, as reserve.lua's one-string description: 12 fields joined by '|'. */
+function describeLimit(l: CounterLimit): string {
   const p = l.period;
   const period =
-    p === undefined ? ["", "", "", "", ""]
-    : p.type === "fixed" ? ["fixed", String(p.bounds[0]), String(p.bounds[1]), String(p.bounds[2]), String(p.bounds[3])]
-    : p.type === "rolling" ? ["rolling", String(p.windowMs), String(p.bucketMs), "", ""]
-    : ["none", "", "", "", ""];
-  args.push(
-    l.id, l.kind, l.meter, String(l.amount), l.limit === undefined ? "" : String(l.limit), l.windowMs === undefined ? "" : String(l.windowMs),
-    l.overage ? "1" : "", ...period, l.blocks ? l.blocks.map(([s, e]) => `${s}-${e}`).join(",") : "",
-  );
+    p === undefined ? "||||"
+    : p.type === "fixed" ? `fixed|${p.bounds[0]}|${p.bounds[1]}|${p.bounds[2]}|${p.bounds[3]}`
+    : p.type === "rolling" ? `rolling|${p.windowMs}|${p.bucketMs}||`
+    : "none||||";
+  return `${l.id}|${l.kind}|${l.meter}|${l.limit ?? ""}|${l.windowMs ?? ""}|${l.overage ? "1" : ""}|${period}|${l.blocks ? l.blocks.map(([s, e]) => `${s}-${e}`).join(",") : ""}`;
+}
+
+function decodeReserve(reply: unknown[]): ReserveResult {
+  const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
+    number, string, string, number, number, string, number, number, number, string, unknown[][],
+  ];
+  const result: ReserveResult = {
+    outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : "IDEMPOTENCY_MISMATCH",
+    overage: overage === 1,
+    replayed: replayed === 1,
+    now,
+    states: states.map(decodeState),
+  };
+  if (reason) result.reason = reason as DenyReasonName;
+  if (shadow) result.shadowReason = shadow as DenyReasonName;
+  if (deniedId) result.deniedLimitId = deniedId;
+  if (retry >= 0) result.retryAfterMs = retry;
+  if (available >= 0) result.availableAt = available;
+  if (reservationId) result.reservationId = reservationId;
+  return result;
 }
 
 /** The packed capacity parse_cap (lib.lua) reads; ids and products never contain ',' or ';' (validated names). */

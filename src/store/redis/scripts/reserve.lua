@@ -1,7 +1,10 @@
 --[==[
-reserve.lua: CheckAndReserve for one call — check every limit, and only when all pass apply all of them and store
-the reservation. Why one Lua script and not MULTI: the decision depends on values read in the same atomic step
-(check-then-act); MULTI cannot branch on what it reads, WATCH would retry under contention.
+reserve.lua: CheckAndReserve for one or more calls of ONE account, in order: per call, check every limit, and only
+when all pass apply all of them and store the reservation. Why one Lua script and not MULTI: the decision depends on
+values read in the same atomic step (check-then-act); MULTI cannot branch on what it reads, WATCH would retry under
+contention. Several calls of one account in one script (RedisCounterStore groups the calls of an account made in the
+same tick: the items of a CheckAndReserveBatch, or concurrent single calls) decide exactly as the same calls made one
+after another would: each sees what the previous ones applied.
 Idempotent on the reservation id: a resent command (ioredis resends a command whose reply was lost) finds its id
 stored and returns the stored outcome; an id cancelled before it arrived (tombstone) is a no-op.
 
@@ -10,200 +13,220 @@ KEYS[2]   {a:<id>}:rs    reservations and settled results (r:<id>), idempotency 
 KEYS[3]   {a:<id>}:rx    expiry index of KEYS[2]
 KEYS[4]   {a:<id>}:u     QUOTA/BUDGET usage of every limit (lib.lua)
 KEYS[5]   {a:<id>}:fr    concurrency slots freed by Release, not yet dropped (lib.lua)
-KEYS[6..] {a:<id>}:s:<limit id>  one key per limit, in the command's order: the sorted set of a RATE or
-          CONCURRENCY limit (declared, unused, for the other kinds)
+KEYS[5+i] {a:<id>}:s:<limit id> of limit description i: the sorted set of a RATE or CONCURRENCY limit (declared,
+          unused, for the other kinds)
 ARGV, positional, every number a decimal string:
   [1] clock override in ms, or '' for Redis TIME      [2] retention grace in ms (kept past the TTL)
-  [3] reservation id   [4] idempotency id or '', optionally followed by '|' and the request's hash (ids never
-      contain '|')   [5] mode E (ENFORCE) | C (CHECK_ONLY) | S (SHADOW)
-  [6] ttl ms   [7] product   [8] expiry policy (charge | refund)   [9] number of gates G
-  then G x 3: reason, from or '', until or ''
-  then per limit 13 fields (one per state key): id, kind, meter, amount, limit or '', windowMs or '', overage
-       ('1' or ''), period type (fixed | rolling | none | ''), p1..p4 (fixed: the four bounds; rolling: windowMs,
-       bucketMs), blocks ('<start>-<end>,...' or '')
+  [3] number of limit descriptions D, then D descriptions, each ONE string of 12 fields joined by '|' (ids, meters
+      and products never contain '|'): id | kind | meter | limit or '' | windowMs or '' | overage '1' or '' |
+      period type (fixed, rolling, none or '') | p1 | p2 | p3 | p4 (fixed: the four bounds; rolling: windowMs,
+      bucketMs) | blocks ('<start>-<end>,...' or '')
+  then the number of calls N, then per call 8 fields:
+      reservation id; idempotency id or '', optionally followed by '|' and the request's hash (ids never contain
+      '|'); mode E (ENFORCE), C (CHECK_ONLY), S (SHADOW); ttl ms; product; expiry policy (charge | refund);
+      gates, '' or '<reason>,<from or ''>,<until or ''>' joined by ';'; limits, '<description index>=<amount>'
+      joined by ',' in the call's order
 
-Returns { code, reason, deniedLimitId, retryAfterMs, availableAt, reservationId, overage, replayed, now,
-          shadowReason, states }
-  code      0 ALLOWED, 1 DENIED, 2 NEED_RESTORE (account state absent: restore from Postgres, then call again),
-            3 IDEMPOTENCY_MISMATCH (the idempotency id was recorded for a request with another hash; nothing applied)
+Returns { 2 } when the account state is absent (NEED_RESTORE: restore it from Postgres, then call again; nothing
+was applied), else one reply per call, in order:
+  { code, reason, deniedLimitId, retryAfterMs, availableAt, reservationId, overage, replayed, now, shadowReason, states }
+  code      0 ALLOWED, 1 DENIED, 3 IDEMPOTENCY_MISMATCH (the idempotency id was recorded for a request with another
+            hash; nothing applied)
   reason    '' or a deny reason; retryAfterMs/availableAt -1 when not applicable; overage/replayed 0|1
   states    one reply_state (lib.lua) per limit (empty for a replay of a tombstone)
 ]==]
 
 local now = clock(ARGV[1])
-if redis.call('HEXISTS', KEYS[1], 'v') == 0 then
-  return { 2, '', '', -1, -1, '', 0, 0, now, '', {} }
-end
+if redis.call('HEXISTS', KEYS[1], 'v') == 0 then return { 2 } end
 local grace = tonumber(ARGV[2])
-local rid, idem, mode, ttl, product, policy = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local ihash = ''
-do
-  local bar = string.find(idem, '|', 1, true)
-  if bar then idem, ihash = string.sub(idem, 1, bar - 1), string.sub(idem, bar + 1) end
-end
-sweep(now, SWEEP_BATCH, grace)
 
-local gates = {}
-local a = 10
-for _ = 1, tonumber(ARGV[9]) do
-  gates[#gates + 1] = { reason = ARGV[a], from = ARGV[a + 1], till = ARGV[a + 2] }
-  a = a + 3
-end
-local limits = {}
-for i = 6, #KEYS do
-  local l = { id = ARGV[a], kind = ARGV[a + 1], meter = ARGV[a + 2], amount = ARGV[a + 3], key = KEYS[i] }
-  if ARGV[a + 4] ~= '' then l.limit = ARGV[a + 4] end
-  if ARGV[a + 5] ~= '' then l.windowMs = ARGV[a + 5] end
-  l.overage = ARGV[a + 6] == '1'
-  local pt = ARGV[a + 7]
+-- Limit descriptions, parsed once per script call (a batch's calls share them).
+local descs = {}
+local D = tonumber(ARGV[3])
+for d = 1, D do
+  local id, kind, meter, lim, win, ov, pt, p1, p2, p3, p4, blocks = string.match(ARGV[3 + d],
+    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local l = { id = id, kind = kind, meter = meter, key = KEYS[5 + d], overage = ov == '1' }
+  if lim ~= '' then l.limit = lim end
+  if win ~= '' then l.windowMs = win end
   if pt == 'fixed' then
-    l.period = { type = 'fixed', bounds = { ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11] } }
+    l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
   elseif pt == 'rolling' then
-    l.period = { type = 'rolling', windowMs = ARGV[a + 8], bucketMs = ARGV[a + 9] }
+    l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
   elseif pt == 'none' then
     l.period = { type = 'none' }
   end
-  if ARGV[a + 12] ~= '' then
+  if blocks ~= '' then
     l.blocks = {}
-    for s, e in string.gmatch(ARGV[a + 12], '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
+    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
   end
-  limits[#limits + 1] = l
-  a = a + 13
+  descs[d] = l
 end
+local N = tonumber(ARGV[4 + D])
+sweep(now, SWEEP_BATCH * N, grace)
 
-local function zero_states()
-  local out = {}
-  for _, l in ipairs(limits) do
-    local copy = {}
-    for k, v in pairs(l) do copy[k] = v end
-    copy.amount = '0'
-    table.insert(out, reply_state(evaluate(copy, product, now), false))
+local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, limit_list)
+  local ihash = ''
+  do
+    local bar = string.find(idem, '|', 1, true)
+    if bar then idem, ihash = string.sub(idem, 1, bar - 1), string.sub(idem, bar + 1) end
   end
-  return out
-end
-
--- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
-local function replay(id, raw)
-  local overage = 0
-  if is_open(raw) then
-    for _, en in ipairs(cmsgpack.unpack(raw).en) do
-      for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = 1 end end
-    end
-  elseif string.match(raw, '^.|(%d+)|') ~= '0' then
-    overage = 1
-  end
-  return { 0, '', '', -1, -1, id, overage, 1, now, '', zero_states() }
-end
-
-if mode ~= 'C' then
-  local prior = redis.call('HGET', KEYS[2], 'r:' .. rid)
-  if prior then
-    if string.sub(prior, 1, 1) == 'T' then return { 1, '', '', -1, -1, '', 0, 1, now, '', {} } end
-    return replay(rid, prior)
-  end
-end
-
-if idem ~= '' then
-  -- The record is the mode's letter and the reservation id. A SHADOW decision never satisfies an enforcing call
-  -- (it was not enforced); an enforced one satisfies every mode.
-  -- Record: the mode's letter, then '|<hash>|' when the request carried one, then the reservation id ('r~...').
-  local rec = redis.call('HGET', KEYS[2], 'i:' .. idem)
-  local earlier, rhash = nil, ''
-  if rec then
-    earlier = string.sub(rec, 2)
-    if string.sub(earlier, 1, 1) == '|' then
-      local close = string.find(earlier, '|', 2, true)
-      rhash, earlier = string.sub(earlier, 2, close - 1), string.sub(earlier, close + 1)
+  local gates = {}
+  if gate_list ~= '' then
+    for reason, from, till in string.gmatch(gate_list, '([^,;]*),([^,;]*),([^,;]*)') do
+      gates[#gates + 1] = { reason = reason, from = from, till = till }
     end
   end
-  -- The same id for another request is an error, never the other request's answer (records without a hash match).
-  if rec and ihash ~= '' and rhash ~= '' and ihash ~= rhash then
-    return { 3, '', '', -1, -1, earlier, 0, 0, now, '', {} }
+  local limits = {}
+  for d, amount in string.gmatch(limit_list, '(%d+)=(%d+)') do
+    local l = {}
+    for k, v in pairs(descs[tonumber(d)]) do l[k] = v end
+    l.amount = amount
+    limits[#limits + 1] = l
   end
-  if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
-    local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
-    if raw then return replay(earlier, raw) end
-    return { 0, '', '', -1, -1, earlier, 0, 1, now, '', zero_states() }
+
+  local function zero_states()
+    local out = {}
+    for _, l in ipairs(limits) do
+      local copy = {}
+      for k, v in pairs(l) do copy[k] = v end
+      copy.amount = '0'
+      table.insert(out, reply_state(evaluate(copy, product, now), false))
+    end
+    return out
   end
-end
 
-local reason, retry, available, denied_id = '', -1, -1, ''
-for _, g in ipairs(gates) do
-  if g.from ~= '' and now < tonumber(g.from) then
-    reason, available, retry = g.reason, tonumber(g.from), tonumber(g.from) - now
-    break
+  -- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
+  local function replay(id, raw)
+    local overage = 0
+    if is_open(raw) then
+      for _, en in ipairs(cmsgpack.unpack(raw).en) do
+        for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = 1 end end
+      end
+    elseif string.match(raw, '^.|(%d+)|') ~= '0' then
+      overage = 1
+    end
+    return { 0, '', '', -1, -1, id, overage, 1, now, '', zero_states() }
   end
-  if g.till ~= '' and now >= tonumber(g.till) then
-    reason = g.reason
-    break
+
+  if mode ~= 'C' then
+    local prior = redis.call('HGET', KEYS[2], 'r:' .. rid)
+    if prior then
+      if string.sub(prior, 1, 1) == 'T' then return { 1, '', '', -1, -1, '', 0, 1, now, '', {} } end
+      return replay(rid, prior)
+    end
   end
-end
 
-local evals = {}
-local worst = nil
-for i, l in ipairs(limits) do
-  local ev = evaluate(l, product, now)
-  evals[i] = ev
-  if not ev.pass and (worst == nil or KIND_ORDER[l.kind] < KIND_ORDER[limits[worst].kind]) then worst = i end
-end
-if reason == '' and worst then
-  local ev = evals[worst]
-  reason = REASON_BY_KIND[limits[worst].kind]
-  denied_id = limits[worst].id
-  retry = ev.retry or -1
-  available = ev.available or -1
-end
+  if idem ~= '' then
+    -- The record is the mode's letter and the reservation id. A SHADOW decision never satisfies an enforcing call
+    -- (it was not enforced); an enforced one satisfies every mode.
+    -- Record: the mode's letter, then '|<hash>|' when the request carried one, then the reservation id ('r~...').
+    local rec = redis.call('HGET', KEYS[2], 'i:' .. idem)
+    local earlier, rhash = nil, ''
+    if rec then
+      earlier = string.sub(rec, 2)
+      if string.sub(earlier, 1, 1) == '|' then
+        local close = string.find(earlier, '|', 2, true)
+        rhash, earlier = string.sub(earlier, 2, close - 1), string.sub(earlier, close + 1)
+      end
+    end
+    -- The same id for another request is an error, never the other request's answer (records without a hash match).
+    if rec and ihash ~= '' and rhash ~= '' and ihash ~= rhash then
+      return { 3, '', '', -1, -1, earlier, 0, 0, now, '', {} }
+    end
+    if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
+      local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
+      if raw then return replay(earlier, raw) end
+      return { 0, '', '', -1, -1, earlier, 0, 1, now, '', zero_states() }
+    end
+  end
 
-local function states_of(list)
-  local out = {}
-  for i, ev in ipairs(list) do table.insert(out, reply_state(ev, limits[i].id == denied_id)) end
-  return out
-end
+  local reason, retry, available, denied_id = '', -1, -1, ''
+  for _, g in ipairs(gates) do
+    if g.from ~= '' and now < tonumber(g.from) then
+      reason, available, retry = g.reason, tonumber(g.from), tonumber(g.from) - now
+      break
+    end
+    if g.till ~= '' and now >= tonumber(g.till) then
+      reason = g.reason
+      break
+    end
+  end
 
-if mode == 'C' or (reason ~= '' and mode == 'E') then
-  return { (reason ~= '') and 1 or 0, reason, denied_id, retry, available, '', 0, 0, now, '', states_of(evals) }
-end
-
--- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
--- Stored compactly: only what settling needs (QUOTA/BUDGET parts and their limit, CONCURRENCY ids, meters).
-local expires = now + ttl
-local r = { e = expires, p = policy, pr = product, m = {}, en = {} }
-local overage = 0
-local shadow = ''
-if reason ~= '' then
-  shadow = reason
-else
+  local evals = {}
+  local worst = nil
   for i, l in ipairs(limits) do
-    local ev = evals[i]
-    local amount = tonumber(l.amount)
-    r.m[l.meter] = l.amount
-    if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
-      -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
-      -- Kept even for a zero amount: a Release may still charge its actual on this limit.
-      local parts = {}
-      if amount > 0 then parts = consume(ev, amount) end
-      for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
-      local kept = { id = l.id, kind = l.kind, meter = l.meter, limit = l.limit, period = l.period, overage = l.overage }
-      table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
-    elseif amount > 0 then
-      if l.kind == 'RATE' then
-        redis.call('ZADD', ev.key, now, rid)
-        redis.call('PEXPIRE', ev.key, tonumber(l.windowMs))
-        ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
-        if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
-      elseif l.kind == 'CONCURRENCY' then
-        redis.call('ZADD', ev.key, expires, rid)
-        ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
-        table.insert(r.en, { l = { id = l.id, kind = l.kind }, pa = {}, w = '0' })
+    local ev = evaluate(l, product, now)
+    evals[i] = ev
+    if not ev.pass and (worst == nil or KIND_ORDER[l.kind] < KIND_ORDER[limits[worst].kind]) then worst = i end
+  end
+  if reason == '' and worst then
+    local ev = evals[worst]
+    reason = REASON_BY_KIND[limits[worst].kind]
+    denied_id = limits[worst].id
+    retry = ev.retry or -1
+    available = ev.available or -1
+  end
+
+  local function states_of(list)
+    local out = {}
+    for i, ev in ipairs(list) do table.insert(out, reply_state(ev, limits[i].id == denied_id)) end
+    return out
+  end
+
+  if mode == 'C' or (reason ~= '' and mode == 'E') then
+    return { (reason ~= '') and 1 or 0, reason, denied_id, retry, available, '', 0, 0, now, '', states_of(evals) }
+  end
+
+  -- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
+  -- Stored compactly: only what settling needs (QUOTA/BUDGET parts and their limit, CONCURRENCY ids, meters).
+  local expires = now + ttl
+  local r = { e = expires, p = policy, pr = product, m = {}, en = {} }
+  local overage = 0
+  local shadow = ''
+  if reason ~= '' then
+    shadow = reason
+  else
+    for i, l in ipairs(limits) do
+      local ev = evals[i]
+      local amount = tonumber(l.amount)
+      r.m[l.meter] = l.amount
+      if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
+        -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
+        -- Kept even for a zero amount: a Release may still charge its actual on this limit.
+        local parts = {}
+        if amount > 0 then parts = consume(ev, amount) end
+        for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
+        local kept = { id = l.id, kind = l.kind, meter = l.meter, limit = l.limit, period = l.period, overage = l.overage }
+        table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
+      elseif amount > 0 then
+        if l.kind == 'RATE' then
+          redis.call('ZADD', ev.key, now, rid)
+          redis.call('PEXPIRE', ev.key, tonumber(l.windowMs))
+          ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
+          if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
+        elseif l.kind == 'CONCURRENCY' then
+          redis.call('ZADD', ev.key, expires, rid)
+          ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
+          table.insert(r.en, { l = { id = l.id, kind = l.kind }, pa = {}, w = '0' })
+        end
       end
     end
   end
+  redis.call('HSET', KEYS[2], 'r:' .. rid, cmsgpack.pack(r))
+  redis.call('ZADD', KEYS[3], expires, 'r:' .. rid)
+  if idem ~= '' then
+    redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. (ihash ~= '' and ('|' .. ihash .. '|') or '') .. rid)
+    redis.call('ZADD', KEYS[3], retention_of(expires, now, grace), 'i:' .. idem)
+  end
+  -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
+  return { 0, '', denied_id, retry, available, rid, overage, 0, now, shadow, states_of(evals) }
 end
-redis.call('HSET', KEYS[2], 'r:' .. rid, cmsgpack.pack(r))
-redis.call('ZADD', KEYS[3], expires, 'r:' .. rid)
-if idem ~= '' then
-  redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. (ihash ~= '' and ('|' .. ihash .. '|') or '') .. rid)
-  redis.call('ZADD', KEYS[3], retention_of(expires, now, grace), 'i:' .. idem)
+
+local out = {}
+local a = 5 + D
+for n = 1, N do
+  out[n] = reserve_one(ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+  a = a + 8
 end
--- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
-return { 0, '', denied_id, retry, available, rid, overage, 0, now, shadow, states_of(evals) }
+return out
