@@ -42,7 +42,7 @@ it("the declared-keys guard refuses a script that touches a key it did not decla
   }
 });
 
-it("sends the calls of one account made in the same tick as one script call (at most 50 per call), one per account", async () => {
+it("sends the reserves and releases of one account made in the same tick as one script call (at most 50 per call), one per account", async () => {
   const server = await PrivateRedis.start();
   const redis = new Redis(server.port, "127.0.0.1", { enableAutoPipelining: true });
   try {
@@ -66,6 +66,15 @@ it("sends the calls of one account made in the same tick as one script call (at 
     const three = await Promise.all(["a1", "a2", "a3", "a2", "a3", "a1"].map((a, i) => store.reserve(call(a, 1000 + i))));
     expect(three.map((r) => r.states[0]!.used)).toEqual([122n, 1n, 1n, 2n, 2n, 123n]);
     expect(await scriptCalls()).toBe(3);
+    // Releases too: 120 of one account (one of them twice: the repeat replays the first) in 3 script calls.
+    await redis.config("RESETSTAT");
+    const ids = one.map((r) => r.reservationId!);
+    const released = await Promise.all([...ids, ids[0]!].map((id) => store.release({ accountId: "a1", reservationId: id, outcome: "CANCEL", actual: {} })));
+    expect(released.slice(0, 120).every((r) => r.outcome === "SETTLED" && r.state === "CANCELLED")).toBe(true);
+    expect(released[120]).toMatchObject({ outcome: "REPLAYED", state: "CANCELLED" });
+    expect(await scriptCalls()).toBe(3); // 50 + 50 + 21
+    const peek = await store.reserve({ ...call("a1", 2000), mode: "CHECK_ONLY", limits: [quota(0n)] });
+    expect(peek.states[0]!.used).toBe(3n); // the warm-up call and the 2 of the second group
   } finally {
     redis.disconnect();
     await server.stop();

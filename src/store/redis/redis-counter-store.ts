@@ -55,7 +55,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #prefix: string;
   readonly #clock: (() => number) | undefined;
   readonly #grace: string;
-  #pending = new Map<string, PendingReserve[]>();
+  #pending = new Map<string, Pending<ReserveCommand, ReserveResult>[]>();
+  #pendingReleases = new Map<string, Pending<ReleaseCommand, ReleaseResult>[]>();
   #flushScheduled = false;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
@@ -93,23 +94,33 @@ export class RedisCounterStore implements CounterStore {
       let group = this.#pending.get(cmd.accountId);
       if (!group) this.#pending.set(cmd.accountId, (group = []));
       group.push({ cmd, resolve, reject });
-      if (!this.#flushScheduled) {
-        this.#flushScheduled = true;
-        process.nextTick(() => this.#flush());
-      }
+      this.#scheduleFlush();
     });
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    // After the current tick's microtasks: every call started together (a batch's items) is queued by then.
+    process.nextTick(() => this.#flush());
   }
 
   #flush(): void {
     this.#flushScheduled = false;
-    const groups = this.#pending;
+    const reserves = this.#pending;
+    const releases = this.#pendingReleases;
     this.#pending = new Map();
-    for (const [accountId, calls] of groups) {
+    this.#pendingReleases = new Map();
+    // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
+    for (const [accountId, calls] of releases) {
+      for (let i = 0; i < calls.length; i += MAX_GROUP) this.#releaseGroup(accountId, calls.length <= MAX_GROUP ? calls : calls.slice(i, i + MAX_GROUP));
+    }
+    for (const [accountId, calls] of reserves) {
       for (let i = 0; i < calls.length; i += MAX_GROUP) this.#reserveGroup(accountId, calls.length <= MAX_GROUP ? calls : calls.slice(i, i + MAX_GROUP));
     }
   }
 
-  #reserveGroup(accountId: string, calls: PendingReserve[]): void {
+  #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
     const tag = this.#tag(accountId);
     const keys = this.#fixedKeys(accountId);
     // Limit descriptions, each sent once per script call (reserve.lua's header): the script decodes no JSON.
@@ -147,14 +158,35 @@ export class RedisCounterStore implements CounterStore {
     );
   }
 
-  async release(cmd: ReleaseCommand): Promise<ReleaseResult> {
-    const actual: string[] = [];
-    for (const [meter, amount] of Object.entries(cmd.actual)) actual.push(meter, String(amount));
-    const [code, raw] = (await this.#script("release")(
-      5, ...this.#fixedKeys(cmd.accountId), this.#now(), this.#grace, cmd.reservationId, cmd.outcome, ...actual,
-    )) as [number, string];
-    if (code === 2) return { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n };
-    return { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) };
+  /** Releases of one account made in the same tick go to Redis as one script call, as reserves do. */
+  release(cmd: ReleaseCommand): Promise<ReleaseResult> {
+    return new Promise<ReleaseResult>((resolve, reject) => {
+      let group = this.#pendingReleases.get(cmd.accountId);
+      if (!group) this.#pendingReleases.set(cmd.accountId, (group = []));
+      group.push({ cmd, resolve, reject });
+      this.#scheduleFlush();
+    });
+  }
+
+  #releaseGroup(accountId: string, calls: Pending<ReleaseCommand, ReleaseResult>[]): void {
+    const args = [this.#now(), this.#grace, String(calls.length)];
+    for (const { cmd } of calls) {
+      let actual = "";
+      for (const [meter, amount] of Object.entries(cmd.actual)) actual += `${actual ? "," : ""}${meter}=${amount}`;
+      args.push(cmd.reservationId, cmd.outcome, actual);
+    }
+    this.#script("release")(5, ...this.#fixedKeys(accountId), ...args).then(
+      (reply) => {
+        const replies = reply as Array<[number, string]>;
+        for (let i = 0; i < calls.length; i++) {
+          const [code, raw] = replies[i]!;
+          calls[i]!.resolve(code === 2 ? { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n } : { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) });
+        }
+      },
+      (e: unknown) => {
+        for (const c of calls) c.reject(e);
+      },
+    );
   }
 
   async setCapacity(accountId: string, entries: readonly CapacityEntry[], version = 0): Promise<CapacityWrite> {
@@ -212,12 +244,12 @@ export class RedisCounterStore implements CounterStore {
 const MODE_CODE = { ENFORCE: "E", CHECK_ONLY: "C", SHADOW: "S" } as const;
 const STATE_OF_CODE: Record<string, ReleaseState> = { C: "COMMITTED", X: "CANCELLED", E: "EXPIRED_CHARGED", R: "EXPIRED_REFUNDED" };
 
-/** Most calls of one account a reserve script takes: a group's script holds Redis for its whole run. */
+/** Most calls of one account a reserve or release script takes: a group's script holds Redis for its whole run. */
 const MAX_GROUP = 50;
 
-interface PendingReserve {
-  cmd: ReserveCommand;
-  resolve: (r: ReserveResult) => void;
+interface Pending<C, R> {
+  cmd: C;
+  resolve: (r: R) => void;
   reject: (e: unknown) => void;
 }
 

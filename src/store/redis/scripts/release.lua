@@ -1,5 +1,7 @@
 --[==[
-release.lua: settles one reservation, once.
+release.lua: settles one or more reservations of ONE account, each once, in order (RedisCounterStore groups the
+Releases of an account made in the same tick: the items of a ReleaseBatch, concurrent single calls), exactly as the
+same Releases made one after another.
 
 KEYS[1]  {a:<id>}:cap
 KEYS[2]  {a:<id>}:rs
@@ -8,11 +10,11 @@ KEYS[4]  {a:<id>}:u    usage
 KEYS[5]  {a:<id>}:fr   freed slots (the only keys settling touches — lib.lua)
 ARGV[1]  clock override in ms, or '' for Redis TIME
 ARGV[2]  retention grace in ms: the settled result is kept this long past the reservation's TTL
-ARGV[3]  reservation id
-ARGV[4]  COMMIT | CANCEL
-ARGV[5..] actual amounts as pairs: meter, amount (meters not named are charged what was reserved)
+ARGV[3]  number of Releases N, then per Release 3 fields:
+         reservation id; COMMIT | CANCEL; actual amounts '<meter>=<amount>' joined by ',' (meters not named are
+         charged what was reserved; meter names never contain '=' or ',')
 
-Returns { code, result }
+Returns one { code, result } per Release, in order:
   code 0 SETTLED, 1 REPLAYED (result is the first settlement), 2 NOT_FOUND (never existed or retention over)
   result = "<state>|<overage>|<meter>=<reserved>=<charged>,..." (settle in lib.lua)
 A CANCEL that finds nothing leaves a tombstone for the retention grace, so a reserve of that id arriving late
@@ -21,21 +23,31 @@ A CANCEL that finds nothing leaves a tombstone for the retention grace, so a res
 
 local now = clock(ARGV[1])
 local grace = tonumber(ARGV[2])
-sweep(now, SWEEP_BATCH, grace)
-local id = ARGV[3]
-local raw = redis.call('HGET', KEYS[2], 'r:' .. id)
-if not raw then
-  if ARGV[4] == 'CANCEL' then
-    redis.call('HSET', KEYS[2], 'r:' .. id, 'T|0|')
-    redis.call('ZADD', KEYS[3], now + grace, 'r:' .. id)
+local N = tonumber(ARGV[3])
+sweep(now, SWEEP_BATCH * N, grace)
+
+local function release_one(id, outcome, actual_list)
+  local raw = redis.call('HGET', KEYS[2], 'r:' .. id)
+  if not raw then
+    if outcome == 'CANCEL' then
+      redis.call('HSET', KEYS[2], 'r:' .. id, 'T|0|')
+      redis.call('ZADD', KEYS[3], now + grace, 'r:' .. id)
+    end
+    return { 2, '' }
   end
-  return { 2, '' }
+  if not is_open(raw) then
+    if string.sub(raw, 1, 1) == 'T' then return { 2, '' } end
+    return { 1, raw }
+  end
+  local actual = {}
+  for meter, amount in string.gmatch(actual_list, '([^=,]+)=(%d+)') do actual[meter] = amount end
+  local state = (outcome == 'CANCEL') and 'CANCELLED' or 'COMMITTED'
+  return { 0, settle(id, cmsgpack.unpack(raw), state, actual, now, grace) }
 end
-if not is_open(raw) then
-  if string.sub(raw, 1, 1) == 'T' then return { 2, '' } end
-  return { 1, raw }
+
+local out = {}
+for n = 1, N do
+  local a = 1 + 3 * n
+  out[n] = release_one(ARGV[a], ARGV[a + 1], ARGV[a + 2])
 end
-local actual = {}
-for i = 5, #ARGV, 2 do actual[ARGV[i]] = ARGV[i + 1] end
-local state = (ARGV[4] == 'CANCEL') and 'CANCELLED' or 'COMMITTED'
-return { 0, settle(id, cmsgpack.unpack(raw), state, actual, now, grace) }
+return out
