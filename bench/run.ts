@@ -7,6 +7,7 @@
  *                    --curve-accounts 10,1000,100000 --curve-limits 1,3,6 --open-rates 250,500,1000,2000
  *                    --open-accounts 10000 --only a,b,c,d --h2load --workers 2 --profile --out bench/results
  *                    --batch 100 --batch-concurrency 8 --lease-calls 1000 --lease-decisions 50000000 --lease-prefetch 0
+ *                    --cluster-shards 1,3
  *
  * One private redis-server (free port) and a fresh Postgres database serve every scenario; the scenarios run
  * alternated (a b c d e f, then again) so drift on a shared machine hits them alike:
@@ -24,6 +25,8 @@
  * Load for (c)/(d) comes from bench/load.ts (its own process, raw node:http2, pre-encoded frames, many keys);
  * --h2load adds Debian h2load rows (one key: h2load sends one body file for every stream).
  * --embedded runs our server on the embedded default (PGlite + in-process counters) instead.
+ * --cluster-shards 1,3 then runs our server on a private Redis Cluster of 1 and of 3 masters (CheckAndReserve, the
+ * headline accounts; Redis CPU summed over the masters). The cost curve reports the server's RSS at each point.
  * Writes bench/results/<name>.json, latency-vs-load.png and cost-curve.png (gnuplot, installed with apt when root).
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -38,6 +41,7 @@ import { ROOT, SERVICE_TOKEN, createDatabase, ensureTool, freePort, redisCounter
 import type { LoadResult, LoadSpec } from "./load.ts";
 import { cpuSeconds, loadAverage, machineCpu, round3 } from "./lib/stats.ts";
 import { drawCharts } from "./lib/chart.ts";
+import { PrivateRedisCluster } from "../test/support/redis-cluster.ts";
 
 /** The SHA1 our server's reserve script is registered under (defineScripts: lib.lua, a newline, reserve.lua). */
 const RESERVE_SHA = createHash("sha1")
@@ -69,6 +73,7 @@ const { values: o } = parseArgs({
     "lease-calls": { type: "string", default: "1000" },
     "lease-decisions": { type: "string", default: "50000000" },
     "lease-prefetch": { type: "string", default: "0" },
+    "cluster-shards": { type: "string", default: "" },
   },
 });
 const quick = o.quick;
@@ -87,6 +92,8 @@ const only = new Set(o.only.split(","));
 // through the admin API (its database is inside the server), so at most 10,000. (a)-(c) still use the private Redis.
 const embedded = o.embedded;
 const workers = Math.max(1, Math.min(Number(o.workers), 16));
+// --cluster-shards 1,3: our server again on a private Redis Cluster of that many masters (after everything else).
+const clusterShards = o["cluster-shards"].split(",").map(Number).filter((n) => n >= 1 && n <= 6);
 const batchSize = Math.max(1, Math.min(Number(o.batch), 1000));
 const batchConcurrency = Math.max(1, Math.min(Number(o["batch-concurrency"]), 256));
 const leaseCalls = Math.max(1, Math.min(Number(o["lease-calls"]), 100_000));
@@ -237,17 +244,58 @@ try {
   // ---------------------------------------------------------------------------------------------------------------
   // Cost curve: throughput and p99 by accounts and limits per call (closed loop, our server).
   if (only.has("curve")) {
-    const curve: Array<{ accounts: number; limits: number; warmPerSecond: number } & Measured> = [];
+    const curve: Array<{ accounts: number; limits: number; warmPerSecond: number; rssMB: number } & Measured> = [];
     for (const limits of curveLimits) {
       for (const n of curveAccounts) {
         const f = keysFile(limits, n);
         const warm = await load(server.grpcPort, { keysFile: f, mix: "reserve", seconds: 120, calls: Math.max(n, 500) });
         const m = await measure(["server"], () => load(server!.grpcPort, { keysFile: f, mix: "reserve" }));
-        curve.push({ accounts: n, limits, warmPerSecond: warm.opsPerSecond, ...m });
-        log(fmtRow(`curve ${limits} limits ${n} accounts`, m));
+        const rssMB = rssOf(server.pid);
+        curve.push({ accounts: n, limits, warmPerSecond: warm.opsPerSecond, rssMB, ...m });
+        log(`${fmtRow(`curve ${limits} limits ${n} accounts`, m)}  server RSS ${rssMB} MB`);
       }
     }
     results.costCurve = curve;
+  }
+
+  // Past one Redis: our server on a private Redis Cluster of 1 and of 3 masters (ioredis Cluster: no
+  // auto-pipelining, ADR 15), the headline accounts, CheckAndReserve closed loop. Redis CPU is the sum over masters.
+  if (clusterShards.length > 0) {
+    const rows: Array<{ shards: number; opsPerSecond: number; latencyMs: LoadResult["latencyMs"]; errors: number; serverCpuUsPerOp: number; serverPercentOfCore: number; redisCpuUsPerOp: number; redisPercentOfCore: number; perShardPercentOfCore: number[] }> = [];
+    for (const shards of clusterShards) {
+      const cluster = await PrivateRedisCluster.start(shards);
+      const nodes = cluster.ports.map((p) => new Redis(p, "127.0.0.1", { maxRetriesPerRequest: 1 }));
+      let cs: ServerHandle | undefined;
+      try {
+        cs = await startServer({ databaseUrl: db.url, redisUrl: "", env: { REDIS_CLUSTER_NODES: cluster.ports.map((p) => `127.0.0.1:${p}`).join(",") } });
+        const f = keysFile(3, accounts);
+        await load(cs.grpcPort, { keysFile: f, mix: "reserve", seconds: 2, calls: Math.max(2000, accounts * 2) });
+        const redisCpu = async () => Promise.all(nodes.map(async (n) => (await redisCounters(n)).cpu));
+        let before: { t: number; server: number; nodes: number[] } | undefined;
+        pendingWindowStart = async () => {
+          before = { t: performance.now(), server: cpuSeconds(cs!.pid), nodes: await redisCpu() };
+        };
+        const r = await load(cs.grpcPort, { keysFile: f, mix: "reserve" });
+        const wall = (performance.now() - before!.t) / 1000;
+        const after = await redisCpu();
+        const perNode = after.map((c, i) => c - before!.nodes[i]!);
+        const server = cpuSeconds(cs.pid) - before!.server;
+        const redisTotal = perNode.reduce((a, b) => a + b, 0);
+        const row = {
+          shards, opsPerSecond: r.opsPerSecond, latencyMs: r.latencyMs, errors: r.errors,
+          serverCpuUsPerOp: round3((server / Math.max(1, r.ops)) * 1e6), serverPercentOfCore: Math.round((server / wall) * 100),
+          redisCpuUsPerOp: round3((redisTotal / Math.max(1, r.ops)) * 1e6), redisPercentOfCore: Math.round((redisTotal / wall) * 100),
+          perShardPercentOfCore: perNode.map((c) => Math.round((c / wall) * 100)),
+        };
+        rows.push(row);
+        log(`cluster ${shards} master(s)`.padEnd(28) + ` ${String(row.opsPerSecond).padStart(7)} ops/s  p50 ${r.latencyMs.p50} p99 ${r.latencyMs.p99} ms  errors ${r.errors}  cpu: server ${row.serverPercentOfCore}% ${Math.round(row.serverCpuUsPerOp)}µs/op, redis ${row.redisPercentOfCore}% (per master ${row.perShardPercentOfCore.join("/")}%) ${Math.round(row.redisCpuUsPerOp)}µs/op`);
+      } finally {
+        await cs?.stop();
+        for (const n of nodes) n.disconnect();
+        await cluster.stop();
+      }
+    }
+    results.cluster = rows;
   }
 } finally {
   const code = server ? await server.stop() : null;
@@ -336,6 +384,18 @@ async function measure(names: string[], fn: (hooks?: unknown) => Promise<LoadRes
     machineBusy: Math.round(((after.machine.busy - before.machine.busy) / Math.max(1, after.machine.total - before.machine.total)) * 100),
   };
 }
+/** Resident memory of a process in MB (/proc/<pid>/status VmRSS), with its node:cluster workers. */
+function rssOf(pid: number): number {
+  const one = (p: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1] ?? 0);
+  let kb = one(pid);
+  try {
+    for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean)) kb += one(Number(c));
+  } catch {
+    // no children
+  }
+  return Math.round(kb / 1024);
+}
+
 /** CPU of processes that are children of the measured one (node:cluster workers). */
 function childCpu(name: string): number {
   if (name !== "server" || workers === 1) return 0;

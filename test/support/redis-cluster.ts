@@ -22,7 +22,9 @@ export class PrivateRedisCluster {
     this.#dir = dir;
   }
 
+  /** `masters`: 1, or 3 and more (redis-cli --cluster create needs 3). */
   static async start(masters = 3): Promise<PrivateRedisCluster> {
+    if (masters === 2) throw new Error("a private cluster has 1, or 3 and more, masters");
     const ports: number[] = [];
     while (ports.length < masters) {
       const p = await freePort();
@@ -34,11 +36,16 @@ export class PrivateRedisCluster {
       for (const port of ports) {
         c.#procs.push(spawn("redis-server", [
           "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-          "--cluster-enabled", "yes", "--cluster-config-file", join(c.#dir, `nodes-${port}.conf`), "--dir", c.#dir,
+          "--cluster-enabled", "yes", "--cluster-announce-ip", "127.0.0.1", "--cluster-config-file", join(c.#dir, `nodes-${port}.conf`), "--dir", c.#dir,
         ], { stdio: "ignore" }));
       }
       for (const port of ports) await waitForPing(port);
-      await run("redis-cli", ["--cluster", "create", ...ports.map((p) => `127.0.0.1:${p}`), "--cluster-replicas", "0", "--cluster-yes"], { timeout: 30_000 });
+      if (masters === 1) {
+        // redis-cli --cluster create wants 3 masters: one master takes every slot itself (the bench's 1-shard row).
+        await run("redis-cli", ["-p", String(ports[0]), "cluster", "addslotsrange", "0", "16383"], { timeout: 30_000 });
+      } else {
+        await run("redis-cli", ["--cluster", "create", ...ports.map((p) => `127.0.0.1:${p}`), "--cluster-replicas", "0", "--cluster-yes"], { timeout: 30_000 });
+      }
       const deadline = Date.now() + 20_000;
       for (;;) {
         const info = (await run("redis-cli", ["-p", String(ports[0]), "cluster", "info"])).stdout;

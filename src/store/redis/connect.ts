@@ -37,11 +37,13 @@ function parseNode(s: string): { host: string; port: number } {
 }
 
 /** Same failure behaviour in both modes: fail fast while disconnected (the store deadline and the plan's failure
- * mode answer), one retry per request, reconnect with a capped back-off. */
+ * mode answer), one retry per request, reconnect with a capped back-off. No ioredis auto-pipelining in either mode:
+ * the counter store already groups each account's calls of a tick into one script call, and holding the scripts for
+ * another tick made the server and Redis alternate (measured: ~20 % fewer calls/s with it; ADR 33). */
 export function connectRedis(target: RedisTarget): Redis | Cluster {
   const common = { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 } as const;
   if (target.kind === "single") {
-    return new Redis(target.url, { ...common, enableAutoPipelining: true, retryStrategy: (times) => Math.min(times * 100, 1000) });
+    return new Redis(target.url, { ...common, enableAutoPipelining: false, retryStrategy: (times) => Math.min(times * 100, 1000) });
   }
   return new Cluster(target.nodes, {
     // Off on a Cluster: ioredis' auto-pipelining picks the slot from a command's first argument, which for a script
