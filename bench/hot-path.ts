@@ -8,7 +8,10 @@
  *   sh scripts/node bench/hot-path.ts [--redis] [--calls 20000] [--concurrency 32] [--accounts 10] [--plan l3]
  *   sh scripts/node --cpu-prof --cpu-prof-dir=/tmp/prof bench/hot-path.ts ...   (then bench/profile-top.ts)
  *
- * Bounded: at most 200,000 calls and 60 s of load. Loopback only.
+ * Also reports the process's RSS and heap once every key is cached (run node with --expose-gc for the live heap):
+ *   sh scripts/node --expose-gc bench/hot-path.ts --redis --accounts 100000 --calls 100000
+ *
+ * Bounded: at most 200,000 calls, 100,000 accounts and 60 s of load. Loopback only.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -34,7 +37,7 @@ const { values: o } = parseArgs({
 });
 const calls = Math.min(Number(o.calls), 200_000);
 const concurrency = Math.min(Number(o.concurrency), 1024);
-const accounts = Math.min(Number(o.accounts), 10_000);
+const accounts = Math.min(Number(o.accounts), 100_000);
 
 const db = await createDatabase();
 const redis = o.redis ? await startRedis() : undefined;
@@ -89,7 +92,15 @@ async function run(n: number, deadline: number): Promise<number> {
 }
 
 // Warm-up: restores every account and lets V8 optimize; then the measured window.
-await run(Math.max(keys.length * 4, Math.min(5000, calls / 4)), Date.now() + 20_000);
+// Every account is touched (first touch: key load + restore from Postgres) before the window: up to 120 s.
+await run(Math.max(keys.length * 2, Math.min(5000, calls / 4)), Date.now() + Math.min(120_000, 20_000 + keys.length * 10));
+const dbCalls = async () => {
+  const m = (await app.metrics.getMetricsAsJSON()).find((x) => x.name === "quota_db_duration_seconds");
+  const out: Record<string, number> = {};
+  for (const v of (m?.values ?? []) as Array<{ metricName?: string; labels: Record<string, string>; value: number }>) if (v.metricName === "quota_db_duration_seconds_count") out[v.labels.op!] = v.value;
+  return out;
+};
+const db0 = await dbCalls();
 const load0 = loadAverage();
 const cpu0 = process.cpuUsage();
 const t0 = process.hrtime.bigint();
@@ -97,6 +108,11 @@ done = await run(calls, Date.now() + 60_000);
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
 const cpu = process.cpuUsage(cpu0);
 const us = (cpu.user + cpu.system) / done;
+// Memory with every key cached (run with --expose-gc for the live heap after a full collection).
+(globalThis as { gc?: () => void }).gc?.();
+const mem = process.memoryUsage();
+const db1 = await dbCalls();
+const postgresCalls = Object.fromEntries(Object.entries(db1).map(([op, n]) => [op, n - (db0[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
 console.log(
   JSON.stringify({
     counters: redis ? "redis" : "memory",
@@ -109,6 +125,10 @@ console.log(
     userUs: Math.round((cpu.user / done) * 10) / 10,
     callsPerSec: Math.round(done / wall),
     responseBytes: Math.round(bytes / done),
+    rssMB: Math.round(mem.rss / 1048576),
+    heapUsedMB: Math.round(mem.heapUsed / 1048576),
+    heapBytesPerAccount: Math.round(mem.heapUsed / accounts),
+    postgresCallsInWindow: postgresCalls,
     loadAverage: load0,
   }),
 );

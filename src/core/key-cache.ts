@@ -17,6 +17,9 @@ import { timingSafeEqual } from "node:crypto";
 import { secretMatches } from "./ids.ts";
 import type { AccountConfig, Clock, Database, KeyRecord, PlanRecord, SubscriptionRecord } from "./ports.ts";
 
+/** Most keys one Postgres load takes (the `IN` lists stay small). */
+const MAX_LOAD_BATCH = 500;
+
 export interface KeyContext {
   key: KeyRecord;
   subscription: SubscriptionRecord;
@@ -49,6 +52,7 @@ export class KeyCache {
   readonly #byAccount = new Map<string, Set<string>>();
   readonly #negative = new Set<string>();
   readonly #inflight = new Map<string, Promise<KeyContext | null>>();
+  readonly #pendingLoads = new Map<string, { resolve: (c: KeyContext | null) => void; reject: (e: unknown) => void }>();
   readonly #configs = new Map<string, { config: AccountConfig | null; loadedAt: number; generation: number }>();
   readonly #ttl: number;
   readonly #negativeTtl: number;
@@ -61,6 +65,8 @@ export class KeyCache {
   /** Postgres lookups made (key misses and refreshes; account configurations), and secrets hashed: for tests and
    * metrics. */
   loads = 0;
+  /** Postgres round trips those loads took (one `loadKeyContexts` per batch of a tick's loads). */
+  loadRounds = 0;
   configLoads = 0;
   secretHashes = 0;
 
@@ -173,16 +179,36 @@ export class KeyCache {
     return p;
   }
 
-  async #load(keyId: string): Promise<KeyContext | null> {
-    const generation = this.#generation;
-    this.loads++;
-    const ctx = await this.#db.read(async (uow) => {
-      const key = await uow.getKey(keyId);
-      if (!key) return null;
-      const subscription = await uow.getSubscription(key.subscriptionId);
-      const plan = subscription ? await uow.getPlan(subscription.planId) : null;
-      return subscription && plan ? { key, subscription, plan } : null;
+  /** Loads of the same tick go to Postgres together: one `loadKeyContexts` (3 queries) for up to MAX_LOAD_BATCH keys,
+   * not 3 queries per key — the cost of many accounts' first touches and of their refreshes past the TTL. */
+  #load(keyId: string): Promise<KeyContext | null> {
+    return new Promise<KeyContext | null>((resolve, reject) => {
+      this.#pendingLoads.set(keyId, { resolve, reject });
+      if (this.#pendingLoads.size === 1) process.nextTick(() => this.#flushLoads());
     });
+  }
+
+  #flushLoads(): void {
+    const batch = [...this.#pendingLoads];
+    this.#pendingLoads.clear();
+    for (let i = 0; i < batch.length; i += MAX_LOAD_BATCH) void this.#loadBatch(batch.slice(i, i + MAX_LOAD_BATCH));
+  }
+
+  async #loadBatch(batch: Array<[string, { resolve: (c: KeyContext | null) => void; reject: (e: unknown) => void }]>): Promise<void> {
+    const generation = this.#generation;
+    this.loads += batch.length;
+    this.loadRounds++;
+    let found: Map<string, KeyContext>;
+    try {
+      found = await this.#db.loadKeyContexts(batch.map(([id]) => id));
+    } catch (err) {
+      for (const [, p] of batch) p.reject(err);
+      return;
+    }
+    for (const [keyId, p] of batch) p.resolve(this.#store(keyId, found.get(keyId) ?? null, generation));
+  }
+
+  #store(keyId: string, ctx: KeyContext | null, generation: number): KeyContext | null {
     // A change was announced while this load ran: what it read may predate the change, so use it once, not cache it.
     if (generation !== this.#generation) return ctx;
     const previous = this.#entries.get(keyId);

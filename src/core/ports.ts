@@ -173,6 +173,9 @@ export interface Database {
   transaction<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;
   /** Reads outside a transaction. */
   read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T>;
+  /** What the key cache holds for each key: the key, its subscription and that subscription's plan, for many keys
+   * in a fixed number of queries (3). Keys that are absent, or whose subscription or plan is, are missing. */
+  loadKeyContexts(keyIds: readonly string[]): Promise<Map<string, { key: KeyRecord; subscription: SubscriptionRecord; plan: PlanRecord }>>;
   loadAccountConfig(accountId: string, now: Date): Promise<AccountConfig | null>;
   /** The same for many accounts in a fixed number of queries (absent accounts are missing from the map). */
   loadAccountConfigs(accountIds: readonly string[], now: Date): Promise<Map<string, AccountConfig>>;

@@ -49,6 +49,21 @@ describe("key cache and GetLimits (gRPC, Postgres, in-memory counters)", () => {
     expect(t.app.keys.loads - before).toBe(1);
   });
 
+  it("first touches of many keys made together load them in one Postgres round, and their key contexts share one plan", async () => {
+    const s = await seedAccount(c, "cache-plan");
+    const made = [{ apiKey: s.apiKey, keyId: s.keyId }];
+    for (let i = 0; i < 29; i++) made.push(await addKey(c, s.accountId, s.subscriptionId));
+    const keys = made.map((k) => k.apiKey);
+    const loads = t.app.keys.loads;
+    const rounds = t.app.keys.loadRounds;
+    const r = await c.quota.checkAndReserveBatch({ requests: keys.map((apiKey) => ({ apiKey, product: "p", method: "m" })) });
+    expect(r.results.map((x) => x.result.case === "response" && x.result.value.decision)).toEqual(keys.map(() => Decision.ALLOWED));
+    expect(t.app.keys.loads - loads).toBe(30);
+    expect(t.app.keys.loadRounds - rounds).toBe(1); // before: one round (3 queries) per key
+    const plans = new Set(made.map((k) => t.app.keys.peek(k.keyId)?.plan));
+    expect(plans.size).toBe(1); // one parsed plan object for all 30 keys (not one copy per key)
+  });
+
   it("random key ids cannot push a key in use out of the cache (LRU), and the cache stays within its bound", async () => {
     const s = await seedAccount(c, "cache-plan");
     await c.quota.checkAndReserve({ apiKey: s.apiKey, product: "p", method: "m" });

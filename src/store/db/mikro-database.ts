@@ -44,7 +44,24 @@ const toAccount = (e: AnyRow): AccountRecord => ({
   capacityVersion: e.capacityVersion as number,
   capacitySynced: e.capacitySynced as number,
 });
-const toPlan = (e: AnyRow): PlanRecord => ({ id: e.id as string, name: e.name as string, version: e.version as number, spec: parsePlan(e.spec, `plans.${String(e.id)}`) });
+/** Parsed plans by id, reused while the row is the same (version, name and spec JSON compared, so two databases in
+ * one process never share a wrong one): a plan is parsed (zod) once per version, not once per key that reads it, and
+ * every key context of a plan shares one spec object (the key cache holds up to 100,000 keys). Plan records are
+ * never mutated. */
+const parsedPlans = new Map<string, { raw: string; plan: PlanRecord }>();
+const MAX_PARSED_PLANS = 10_000;
+const toPlan = (e: AnyRow): PlanRecord => {
+  const id = e.id as string;
+  const version = e.version as number;
+  const name = e.name as string;
+  const raw = JSON.stringify(e.spec);
+  const cached = parsedPlans.get(id);
+  if (cached && cached.raw === raw && cached.plan.version === version && cached.plan.name === name) return cached.plan;
+  const plan: PlanRecord = { id, name, version, spec: parsePlan(e.spec, `plans.${String(e.id)}`) };
+  if (parsedPlans.size >= MAX_PARSED_PLANS) parsedPlans.clear();
+  parsedPlans.set(id, { raw, plan });
+  return plan;
+};
 /** Plans are stored as JSON with counts as decimal strings (bigint has no JSON form); parsePlan reads them back. */
 const planJson = (spec: PlanSpec): PlanSpec => JSON.parse(JSON.stringify(spec, (_k, v) => (typeof v === "bigint" ? String(v) : v))) as PlanSpec;
 const toSubscription = (e: AnyRow): SubscriptionRecord => ({
@@ -296,6 +313,27 @@ export class MikroDatabase implements Database {
   async read<T>(work: (uow: UnitOfWork) => Promise<T>): Promise<T> {
     try {
       return await work(new MikroUnitOfWork(this.#orm.em.fork()));
+    } catch (e) {
+      throw classifyDbError(e);
+    }
+  }
+
+  async loadKeyContexts(keyIds: readonly string[]) {
+    const out = new Map<string, { key: KeyRecord; subscription: SubscriptionRecord; plan: PlanRecord }>();
+    if (keyIds.length === 0) return out;
+    try {
+      const em = this.#orm.em.fork();
+      const keys = (await em.find(ApiKeyEntity, { id: { $in: [...new Set(keyIds)] } })).map((k) => toKey(k as AnyRow));
+      if (keys.length === 0) return out;
+      const subs = new Map((await em.find(SubscriptionEntity, { id: { $in: [...new Set(keys.map((k) => k.subscriptionId))] } })).map((e) => [(e as AnyRow).id as string, toSubscription(e as AnyRow)]));
+      const planIds = [...new Set([...subs.values()].map((sub) => sub.planId))];
+      const plans = new Map((planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : []).map((e) => [(e as AnyRow).id as string, toPlan(e as AnyRow)]));
+      for (const key of keys) {
+        const subscription = subs.get(key.subscriptionId);
+        const plan = subscription ? plans.get(subscription.planId) : undefined;
+        if (subscription && plan) out.set(key.id, { key, subscription, plan });
+      }
+      return out;
     } catch (e) {
       throw classifyDbError(e);
     }
