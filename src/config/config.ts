@@ -53,7 +53,7 @@ const schema = z.strictObject({
   dbConnectTimeoutMs: z.coerce.number().int().min(100).max(60_000).default(5_000),
   dbStatementTimeoutMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
   /** Key cache: entries are refreshed in the background after this age (ms); stale entries keep serving meanwhile. */
-  keyCacheTtlMs: z.coerce.number().int().min(100).max(3_600_000).default(60_000),
+  keyCacheTtlMs: z.coerce.number().int().min(100).max(3_600_000).default(600_000),
   /** Unknown key ids are remembered this long (ms), so a flood of random ids does not reach Postgres. */
   keyCacheNegativeTtlMs: z.coerce.number().int().min(0).max(600_000).default(5_000),
   /** At most this many keys (known and unknown) are cached; the least recently used go first. */

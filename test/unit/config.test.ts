@@ -67,7 +67,7 @@ describe("configuration", () => {
       idempotencyWaitMs: 200,
       dbConnectTimeoutMs: 5_000,
       dbStatementTimeoutMs: 5_000,
-      keyCacheTtlMs: 60_000,
+      keyCacheTtlMs: 600_000,
       keyCacheNegativeTtlMs: 5_000,
       keyCacheMaxEntries: 100_000,
       getLimitsRatePerMinute: 120,
