@@ -2,14 +2,17 @@
  * Exactness across processes: two server processes share one Redis and one Postgres; four client processes fire
  * at once, spreading their calls over both servers. For quota, rate, concurrency and budget limits exactly
  * min(N, L) calls are admitted; 1,000 concurrent TopUps carrying 100 idempotency keys apply exactly 100 times.
+ * The same limit cases (N > L) run again with both servers on a real 3-master Redis Cluster (issue 8 §4).
  */
 import { spawn } from "node:child_process";
+import { Redis } from "ioredis";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ADMIN, clients, type Clients } from "../support/clients.ts";
 import { deposit, seedAccount } from "../support/fixtures.ts";
 import { assertLedgerBalanced } from "../support/ledger.ts";
 import type { LoadJob, LoadResult } from "../support/load-worker.ts";
+import { PrivateRedisCluster } from "../support/redis-cluster.ts";
 import { REPO_ROOT, ServerProcess } from "../support/server-process.ts";
 
 const PLANS = `
@@ -67,12 +70,31 @@ async function runWorkers(jobs: LoadJob[]): Promise<LoadResult[]> {
   return Promise.all(children.map((c) => c.done));
 }
 
-describe("exactness with 2 server processes and 4 client processes", () => {
+// [plan, L, calls per worker (N = 4x), the reason of every denial]: N > L and N <= L for every limit kind.
+const CASES = [
+  ["mp-quota", 100, 100, "QUOTA_EXHAUSTED"],
+  ["mp-quota", 100, 20, "QUOTA_EXHAUSTED"],
+  ["mp-rate", 50, 50, "RATE_LIMITED"],
+  ["mp-rate", 50, 10, "RATE_LIMITED"],
+  ["mp-concurrency", 10, 50, "CONCURRENCY_LIMITED"],
+  ["mp-concurrency", 10, 2, "CONCURRENCY_LIMITED"],
+  ["mp-budget", 100, 75, "BUDGET_EXHAUSTED"],
+  ["mp-budget", 100, 20, "BUDGET_EXHAUSTED"],
+] as const;
+
+describeExactness("exactness with 2 server processes and 4 client processes", CASES, true);
+describeExactness("exactness with 2 server processes and 4 client processes on a 3-master Redis Cluster", CASES.filter(([, l, per]) => per * WORKERS > l), false, true);
+
+function describeExactness(name: string, cases: ReadonlyArray<(typeof CASES)[number]>, topUps: boolean, onCluster = false): void {
+describe(name, () => {
   let a: ServerProcess;
   let b: ServerProcess;
   let c: Clients;
+  let cluster: PrivateRedisCluster | undefined;
   beforeAll(async () => {
-    a = await ServerProcess.create({ env: { QUOTA_LOG_LEVEL: "warn", QUOTA_STORE_DEADLINE_MS: "5000" } });
+    if (onCluster) cluster = await PrivateRedisCluster.start(3);
+    const redis: Record<string, string> = cluster ? { REDIS_URL: `redis+cluster://${cluster.ports.map((p) => `127.0.0.1:${p}`).join(",")}` } : {};
+    a = await ServerProcess.create({ env: { QUOTA_LOG_LEVEL: "warn", QUOTA_STORE_DEADLINE_MS: "5000", ...redis } });
     b = await ServerProcess.sibling(a);
     await a.start();
     await b.start();
@@ -83,6 +105,7 @@ describe("exactness with 2 server processes and 4 client processes", () => {
     c?.close();
     await b?.cleanup();
     await a?.cleanup();
+    await cluster?.stop();
   });
 
   const servers = () => [a.ports, b.ports];
@@ -94,17 +117,7 @@ describe("exactness with 2 server processes and 4 client processes", () => {
   /** The workers' calls overlapped in time: every worker sent its first call before any worker got its last answer. */
   const overlapped = (rs: LoadResult[]) => Math.max(...rs.map((r) => r.firstSentAt)) < Math.min(...rs.map((r) => r.lastSettledAt));
 
-  // [plan, L, calls per worker (N = 4x), the reason of every denial]: N > L and N <= L for every limit kind.
-  for (const [plan, limit, perWorker, reason] of [
-    ["mp-quota", 100, 100, "QUOTA_EXHAUSTED"],
-    ["mp-quota", 100, 20, "QUOTA_EXHAUSTED"],
-    ["mp-rate", 50, 50, "RATE_LIMITED"],
-    ["mp-rate", 50, 10, "RATE_LIMITED"],
-    ["mp-concurrency", 10, 50, "CONCURRENCY_LIMITED"],
-    ["mp-concurrency", 10, 2, "CONCURRENCY_LIMITED"],
-    ["mp-budget", 100, 75, "BUDGET_EXHAUSTED"],
-    ["mp-budget", 100, 20, "BUDGET_EXHAUSTED"],
-  ] as const) {
+  for (const [plan, limit, perWorker, reason] of cases) {
     const n = perWorker * WORKERS;
     const admitted = Math.min(limit, n);
     it(`${plan}: admits exactly min(N, L) = ${admitted} of N = ${n} (L = ${limit}), every other call ${reason}`, async () => {
@@ -121,10 +134,20 @@ describe("exactness with 2 server processes and 4 client processes", () => {
       const view = await c.quota.getLimits({ apiKey: s.apiKey });
       const status = view.subscriptions[0]!.limits[0]!;
       expect(status.used).toBe(BigInt(plan === "mp-budget" ? admitted * 10_000 : admitted));
+      if (cluster) {
+        // The counters are on the cluster (not on the shared Redis): the account's keys are on one of its masters.
+        const masters = cluster.ports.map((port) => new Redis(port, "127.0.0.1"));
+        try {
+          const found = await Promise.all(masters.map((m) => m.keys(`*{a:${s.accountId}}*`)));
+          expect(found.filter((k) => k.length > 0)).toHaveLength(1);
+        } finally {
+          for (const m of masters) m.disconnect();
+        }
+      }
     }, 90_000);
   }
 
-  it("applies 1,000 concurrent TopUps with 100 idempotency keys exactly 100 times; the wallet never goes negative", async () => {
+  if (topUps) it("applies 1,000 concurrent TopUps with 100 idempotency keys exactly 100 times; the wallet never goes negative", async () => {
     const s = await seedAccount(c, "mp-wallet");
     await deposit(c, s.accountId, "prepaid", 250n);
     const results = await fire({ kind: "topup", count: 250, apiKey: s.apiKey, keyPrefix: "mp", distinctKeys: 100, units: "100" });
@@ -149,3 +172,4 @@ describe("exactness with 2 server processes and 4 client processes", () => {
     expect(view.subscriptions[0]!.limits[0]!.limit).toBe(10n + 100n * 100n);
   }, 180_000);
 });
+}
