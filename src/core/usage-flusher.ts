@@ -56,6 +56,7 @@ export class UsageFlusher {
   readonly #configs = new Map<string, { info: FlushInfo | null; loadedAt: number }>();
   #generation = 0;
   #running: Promise<FlushPassStats> | undefined;
+  #queued: Promise<FlushPassStats> | undefined;
   #last: FlushPassStats | undefined;
 
   constructor(deps: { db: Database; store: CounterStore; clock: Clock } & UsageFlusherOptions) {
@@ -84,9 +85,17 @@ export class UsageFlusher {
     else this.#configs.delete(accountId);
   };
 
-  /** Flushes every touched account (and idle accounts whose open reservations are due); failures stay dirty. */
+  /** Flushes every account touched before the call (and idle accounts whose open reservations are due); failures
+   * stay dirty. While a pass runs (it took its batch when it started), a call gets the next pass, started when the
+   * running one ends; calls made meanwhile share that next pass. */
   flush(): Promise<FlushPassStats> {
-    if (this.#running) return this.#running;
+    if (this.#running) {
+      const after = () => {
+        this.#queued = undefined;
+        return this.flush();
+      };
+      return (this.#queued ??= this.#running.then(after, after));
+    }
     this.#running = this.#pass().finally(() => {
       this.#running = undefined;
     });

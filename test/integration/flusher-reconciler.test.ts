@@ -173,6 +173,28 @@ describe("usage flusher and reconciler", () => {
     expect(total()).toBe(2);
   }, 120_000);
 
+  it("flush() while a pass is running flushes what was touched before the call (one more pass after it)", async () => {
+    // Found in CI: a test's own flush() met the interval timer's pass, already running, and got that pass, which had
+    // taken its batch before the test's Release marked the account.
+    const [x, y] = await Promise.all([seedAccount(s.c, "plain"), seedAccount(s.c, "plain")]);
+    const flusher = new UsageFlusher({ db: s.t.app.db, store: s.t.app.store, clock: s.clock });
+    for (const k of [x, y]) expect((await s.c.quota.checkAndReserve({ apiKey: k.apiKey, product: "p", method: "m" })).decision).toBe(Decision.ALLOWED);
+    flusher.touched(x.accountId);
+    const running = flusher.flush(); // takes x
+    flusher.touched(y.accountId); // touched while that pass runs
+    const mine = await flusher.flush();
+    expect((await running).accounts).toBe(1);
+    expect(mine.accounts).toBe(1); // y: a pass of its own, not the running one
+    expect(Object.keys(await s.t.app.db.loadUsageSnapshot(y.accountId))).toHaveLength(1);
+    // Calls made while one more pass is already waiting share it.
+    flusher.touched(x.accountId);
+    const first = flusher.flush();
+    flusher.touched(y.accountId);
+    const [a, b] = [flusher.flush(), flusher.flush()];
+    expect(a).toBe(b);
+    expect((await first).accounts + (await a).accounts).toBe(2);
+  });
+
   it("an account whose flush fails stays dirty and does not hold the others back", async () => {
     const [good, bad] = await Promise.all([seedAccount(s.c, "plain"), seedAccount(s.c, "plain")]);
     for (const k of [good, bad]) await s.c.quota.checkAndReserve({ apiKey: k.apiKey, product: "p", method: "m" });
