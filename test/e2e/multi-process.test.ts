@@ -95,8 +95,9 @@ describe(name, () => {
     if (onCluster) cluster = await PrivateRedisCluster.start(3);
     const redis: Record<string, string> = cluster ? { REDIS_URL: `redis+cluster://${cluster.ports.map((p) => `127.0.0.1:${p}`).join(",")}` } : {};
     // Exactness is the subject here, not latency: 1,000 TopUps at once queue for the Postgres pool for seconds on a
-    // loaded 2-core CI machine, past the default 5 s wait for a pooled connection (answered UNAVAILABLE, by design).
-    a = await ServerProcess.create({ env: { QUOTA_LOG_LEVEL: "warn", QUOTA_STORE_DEADLINE_MS: "5000", QUOTA_DB_CONNECT_TIMEOUT_MS: "60000", ...redis } });
+    // loaded 2-core CI machine, past the default 5 s wait for a pooled connection and for the wallet row lock
+    // (answered UNAVAILABLE, by design). The load workers wait 120 s for an answer for the same reason.
+    a = await ServerProcess.create({ env: { QUOTA_LOG_LEVEL: "warn", QUOTA_STORE_DEADLINE_MS: "5000", QUOTA_DB_CONNECT_TIMEOUT_MS: "60000", QUOTA_DB_STATEMENT_TIMEOUT_MS: "60000", ...redis } });
     b = await ServerProcess.sibling(a);
     await a.start();
     await b.start();
