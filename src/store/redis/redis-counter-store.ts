@@ -55,8 +55,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #prefix: string;
   readonly #clock: (() => number) | undefined;
   readonly #grace: string;
-  #pending = new Map<string, Pending<ReserveCommand, ReserveResult>[]>();
-  #pendingReleases = new Map<string, Pending<ReleaseCommand, ReleaseResult>[]>();
+  readonly #pendingReserves = new Map<string, Pending<ReserveCommand, ReserveResult>[]>();
+  readonly #pendingReleases = new Map<string, Pending<ReleaseCommand, ReleaseResult>[]>();
   #flushScheduled = false;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
@@ -90,34 +90,27 @@ export class RedisCounterStore implements CounterStore {
    * Redis as ONE script call (reserve.lua takes several, in order), at most MAX_GROUP per call; each gets its own
    * answer, exactly as if the calls had been made one after another. */
   reserve(cmd: ReserveCommand): Promise<ReserveResult> {
-    return new Promise<ReserveResult>((resolve, reject) => {
-      let group = this.#pending.get(cmd.accountId);
-      if (!group) this.#pending.set(cmd.accountId, (group = []));
-      group.push({ cmd, resolve, reject });
-      this.#scheduleFlush();
-    });
+    return this.#enqueue(this.#pendingReserves, cmd);
   }
 
-  #scheduleFlush(): void {
-    if (this.#flushScheduled) return;
-    this.#flushScheduled = true;
-    // After the current tick's microtasks: every call started together (a batch's items) is queued by then.
-    process.nextTick(() => this.#flush());
+  /** Queues a call for the end of the tick, when its account's group goes as one script call. */
+  #enqueue<C extends { accountId: string }, R>(queue: Map<string, Pending<C, R>[]>, cmd: C): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      let group = queue.get(cmd.accountId);
+      if (!group) queue.set(cmd.accountId, (group = []));
+      group.push({ cmd, resolve, reject });
+      if (this.#flushScheduled) return;
+      this.#flushScheduled = true;
+      // After the current tick's microtasks: every call started together (a batch's items) is queued by then.
+      process.nextTick(() => this.#flush());
+    });
   }
 
   #flush(): void {
     this.#flushScheduled = false;
-    const reserves = this.#pending;
-    const releases = this.#pendingReleases;
-    this.#pending = new Map();
-    this.#pendingReleases = new Map();
     // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
-    for (const [accountId, calls] of releases) {
-      for (let i = 0; i < calls.length; i += MAX_GROUP) this.#releaseGroup(accountId, calls.length <= MAX_GROUP ? calls : calls.slice(i, i + MAX_GROUP));
-    }
-    for (const [accountId, calls] of reserves) {
-      for (let i = 0; i < calls.length; i += MAX_GROUP) this.#reserveGroup(accountId, calls.length <= MAX_GROUP ? calls : calls.slice(i, i + MAX_GROUP));
-    }
+    sendGroups(this.#pendingReleases, (accountId, calls) => this.#releaseGroup(accountId, calls));
+    sendGroups(this.#pendingReserves, (accountId, calls) => this.#reserveGroup(accountId, calls));
   }
 
   #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
@@ -160,12 +153,7 @@ export class RedisCounterStore implements CounterStore {
 
   /** Releases of one account made in the same tick go to Redis as one script call, as reserves do. */
   release(cmd: ReleaseCommand): Promise<ReleaseResult> {
-    return new Promise<ReleaseResult>((resolve, reject) => {
-      let group = this.#pendingReleases.get(cmd.accountId);
-      if (!group) this.#pendingReleases.set(cmd.accountId, (group = []));
-      group.push({ cmd, resolve, reject });
-      this.#scheduleFlush();
-    });
+    return this.#enqueue(this.#pendingReleases, cmd);
   }
 
   #releaseGroup(accountId: string, calls: Pending<ReleaseCommand, ReleaseResult>[]): void {
@@ -251,6 +239,13 @@ interface Pending<C, R> {
   cmd: C;
   resolve: (r: R) => void;
   reject: (e: unknown) => void;
+}
+
+/** Empties `queue`, handing each account's calls to `send` in groups of at most MAX_GROUP, in order. */
+function sendGroups<C, R>(queue: Map<string, Pending<C, R>[]>, send: (accountId: string, calls: Pending<C, R>[]) => void): void {
+  const groups = [...queue];
+  queue.clear();
+  for (const [accountId, calls] of groups) for (let i = 0; i < calls.length; i += MAX_GROUP) send(accountId, calls.slice(i, i + MAX_GROUP));
 }
 
 const needRestore = (): ReserveResult => ({ outcome: "NEED_RESTORE", overage: false, replayed: false, now: 0, states: [] });
