@@ -11,10 +11,14 @@
  * Also reports the process's RSS and heap once every key is cached (run node with --expose-gc for the live heap):
  *   sh scripts/node --expose-gc bench/hot-path.ts --redis --accounts 100000 --calls 100000
  *
+ * --heap-snapshot FILE writes a V8 heap snapshot once every key is cached (after the measured window), to see
+ * what a cached account costs (Chrome DevTools, Memory tab; compare two account counts).
+ *
  * Bounded: at most 200,000 calls, 100,000 accounts and 60 s of load. Loopback only.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { writeHeapSnapshot } from "node:v8";
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
@@ -33,6 +37,7 @@ const { values: o } = parseArgs({
     accounts: { type: "string", default: "10" },
     plan: { type: "string", default: "l3" },
     release: { type: "boolean", default: false },
+    "heap-snapshot": { type: "string" },
   },
 });
 const calls = Math.min(Number(o.calls), 200_000);
@@ -111,6 +116,7 @@ const us = (cpu.user + cpu.system) / done;
 // Memory with every key cached (run with --expose-gc for the live heap after a full collection).
 (globalThis as { gc?: () => void }).gc?.();
 const mem = process.memoryUsage();
+if (o["heap-snapshot"]) writeHeapSnapshot(o["heap-snapshot"]);
 const db1 = await dbCalls();
 const postgresCalls = Object.fromEntries(Object.entries(db1).map(([op, n]) => [op, n - (db0[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
 console.log(
@@ -127,6 +133,9 @@ console.log(
     responseBytes: Math.round(bytes / done),
     rssMB: Math.round(mem.rss / 1048576),
     heapUsedMB: Math.round(mem.heapUsed / 1048576),
+    heapTotalMB: Math.round(mem.heapTotal / 1048576),
+    externalMB: Math.round(mem.external / 1048576),
+    arrayBuffersMB: Math.round(mem.arrayBuffers / 1048576),
     heapBytesPerAccount: Math.round(mem.heapUsed / accounts),
     postgresCallsInWindow: postgresCalls,
     loadAverage: load0,
