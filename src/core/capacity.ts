@@ -9,9 +9,17 @@
  * the store holds with Postgres, page by page over all accounts, so a store that lost writes (a failover to a lagging
  * replica) is repaired even though Postgres says "synced".
  */
-import type { CounterStore } from "./counter-store.ts";
+import type { CounterStore, StateSnapshot } from "./counter-store.ts";
 import { capacityOf } from "./limits.ts";
-import type { ChangeBus, Clock, Database } from "./ports.ts";
+import type { AccountConfig, ChangeBus, Clock, Database } from "./ports.ts";
+
+/** Most accounts one restore round reads from Postgres (the `IN` lists stay small). */
+const MAX_RESTORE_BATCH = 500;
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
 
 export class CapacitySync {
   readonly #db: Database;
@@ -19,6 +27,7 @@ export class CapacitySync {
   readonly #clock: Clock;
   readonly #bus: ChangeBus;
   readonly #restoring = new Map<string, Promise<void>>();
+  readonly #pendingRestores = new Map<string, Waiter>();
   #reconcileAfter = "";
   /** The reconciler's position in its walk over all accounts (compare store and Postgres versions). */
   #verifyAfter = "";
@@ -43,19 +52,68 @@ export class CapacitySync {
     if (landed !== "absent") await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
   }
 
-  /** First touch after the store lost the account (or never had it): capacity plus the last usage snapshot. */
+  /**
+   * First touch after the store lost the account (or never had it): capacity plus the last usage snapshot. Restores
+   * asked for in the same tick go to Postgres together (the first touches of many accounts, a batch, a Redis that
+   * came back empty): per round of up to MAX_RESTORE_BATCH accounts, one batched config load (6 queries), one
+   * snapshot query and one UPDATE marking them synced, instead of ~8 queries per account. Per account the order
+   * is unchanged: its config is read before its snapshot, and it is marked synced only with the version it restored.
+   */
   restore(accountId: string): Promise<void> {
     let p = this.#restoring.get(accountId);
     if (!p) {
-      p = (async () => {
-        const config = await this.#db.loadAccountConfig(accountId, new Date(this.#clock.now()));
-        const snapshot = await this.#db.loadUsageSnapshot(accountId);
-        await this.#store.restore(accountId, config ? capacityOf(config) : [], snapshot, config?.account.capacityVersion ?? 0);
-        if (config) await this.#db.markCapacitySynced(accountId, config.account.capacityVersion);
-      })().finally(() => this.#restoring.delete(accountId));
+      p = new Promise<void>((resolve, reject) => {
+        this.#pendingRestores.set(accountId, { resolve, reject });
+        if (this.#pendingRestores.size === 1) process.nextTick(() => this.#flushRestores());
+      }).finally(() => this.#restoring.delete(accountId));
       this.#restoring.set(accountId, p);
     }
     return p;
+  }
+
+  /** Postgres rounds taken by restores (for tests and the bench). */
+  restoreRounds = 0;
+
+  #flushRestores(): void {
+    const batch = [...this.#pendingRestores];
+    this.#pendingRestores.clear();
+    for (let i = 0; i < batch.length; i += MAX_RESTORE_BATCH) void this.#restoreBatch(batch.slice(i, i + MAX_RESTORE_BATCH));
+  }
+
+  async #restoreBatch(batch: Array<[string, Waiter]>): Promise<void> {
+    this.restoreRounds++;
+    const ids = batch.map(([id]) => id);
+    let configs: Map<string, AccountConfig>;
+    let snapshots: Map<string, StateSnapshot>;
+    try {
+      configs = await this.#db.loadAccountConfigs(ids, new Date(this.#clock.now()));
+      snapshots = await this.#db.loadUsageSnapshots(ids);
+    } catch (err) {
+      for (const [, w] of batch) w.reject(err);
+      return;
+    }
+    const restored: Array<[string, Waiter]> = [];
+    const marks: Array<{ accountId: string; version: number }> = [];
+    await Promise.all(
+      batch.map(async ([id, w]) => {
+        const config = configs.get(id);
+        try {
+          await this.#store.restore(id, config ? capacityOf(config) : [], snapshots.get(id) ?? {}, config?.account.capacityVersion ?? 0);
+        } catch (err) {
+          w.reject(err);
+          return;
+        }
+        restored.push([id, w]);
+        if (config) marks.push({ accountId: id, version: config.account.capacityVersion });
+      }),
+    );
+    try {
+      if (marks.length > 0) await this.#db.markCapacitySyncedMany(marks);
+    } catch (err) {
+      for (const [, w] of restored) w.reject(err);
+      return;
+    }
+    for (const [, w] of restored) w.resolve();
   }
 
   /**

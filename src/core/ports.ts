@@ -190,7 +190,11 @@ export interface Database {
   /** Writes the snapshots of many accounts in one multi-row upsert per chunk of rows (the usage flusher's pass). */
   saveUsageSnapshots(rows: ReadonlyArray<{ accountId: string; states: StateSnapshot }>): Promise<void>;
   loadUsageSnapshot(accountId: string): Promise<StateSnapshot>;
+  /** The snapshots of many accounts in one query (an account without one is missing from the map). */
+  loadUsageSnapshots(accountIds: readonly string[]): Promise<Map<string, StateSnapshot>>;
   markCapacitySynced(accountId: string, version: number): Promise<void>;
+  /** The same for many accounts in one statement (each only raised, never lowered). */
+  markCapacitySyncedMany(rows: ReadonlyArray<{ accountId: string; version: number }>): Promise<void>;
   /** Accounts whose capacity is stale, in id order, after `afterId` when given (the reconciler walks them round robin). */
   listCapacityStale(limit: number, afterId?: string): Promise<AccountRecord[]>;
   /** Ids of active subscriptions with at least one add-on (the renewal pass). */

@@ -64,6 +64,27 @@ describe("key cache and GetLimits (gRPC, Postgres, in-memory counters)", () => {
     expect(plans.size).toBe(1); // one parsed plan object for all 30 keys (not one copy per key)
   });
 
+  it("first touches of many accounts made together restore their counters in one Postgres round (not ~8 queries per account)", async () => {
+    const seeded = [];
+    for (let i = 0; i < 30; i++) seeded.push(await seedAccount(c, "cache-plan"));
+    const dbOps = async () => {
+      const m = (await t.app.metrics.getMetricsAsJSON()).find((x) => x.name === "quota_db_duration_seconds");
+      const out: Record<string, number> = {};
+      for (const v of (m?.values ?? []) as Array<{ metricName?: string; labels: Record<string, string>; value: number }>) if (v.metricName === "quota_db_duration_seconds_count") out[v.labels.op!] = v.value;
+      return out;
+    };
+    const before = await dbOps();
+    const r = await c.quota.checkAndReserveBatch({ requests: seeded.map((s) => ({ apiKey: s.apiKey, product: "p", method: "m" })) });
+    expect(r.results.map((x) => x.result.case === "response" && x.result.value.decision)).toEqual(seeded.map(() => Decision.ALLOWED));
+    const after = await dbOps();
+    const made = Object.fromEntries(Object.entries(after).map(([op, n]) => [op, n - (before[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
+    // Before: loadAccountConfig, loadUsageSnapshot and markCapacitySynced once per account (30 of each).
+    expect(made).toEqual({ loadKeyContexts: 1, loadAccountConfigs: 1, loadUsageSnapshots: 1, markCapacitySyncedMany: 1 });
+    // Each account was restored with its own capacity: a second call sees the first one's usage.
+    const again = await c.quota.checkAndReserve({ apiKey: seeded[7]!.apiKey, product: "p", method: "m" });
+    expect(again.limits[0]?.used).toBe(2n);
+  });
+
   it("random key ids cannot push a key in use out of the cache (LRU), and the cache stays within its bound", async () => {
     const s = await seedAccount(c, "cache-plan");
     await c.quota.checkAndReserve({ apiKey: s.apiKey, product: "p", method: "m" });

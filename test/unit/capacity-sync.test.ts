@@ -17,12 +17,18 @@ class ScriptedDb {
   deposited = 100n;
   /** When set, the next loadAccountConfig reads now but answers only once this resolves. */
   hold: Promise<void> | undefined;
+  /** Resolved when a read took the hold (restores read in the tick after they are asked for: they are batched). */
+  #heldRead!: () => void;
+  heldRead: Promise<void> = new Promise<void>((r) => (this.#heldRead = r));
 
   async loadAccountConfig(): Promise<AccountConfig> {
     const read = { version: this.version, deposited: this.deposited };
     const hold = this.hold;
     this.hold = undefined;
-    if (hold) await hold;
+    if (hold) {
+      this.#heldRead();
+      await hold;
+    }
     return {
       account: { id: ACCOUNT, name: "", createdAt: new Date(0), capacityVersion: read.version, capacitySynced: 0 },
       subscriptions: [{ id: "sub1", accountId: ACCOUNT, planId: "p1", startsAt: new Date(0), endsAt: null, accessBlocks: [], addOns: {}, status: "active", createdAt: new Date(0) }],
@@ -32,11 +38,17 @@ class ScriptedDb {
       wallets: [{ accountId: ACCOUNT, kind: "credit", balance: read.deposited, totalDeposited: read.deposited, spentPosted: 0n }],
     };
   }
-  async loadUsageSnapshot() {
-    return {};
+  async loadAccountConfigs(ids: readonly string[]): Promise<Map<string, AccountConfig>> {
+    return ids.includes(ACCOUNT) ? new Map([[ACCOUNT, await this.loadAccountConfig()]]) : new Map();
+  }
+  async loadUsageSnapshots() {
+    return new Map();
   }
   async markCapacitySynced(_id: string, version: number) {
     this.synced = Math.max(this.synced, version);
+  }
+  async markCapacitySyncedMany(rows: ReadonlyArray<{ accountId: string; version: number }>) {
+    for (const r of rows) await this.markCapacitySynced(r.accountId, r.version);
   }
   async listCapacityStale() {
     return this.synced < this.version ? [{ id: ACCOUNT, name: "", createdAt: new Date(0), capacityVersion: this.version, capacitySynced: this.synced }] : [];
@@ -66,6 +78,7 @@ describe("CapacitySync", () => {
     let release!: () => void;
     db.hold = new Promise<void>((r) => (release = r));
     const restoring = sync.restore(ACCOUNT); // reads version 4, then stalls
+    await db.heldRead;
     // the TopUp commits version 5 and syncs: the account is not in the store yet
     db.version = 5;
     db.deposited = 150n;

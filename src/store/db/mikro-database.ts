@@ -417,12 +417,35 @@ export class MikroDatabase implements Database {
   }
 
   async loadUsageSnapshot(accountId: string): Promise<StateSnapshot> {
-    const rows = await this.#orm.em.fork().find(UsageSnapshotEntity, { accountId });
-    return Object.fromEntries(rows.map((r: AnyRow) => [(r as AnyRow).limitId as string, (r as AnyRow).state as Record<string, string>]));
+    return (await this.loadUsageSnapshots([accountId])).get(accountId) ?? {};
+  }
+
+  async loadUsageSnapshots(accountIds: readonly string[]): Promise<Map<string, StateSnapshot>> {
+    const out = new Map<string, StateSnapshot>();
+    if (accountIds.length === 0) return out;
+    const rows = await this.#orm.em.fork().find(UsageSnapshotEntity, { accountId: { $in: [...new Set(accountIds)] } });
+    for (const r of rows as AnyRow[]) {
+      const id = r.accountId as string;
+      let states = out.get(id);
+      if (!states) out.set(id, (states = {}));
+      states[r.limitId as string] = r.state as Record<string, string>;
+    }
+    return out;
   }
 
   async markCapacitySynced(accountId: string, version: number) {
-    await this.#orm.em.fork().execute(`update accounts set capacity_synced = greatest(capacity_synced, ?) where id = ?`, [version, accountId]);
+    await this.markCapacitySyncedMany([{ accountId, version }]);
+  }
+
+  async markCapacitySyncedMany(rows: ReadonlyArray<{ accountId: string; version: number }>) {
+    for (let i = 0; i < rows.length; i += 1000) {
+      const chunk = rows.slice(i, i + 1000);
+      await this.#orm.em.fork().execute(
+        `update accounts as a set capacity_synced = greatest(a.capacity_synced, v.version)
+         from (values ${chunk.map(() => "(?, ?::int)").join(", ")}) as v(id, version) where a.id = v.id`,
+        chunk.flatMap((r) => [r.accountId, r.version]),
+      );
+    }
   }
 
   async listCapacityStale(limit: number, afterId = "") {
