@@ -2,8 +2,11 @@
  * Redis CPU per script call, from `INFO commandstats` on a private redis-server (never the shared one):
  * N CheckAndReserve calls of a 3-limit command (monthly quota, per-key rate, per-key concurrency), then N Releases
  * of those reservations. Bounded: N defaults to 20,000 and at most 200,000; one connection, auto-pipelined.
+ * The store sends the calls of one account made in the same tick as one script call (ADR 33): with --accounts 1
+ * (default) 64 calls in flight are one script; with --accounts 64 every script carries one call (the single-call
+ * case). Reported per decision (usec / N) and per script call.
  *
- *   sh scripts/node bench/redis-scripts.ts [--calls 20000]
+ *   sh scripts/node bench/redis-scripts.ts [--calls 20000] [--accounts 1|64]
  */
 import { Redis } from "ioredis";
 import type { CounterLimit } from "../src/core/counter-store.ts";
@@ -16,15 +19,16 @@ const arg = (name: string, dflt: number) => {
 };
 const N = Math.min(200_000, Math.max(100, arg("calls", 20_000)));
 const WINDOW = 64;
+const ACCOUNTS = Math.min(WINDOW, Math.max(1, arg("accounts", 1)));
 const DAY = 86_400_000;
 
 const server = await PrivateRedis.start();
 const redis = new Redis(server.port, "127.0.0.1", { enableAutoPipelining: true });
 try {
   const store = new RedisCounterStore(redis, { keyPrefix: "bench:" });
-  const account = "acct1";
+  const accountOf = (j: number) => `acct${j % ACCOUNTS}`;
   const now = Date.now();
-  await store.restore(account, [{ limitId: "s:sub1:monthly", base: 1_000_000_000n, basePriority: 100, grants: [] }], {}, 1);
+  for (let a = 0; a < ACCOUNTS; a++) await store.restore(accountOf(a), [{ limitId: "s:sub1:monthly", base: 1_000_000_000n, basePriority: 100, grants: [] }], {}, 1);
   const limits: CounterLimit[] = [
     { id: "s:sub1:monthly", kind: "QUOTA", meter: "units", amount: 1n, period: { type: "fixed", bounds: [now - 60 * DAY, now - DAY, now + 29 * DAY, now + 59 * DAY] } },
     { id: "k:key1:rps", kind: "RATE", meter: "calls", amount: 1n, limit: 1_000_000_000n, windowMs: 1000 },
@@ -47,8 +51,8 @@ try {
   };
   // Warm up (script load, hash encodings), then measure.
   for (let i = 0; i < 200; i++) {
-    const r = await store.reserve({ accountId: account, reservationId: `warm${i}`, mode: "ENFORCE", ttlMs: 30_000, product: "api", expiryPolicy: "charge", gates: [], limits });
-    await store.release({ accountId: account, reservationId: r.reservationId!, outcome: "COMMIT", actual: {} });
+    const r = await store.reserve({ accountId: accountOf(i), reservationId: `warm${i}`, mode: "ENFORCE", ttlMs: 30_000, product: "api", expiryPolicy: "charge", gates: [], limits });
+    await store.release({ accountId: accountOf(i), reservationId: r.reservationId!, outcome: "COMMIT", actual: {} });
   }
   await redis.config("RESETSTAT");
   cpuAt = await cpu();
@@ -56,16 +60,16 @@ try {
   for (let i = 0; i < N; i += WINDOW) {
     const batch = [];
     for (let j = i; j < Math.min(N, i + WINDOW); j++) {
-      const id = `r~${account}~bench~${j}`;
+      const id = `r~${accountOf(j)}~bench~${j}`;
       ids.push(id);
-      batch.push(store.reserve({ accountId: account, reservationId: id, mode: "ENFORCE", ttlMs: 600_000, product: "api", expiryPolicy: "charge", gates: [], limits }));
+      batch.push(store.reserve({ accountId: accountOf(j), reservationId: id, mode: "ENFORCE", ttlMs: 600_000, product: "api", expiryPolicy: "charge", gates: [], limits }));
     }
     for (const r of await Promise.all(batch)) if (r.outcome !== "ALLOWED") throw new Error(`reserve ${r.outcome} ${r.reason}`);
   }
   const reserve = await stats();
   // Memory of the account's keys with N reservations open, then with N settled results retained.
   const accountBytes = async () => {
-    const keys = await redis.keys(`bench:{a:${account}}:*`);
+    const keys = await redis.keys(`bench:{a:acct*}:*`);
     let bytes = 0;
     for (const k of keys) bytes += Number(await redis.call("MEMORY", "USAGE", k, "SAMPLES", "0"));
     return bytes;
@@ -74,7 +78,7 @@ try {
   await redis.config("RESETSTAT");
   cpuAt = await cpu();
   for (let i = 0; i < N; i += WINDOW) {
-    const batch = ids.slice(i, i + WINDOW).map((id) => store.release({ accountId: account, reservationId: id, outcome: "COMMIT", actual: { units: 1n } }));
+    const batch = ids.slice(i, i + WINDOW).map((id, k) => store.release({ accountId: accountOf(i + k), reservationId: id, outcome: "COMMIT", actual: { units: 1n } }));
     for (const r of await Promise.all(batch)) if (r.outcome !== "SETTLED") throw new Error(`release ${r.outcome}`);
   }
   const release = await stats();
@@ -92,6 +96,13 @@ try {
   const out = {
     calls: N,
     limitsPerCall: limits.length,
+    accounts: ACCOUNTS,
+    reserveScriptCalls: reserve.calls,
+    releaseScriptCalls: release.calls,
+    reserveUsecPerDecision: +(reserve.usec / N).toFixed(1),
+    releaseUsecPerDecision: +(release.usec / N).toFixed(1),
+    reserveCpuUsecPerDecision: +(reserve.cpuUsec / N).toFixed(1),
+    releaseCpuUsecPerDecision: +(release.cpuUsec / N).toFixed(1),
     reserveUsecPerCall: +(reserve.usec / reserve.calls).toFixed(1),
     releaseUsecPerCall: +(release.usec / release.calls).toFixed(1),
     reserveCpuUsecPerCall: +(reserve.cpuUsec / reserve.calls).toFixed(1),

@@ -80,3 +80,31 @@ it("sends the reserves and releases of one account made in the same tick as one 
     await server.stop();
   }
 });
+
+it("writes all of a tick's script calls on a single Redis in one socket write (corked), not one write per account", async () => {
+  const server = await PrivateRedis.start();
+  const redis = new Redis(server.port, "127.0.0.1", { enableAutoPipelining: false });
+  try {
+    const store = new RedisCounterStore(redis, { keyPrefix: "cork:" });
+    const accounts = Array.from({ length: 10 }, (_, i) => `c${i}`);
+    const quota: CounterLimit = { id: "s:1:q", kind: "QUOTA", meter: "units", amount: 1n, period: { type: "none" } };
+    const call = (accountId: string, i: number): ReserveCommand => ({
+      accountId, reservationId: `r_${accountId}_${i}`, mode: "ENFORCE", ttlMs: 30_000, product: "api", expiryPolicy: "charge", gates: [], limits: [quota],
+    });
+    for (const a of accounts) await store.restore(a, [{ limitId: "s:1:q", base: 1000n, basePriority: 100, grants: [] }], {});
+    await store.reserve(call("c0", -1)); // loads the script
+    // Count what reaches the socket's underlying writes (net.Socket: _writev for a corked batch, _write otherwise).
+    const socket = (redis as unknown as { stream: { _write: (...a: unknown[]) => void; _writev: (...a: unknown[]) => void } }).stream;
+    let writes = 0;
+    const w = socket._write.bind(socket);
+    const wv = socket._writev.bind(socket);
+    socket._write = (...a) => (writes++, w(...a));
+    socket._writev = (...a) => (writes++, wv(...a));
+    const r = await Promise.all(accounts.map((a, i) => store.reserve(call(a, i))));
+    expect(r.every((x) => x.outcome === "ALLOWED")).toBe(true);
+    expect(writes).toBe(1); // was 10: one per account's script call
+  } finally {
+    redis.disconnect();
+    await server.stop();
+  }
+});

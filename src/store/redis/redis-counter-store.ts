@@ -4,7 +4,7 @@
  * a script touches one Redis Cluster slot. Key layout: docs/architecture.md, "Redis keys".
  */
 import { readFileSync } from "node:fs";
-import type { Cluster, Redis } from "ioredis";
+import { Cluster, type Redis } from "ioredis";
 import {
   DEFAULT_RETENTION_GRACE_MS,
   type CapacityEntry,
@@ -108,9 +108,18 @@ export class RedisCounterStore implements CounterStore {
 
   #flush(): void {
     this.#flushScheduled = false;
-    // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
-    sendGroups(this.#pendingReleases, (accountId, calls) => this.#releaseGroup(accountId, calls));
-    sendGroups(this.#pendingReserves, (accountId, calls) => this.#reserveGroup(accountId, calls));
+    // One socket write for all of a tick's script calls on a single Redis (one per account otherwise: a syscall
+    // each). A Cluster writes to several nodes; its commands go as they are.
+    const socket = this.#redis instanceof Cluster ? undefined : (this.#redis as { stream?: { cork(): void; uncork(): void; writable?: boolean } }).stream;
+    const cork = socket?.writable === true;
+    if (cork) socket!.cork();
+    try {
+      // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
+      sendGroups(this.#pendingReleases, (accountId, calls) => this.#releaseGroup(accountId, calls));
+      sendGroups(this.#pendingReserves, (accountId, calls) => this.#reserveGroup(accountId, calls));
+    } finally {
+      if (cork) socket!.uncork();
+    }
   }
 
   #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
