@@ -272,7 +272,7 @@ function describeLimit(l: CounterLimit): string {
 
 function decodeReserve(reply: unknown[]): ReserveResult {
   const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
-    number, string, string, number, number, string, number, number, number, string, unknown[][],
+    number, string, string, number, number, string, number, number, number, string, string[],
   ];
   const result: ReserveResult = {
     outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : "IDEMPOTENCY_MISMATCH",
@@ -312,25 +312,30 @@ function decodeSettled(raw: string): Pick<ReleaseResult, "state" | "reserved" | 
   return { state: STATE_OF_CODE[code]!, reserved, charged, overage: BigInt(overage) };
 }
 
-function decodeState(raw: unknown[]): LimitState {
-  const [limit, used, remaining, reset, overage, exceeded, sources, overageTotal] = raw as [
-    number, number, number, number, number, number, Array<[string, number, number, number, number, string]>, number,
-  ];
+/** One reply_state string (lib.lua): "limit,used,remaining,reset,overage,exceeded,overageTotal" then
+ * ";id,amount,used,priority,expires,product" per source. */
+function decodeState(raw: string): LimitState {
+  const parts = raw.split(";");
+  const [limit, used, remaining, reset, overage, exceeded, overageTotal] = parts[0]!.split(",") as [string, string, string, string, string, string, string];
   const state: LimitState = {
     limit: BigInt(limit),
     used: BigInt(used),
     remaining: BigInt(remaining),
     overage: BigInt(overage),
-    exceeded: exceeded === 1,
+    exceeded: exceeded === "1",
   };
-  if (reset >= 0) state.resetAt = reset;
-  if (sources.length > 0) {
+  const resetAt = Number(reset);
+  if (resetAt >= 0) state.resetAt = resetAt;
+  if (parts.length > 1) {
     state.overageTotal = BigInt(overageTotal);
-    state.sources = sources.map(([id, amount, u, priority, expires, product]): SourceState => {
-      const s: SourceState = { id, amount: BigInt(amount), used: BigInt(u), priority, product };
-      if (expires >= 0) s.expiresAt = expires;
-      return s;
-    });
+    state.sources = [];
+    for (let i = 1; i < parts.length; i++) {
+      const [id, amount, u, priority, expires, product] = parts[i]!.split(",") as [string, string, string, string, string, string];
+      const s: SourceState = { id, amount: BigInt(amount), used: BigInt(u), priority: Number(priority), product };
+      const expiresAt = Number(expires);
+      if (expiresAt >= 0) s.expiresAt = expiresAt;
+      state.sources.push(s);
+    }
   }
   return state;
 }

@@ -411,11 +411,15 @@ local function sweep(now, max, grace)
   return n
 end
 
--- The reply form of one evaluated limit: { limit, used, remaining, reset|-1, overage, exceeded, sources }.
+-- The reply form of one evaluated limit, ONE string (every element of a nested reply costs the server's RESP decoder
+-- more than splitting a string does): "<limit>,<used>,<remaining>,<reset|-1>,<overage>,<exceeded 0|1>,<overage
+-- total>" then ";<id>,<amount>,<used>,<priority>,<expires|-1>,<product>" per source (ids and products never contain
+-- ',' or ';'). Amounts through fmt: '..' would print numbers above 1e14 in exponent form.
 local function reply_state(ev, exceeded)
-  local sources = {}
+  local out = fmt(ev.limit) .. ',' .. fmt(ev.used) .. ',' .. fmt(ev.remaining) .. ',' .. fmt(ev.reset or -1) .. ',' ..
+    fmt(ev.overage) .. ',' .. (exceeded and '1' or '0') .. ',' .. fmt(ev.overage_total or 0)
   for _, s in ipairs(ev.sources or {}) do
-    table.insert(sources, { s.id, s.amount, s.used, s.priority, s.expires or -1, s.product })
+    out = out .. ';' .. s.id .. ',' .. fmt(s.amount) .. ',' .. fmt(s.used) .. ',' .. fmt(s.priority) .. ',' .. fmt(s.expires or -1) .. ',' .. s.product
   end
-  return { ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage, exceeded and 1 or 0, sources, ev.overage_total or 0 }
+  return out
 end

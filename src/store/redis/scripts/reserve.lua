@@ -33,7 +33,7 @@ was applied), else one reply per call, in order:
   code      0 ALLOWED, 1 DENIED, 3 IDEMPOTENCY_MISMATCH (the idempotency id was recorded for a request with another
             hash; nothing applied)
   reason    '' or a deny reason; retryAfterMs/availableAt -1 when not applicable; overage/replayed 0|1
-  states    one reply_state (lib.lua) per limit (empty for a replay of a tombstone)
+  states    one reply_state string (lib.lua) per limit (empty for a replay of a tombstone)
 ]==]
 
 local now = clock(ARGV[1])
