@@ -1,7 +1,8 @@
 /**
  * In-process measure of the PROCESS side of CheckAndReserve (no gRPC framing, no load generator competing for the
  * CPU): the app is started in this process (Postgres for plans and keys; counters in memory, or in a private
- * redis-server with --redis), then the QuotaService adapter is called directly with a decoded request and its
+ * redis-server with --redis), then the server's QuotaService API (auth, metrics and tracing wrappers included) is
+ * called directly with a decoded request and its
  * answer is encoded to protobuf bytes, as the gRPC handler does. Reports this process's CPU µs per call
  * (process.cpuUsage over the measured window; with --redis it includes ioredis encode/decode, not Redis itself).
  *
@@ -25,7 +26,6 @@ import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/q
 import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { startApp } from "../src/main.ts";
-import { createQuotaApi } from "../src/transport/quota-api.ts";
 import { ROOT, PLANS, createDatabase, seedAccounts, startRedis } from "./lib/env.ts";
 import { loadAverage } from "./lib/stats.ts";
 
@@ -67,7 +67,8 @@ const config = loadConfig(
 );
 const app = await startApp(config, { logger: pino({ level: "silent" }) });
 const keys = await seedAccounts(db.url, o.plan, accounts, "hot");
-const api = createQuotaApi(app.quota, { serviceToken: "", adminToken: "bench-admin-token", allowedOrigins: [] });
+// The API as the gRPC handler calls it: auth, metrics and (no-op) tracing included (src/main.ts instrumentApi).
+const api = app.api.quota;
 const ctx = { header: () => undefined, peerVerified: false };
 // Requests as the gRPC handler sees them: decoded from bytes.
 const frames = keys.map((k) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" })));

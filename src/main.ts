@@ -29,7 +29,7 @@ import { LocalChangeBus } from "./store/memory/local-change-bus.ts";
 import { RedisChangeBus } from "./store/redis/redis-change-bus.ts";
 import { RedisCounterStore } from "./store/redis/redis-counter-store.ts";
 import { connectRedis, redisTarget } from "./store/redis/connect.ts";
-import { createApi } from "./transport/api.ts";
+import { createApi, type Api } from "./transport/api.ts";
 import { createMetrics, instrumentApi, instrumentDatabase, instrumentStore } from "./observability/metrics.ts";
 import { noopTracer, startTracing, tracingWanted, type Tracing } from "./observability/tracing.ts";
 import { startConnectServer, type RunningConnectServer } from "./transport/connect/connect-server.ts";
@@ -46,6 +46,8 @@ export interface App {
   store: CounterStore;
   quota: QuotaService;
   admin: AdminService;
+  /** The transport-neutral API both ports serve (auth, metrics and tracing included): for in-process benches. */
+  api: Api;
   flusher: UsageFlusher;
   renewals: AddOnRenewals;
   capacity: CapacitySync;
@@ -324,7 +326,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       logger.info("stopped");
     })());
 
-  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, flusher, capacity, renewals, keys, metrics, logger, stop };
+  return { config, grpcPort: grpc.port, httpPort: http.port, adminToken, db, store, quota, admin, api, flusher, capacity, renewals, keys, metrics, logger, stop };
 }
 
 /** Redis' eviction policy, from INFO (CONFIG GET is renamed or disabled on some managed services). */

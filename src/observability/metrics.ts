@@ -200,7 +200,15 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
     if (res.reservationId && m.inFlight.size < 1_000_000) {
       const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
       const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
-      m.inFlight.set(res.reservationId, now() + ttlMs);
+      const t = now();
+      // Forget what is past its TTL as new entries come (Map order is insertion order: with the usual one TTL per
+      // plan the oldest expire first), so the map holds about rate x TTL entries, not everything since the last
+      // scrape; the scrape still prunes the whole map (entries behind a longer-lived one).
+      for (const [id, expires] of m.inFlight) {
+        if (expires > t) break;
+        m.inFlight.delete(id);
+      }
+      m.inFlight.set(res.reservationId, t + ttlMs);
     }
   };
   return { quota: wrapService(api.quota, "quota"), admin: wrapService(api.admin, "admin") };

@@ -62,6 +62,10 @@ for d = 1, D do
   end
   descs[d] = l
 end
+-- A call's limit is its description plus its amount: a table holding only the amount, reading the rest from the
+-- description (a metatable per description, made once per script call), not a copy of every field per call.
+local desc_mt = {}
+for d = 1, D do desc_mt[d] = { __index = descs[d] } end
 local N = tonumber(ARGV[4 + D])
 sweep(now, SWEEP_BATCH * N, grace)
 
@@ -79,19 +83,13 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   end
   local limits = {}
   for d, amount in string.gmatch(limit_list, '(%d+)=(%d+)') do
-    local l = {}
-    for k, v in pairs(descs[tonumber(d)]) do l[k] = v end
-    l.amount = amount
-    limits[#limits + 1] = l
+    limits[#limits + 1] = setmetatable({ amount = amount }, desc_mt[tonumber(d)])
   end
 
   local function zero_states()
     local out = {}
     for _, l in ipairs(limits) do
-      local copy = {}
-      for k, v in pairs(l) do copy[k] = v end
-      copy.amount = '0'
-      table.insert(out, reply_state(evaluate(copy, product, now), false))
+      table.insert(out, reply_state(evaluate(setmetatable({ amount = '0' }, getmetatable(l)), product, now), false))
     end
     return out
   end
