@@ -29,13 +29,23 @@ local KIND_ORDER = { WINDOW = 0, RATE = 1, CONCURRENCY = 2, QUOTA = 3, BUDGET = 
 local REASON_BY_KIND = { WINDOW = 'OUTSIDE_ACCESS_WINDOW', RATE = 'RATE_LIMITED', CONCURRENCY = 'CONCURRENCY_LIMITED',
   QUOTA = 'QUOTA_EXHAUSTED', BUDGET = 'BUDGET_EXHAUSTED' }
 
-local function clock(override)
-  if override and override ~= '' then return tonumber(override) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 local function fmt(n) return string.format('%d', n) end
+
+-- `now` as a decimal string, set by clock(): numbers handed to redis.call are formatted by Redis with '%.14g' (a
+-- floating-point printf, the dearest part of passing an argument), so the scripts pass strings they made once.
+local NOW_S = ''
+
+local function clock(override)
+  local now
+  if override and override ~= '' then
+    now = tonumber(override)
+  else
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  NOW_S = fmt(now)
+  return now
+end
 
 local RS = KEYS[2]   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
 local RX = KEYS[3]   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
@@ -98,11 +108,11 @@ local function evaluate(l, product, now)
   ev.key = key
   if kind == 'RATE' then
     local window = tonumber(l.windowMs)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - window))
     local count = redis.call('ZCARD', key)
     local max = tonumber(l.limit)
     ev.pass = count + amount <= max
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local oldest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
     ev.limit, ev.used = max, count
     ev.remaining = math.max(0, max - count)
     if oldest[2] then ev.reset = tonumber(oldest[2]) + window else ev.reset = now + window end
@@ -125,14 +135,14 @@ local function evaluate(l, product, now)
       redis.call('ZREM', key, unpack(ids))
       redis.call('ZREM', FR, unpack(ms))
     end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW_S)
     local count = redis.call('ZCARD', key)
     local max = tonumber(l.limit)
     ev.pass = count + amount <= max
     ev.limit, ev.used = max, count
     ev.remaining = math.max(0, max - count)
     if not ev.pass then
-      local earliest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local earliest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
       if earliest[2] then ev.retry = math.max(1, tonumber(earliest[2]) - now) else ev.retry = 1000 end
     end
     return ev
@@ -386,16 +396,16 @@ local function settle(id, r, state, actual, now, grace)
   table.sort(meters)
   local done = STATE_CODE[state] .. '|' .. fmt(overage) .. '|' .. table.concat(meters, ',')
   redis.call('HSET', RS, 'r:' .. id, done)
-  redis.call('ZADD', RX, retention_of(tonumber(r.e), now, grace), 'r:' .. id)
+  redis.call('ZADD', RX, fmt(retention_of(tonumber(r.e), now, grace)), 'r:' .. id)
   return done
 end
 
 -- Settles up to `max` expired reservations by their policy and drops records whose retention is over. Peeks at
 -- the earliest deadline first, so a call with nothing due costs one ZRANGE.
 local function sweep(now, max, grace)
-  local first = redis.call('ZRANGE', RX, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', RX, '0', '0', 'WITHSCORES')
   if not first[2] or tonumber(first[2]) > now then return 0 end
-  local due = redis.call('ZRANGEBYSCORE', RX, '-inf', now, 'LIMIT', 0, max)
+  local due = redis.call('ZRANGEBYSCORE', RX, '-inf', fmt(now), 'LIMIT', '0', fmt(max))
   local n = 0
   for _, member in ipairs(due) do
     local raw = (string.sub(member, 1, 1) == 'r') and redis.call('HGET', RS, member) or nil

@@ -31,7 +31,7 @@ local function release_one(id, outcome, actual_list)
   if not raw then
     if outcome == 'CANCEL' then
       redis.call('HSET', KEYS[2], 'r:' .. id, 'T|0|')
-      redis.call('ZADD', KEYS[3], now + grace, 'r:' .. id)
+      redis.call('ZADD', KEYS[3], fmt(now + grace), 'r:' .. id)
     end
     return { 2, '' }
   end

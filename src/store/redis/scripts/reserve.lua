@@ -179,6 +179,7 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   -- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
   -- Stored compactly: only what settling needs (QUOTA/BUDGET parts and their limit, CONCURRENCY ids, meters).
   local expires = now + ttl
+  local expires_s = fmt(expires)
   local r = { e = expires, p = policy, pr = product, m = {}, en = {} }
   local overage = 0
   local shadow = ''
@@ -199,12 +200,12 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
         table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
       elseif amount > 0 then
         if l.kind == 'RATE' then
-          redis.call('ZADD', ev.key, now, rid)
-          redis.call('PEXPIRE', ev.key, tonumber(l.windowMs))
+          redis.call('ZADD', ev.key, NOW_S, rid)
+          redis.call('PEXPIRE', ev.key, l.windowMs)
           ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
           if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
         elseif l.kind == 'CONCURRENCY' then
-          redis.call('ZADD', ev.key, expires, rid)
+          redis.call('ZADD', ev.key, expires_s, rid)
           ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
           table.insert(r.en, { l = { id = l.id, kind = l.kind }, pa = {}, w = '0' })
         end
@@ -212,10 +213,10 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     end
   end
   redis.call('HSET', KEYS[2], 'r:' .. rid, cmsgpack.pack(r))
-  redis.call('ZADD', KEYS[3], expires, 'r:' .. rid)
+  redis.call('ZADD', KEYS[3], expires_s, 'r:' .. rid)
   if idem ~= '' then
     redis.call('HSET', KEYS[2], 'i:' .. idem, mode .. (ihash ~= '' and ('|' .. ihash .. '|') or '') .. rid)
-    redis.call('ZADD', KEYS[3], retention_of(expires, now, grace), 'i:' .. idem)
+    redis.call('ZADD', KEYS[3], fmt(retention_of(expires, now, grace)), 'i:' .. idem)
   end
   -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
   return { 0, '', denied_id, retry, available, rid, overage, 0, now, shadow, states_of(evals) }
