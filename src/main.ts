@@ -4,6 +4,7 @@
  * Shutdown (SIGTERM): health NOT_SERVING -> stop accepting and drain in-flight calls -> flush usage -> close Redis
  * and Postgres -> exit 0.
  */
+import { getHeapStatistics } from "node:v8";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -15,7 +16,7 @@ import { redact } from "./config/config.ts";
 import { AdminService } from "./core/admin-service.ts";
 import { CapacitySync } from "./core/capacity.ts";
 import type { CounterStore } from "./core/counter-store.ts";
-import { KeyCache } from "./core/key-cache.ts";
+import { KeyCache, KEY_CACHE_BYTES_PER_ENTRY, defaultKeyCacheEntries } from "./core/key-cache.ts";
 import { systemClock, type ChangeBus, type Clock } from "./core/ports.ts";
 import { QuotaService } from "./core/quota-service.ts";
 import { EnvoyRateLimit, storeDeadlineMs } from "./core/envoy-rate-limit.ts";
@@ -162,10 +163,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   store = instrumentStore(store, redis ? "redis" : "memory", m, tracer);
   const rpcDuration = new Histogram({ name: "quota_rpc_duration_seconds", help: "RPC latency by method and status", labelNames: ["method", "code"], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1], registers: [metrics] });
 
+  const heapLimit = getHeapStatistics().heap_size_limit;
+  const keyCacheMax = config.keyCacheMaxEntries ?? defaultKeyCacheEntries(heapLimit);
+  if (keyCacheMax * KEY_CACHE_BYTES_PER_ENTRY > heapLimit) {
+    logger.warn({ maxEntries: keyCacheMax, heapLimitMB: Math.round(heapLimit / 2 ** 20), mayNeedMB: Math.round((keyCacheMax * KEY_CACHE_BYTES_PER_ENTRY) / 2 ** 20) },
+      "QUOTA_KEY_CACHE_MAX_ENTRIES may not fit in this process's heap: give the container more memory or cache fewer keys");
+  }
   const keys = new KeyCache(idb, clock, {
     ttlMs: config.keyCacheTtlMs,
     negativeTtlMs: config.keyCacheNegativeTtlMs,
-    maxEntries: config.keyCacheMaxEntries,
+    maxEntries: keyCacheMax,
     onRefreshError: (keyId, err) => logger.warn({ keyId, err: String(err) }, "key refresh failed; serving the cached entry"),
     onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }),
   });

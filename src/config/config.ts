@@ -56,8 +56,9 @@ const schema = z.strictObject({
   keyCacheTtlMs: z.coerce.number().int().min(100).max(3_600_000).default(600_000),
   /** Unknown key ids are remembered this long (ms), so a flood of random ids does not reach Postgres. */
   keyCacheNegativeTtlMs: z.coerce.number().int().min(0).max(600_000).default(5_000),
-  /** At most this many keys (known and unknown) are cached; the least recently used go first. */
-  keyCacheMaxEntries: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
+  /** At most this many keys (known and unknown) are cached; the least recently used go first. Unset: what a third
+   * of the process's heap limit holds (defaultKeyCacheEntries), at most 100,000. */
+  keyCacheMaxEntries: z.coerce.number().int().min(1).max(10_000_000).optional(),
   /** GetLimits calls per minute per API key (and per account for trusted account lookups); 0 = unlimited. */
   getLimitsRatePerMinute: z.coerce.number().int().min(0).max(1_000_000).default(120),
   /** Connections: the request headers must arrive within this (ms), including a new connection's first bytes. */

@@ -17,6 +17,20 @@ import { timingSafeEqual } from "node:crypto";
 import { secretMatches } from "./ids.ts";
 import type { AccountConfig, Clock, Database, KeyRecord, PlanRecord, SubscriptionRecord } from "./ports.ts";
 
+/** Heap a cached key may cost, with margin: 4.7 KB of live heap per cached key measured with its account's
+ * other per-account state (heap snapshots of bench/hot-path.ts, docs/performance.md), rounded up. */
+export const KEY_CACHE_BYTES_PER_ENTRY = 8_192;
+
+/**
+ * The key cache's bound when none is configured: what a third of the heap limit holds at
+ * KEY_CACHE_BYTES_PER_ENTRY (the rest is for the ~70 MB of modules, the other caches and the garbage between two
+ * collections), between 1,000 and 100,000. Node sizes its heap from the container's memory limit (a 512 MiB pod gets
+ * ~259 MB), so a fixed 100,000 keys would run such a process out of heap once that many distinct keys were seen.
+ */
+export function defaultKeyCacheEntries(heapLimitBytes: number): number {
+  return Math.max(1_000, Math.min(100_000, Math.floor(heapLimitBytes / 3 / KEY_CACHE_BYTES_PER_ENTRY)));
+}
+
 /** Most keys one Postgres load takes (the `IN` lists stay small). */
 const MAX_LOAD_BATCH = 500;
 

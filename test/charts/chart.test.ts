@@ -94,6 +94,13 @@ describe("helm chart: the fields that matter", () => {
     expect(envOf(c).QUOTA_MIGRATE_ON_START!.value).toBe("true");
   });
 
+  it("the key cache bound follows the container's memory unless keyCache.maxEntries is set", () => {
+    // Node sizes its heap from the container's limit (512Mi: ~259 MB); a fixed 100,000 keys would not fit in it.
+    expect(envOf(podSpec(render(CHART)).containers[0]).QUOTA_KEY_CACHE_MAX_ENTRIES).toBeUndefined();
+    const set = envOf(podSpec(render(CHART, { set: ["keyCache.maxEntries=50000"] })).containers[0]);
+    expect(set.QUOTA_KEY_CACHE_MAX_ENTRIES!.value).toBe("50000");
+  });
+
   it("defaults: the chart generates the tokens the shared service needs, into its Secret, referenced by the pods", () => {
     const ms = render(CHART);
     const secret = find(ms, "Secret");

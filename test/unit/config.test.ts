@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, redact } from "../../src/config/config.ts";
+import { defaultKeyCacheEntries, KEY_CACHE_BYTES_PER_ENTRY } from "../../src/core/key-cache.ts";
 
 describe("configuration", () => {
   it("has working defaults: loopback, embedded stores", () => {
@@ -62,6 +63,17 @@ describe("configuration", () => {
     expect(shown).toContain("postgresql://***@db:5432/q");
   });
 
+  it("the key cache bound defaults to what the process's heap holds (unset), and an explicit value is kept", () => {
+    expect(loadConfig({}).keyCacheMaxEntries).toBeUndefined();
+    expect(loadConfig({ QUOTA_KEY_CACHE_MAX_ENTRIES: "250000" }).keyCacheMaxEntries).toBe(250_000);
+    // A 512 MiB container gives Node a ~259 MB heap: 100,000 keys (~4.7 KB each, plus ~70 MB of modules) do not fit.
+    expect(defaultKeyCacheEntries(259 * 2 ** 20)).toBeLessThanOrEqual(12_000);
+    expect(defaultKeyCacheEntries(259 * 2 ** 20) * KEY_CACHE_BYTES_PER_ENTRY).toBeLessThan((259 * 2 ** 20) / 2);
+    expect(defaultKeyCacheEntries(560 * 2 ** 20)).toBeGreaterThan(defaultKeyCacheEntries(259 * 2 ** 20));
+    expect(defaultKeyCacheEntries(4288 * 2 ** 20)).toBe(100_000); // a host-sized heap: the old default, at most
+    expect(defaultKeyCacheEntries(1)).toBe(1_000); // never below
+  });
+
   it("issue 7 keys: defaults, environment names and bounds", () => {
     expect(loadConfig({})).toMatchObject({
       idempotencyWaitMs: 200,
@@ -69,7 +81,6 @@ describe("configuration", () => {
       dbStatementTimeoutMs: 5_000,
       keyCacheTtlMs: 600_000,
       keyCacheNegativeTtlMs: 5_000,
-      keyCacheMaxEntries: 100_000,
       getLimitsRatePerMinute: 120,
       headersTimeoutMs: 10_000,
       idleTimeoutMs: 120_000,

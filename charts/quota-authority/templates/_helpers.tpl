@@ -271,8 +271,10 @@ checksum/plans: {{ .Values.plans.content | sha256sum }}
   value: {{ $v.keyCache.ttlMs | int64 | quote }}
 - name: QUOTA_KEY_CACHE_NEGATIVE_TTL_MS
   value: {{ $v.keyCache.negativeTtlMs | int64 | quote }}
+{{- if $v.keyCache.maxEntries }}
 - name: QUOTA_KEY_CACHE_MAX_ENTRIES
   value: {{ $v.keyCache.maxEntries | int64 | quote }}
+{{- end }}
 - name: QUOTA_REDIS_ALLOW_EVICTION
   value: {{ $v.redis.allowEviction | quote }}
 {{- if $v.envoy }}
