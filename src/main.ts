@@ -178,7 +178,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   });
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db: idb, store, clock, bus });
-  const flusher = new UsageFlusher({ db: idb, store, clock, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
+  // Its account configurations are dropped by the change bus like the key cache's entries: the same safety-net TTL.
+  const flusher = new UsageFlusher({ db: idb, store, clock, configTtlMs: config.keyCacheTtlMs, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
   bus.subscribe(flusher.invalidate);
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");

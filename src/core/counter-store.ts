@@ -196,6 +196,8 @@ export interface CounterStore {
   exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot>;
   /** Settles expired reservations of the account by their policy; returns how many. */
   sweep(accountId: string): Promise<number>;
+  /** `sweep` then `exportState`, as one store operation (one script: the usage flusher's per-account work). */
+  sweepAndExport(accountId: string, limitIds: readonly string[]): Promise<{ settled: number; states: StateSnapshot }>;
   /** The store's clock, in ms since the epoch. */
   now(): Promise<number>;
   /** Throws when the store is not reachable. */

@@ -23,7 +23,8 @@ interface FlushInfo {
 export interface UsageFlusherOptions {
   /** Accounts processed at once against the counter store (default 64). */
   concurrency?: number;
-  /** How long a derived FlushInfo is trusted without a change-bus message (default 60 s, a safety net). */
+  /** How long a derived FlushInfo is trusted without a change-bus message (default 60 s, a safety net; the server
+   * passes the key cache's TTL, 10 min by default). */
   configTtlMs?: number;
   /** Accounts per batched configuration load (default 500). */
   loadBatch?: number;
@@ -136,6 +137,13 @@ export class UsageFlusher {
         const accountId = ids[next++]!;
         const info = infos.get(accountId);
         try {
+          if (info && info.budgetIds.length === 0) {
+            // No spend to post: settle what is due and read the state in one store call.
+            const r = await this.#store.sweepAndExport(accountId, info.limitIds);
+            stats.settled += r.settled;
+            rows.push({ accountId, states: r.states });
+            continue;
+          }
           stats.settled += await this.#store.sweep(accountId);
           if (!info) continue; // the account is gone
           // Posting first, snapshot second: the snapshot then never holds less spend than the ledger posted.
@@ -163,6 +171,8 @@ export class UsageFlusher {
   async #infos(ids: string[]): Promise<Map<string, FlushInfo | null>> {
     const out = new Map<string, FlushInfo | null>();
     const now = this.#clock.now();
+    // Forget configurations past their TTL, so accounts no longer touched do not stay in memory.
+    for (const [id, c] of this.#configs) if (now - c.loadedAt >= this.#configTtl) this.#configs.delete(id);
     const missing: string[] = [];
     for (const id of ids) {
       const c = this.#configs.get(id);
@@ -248,6 +258,11 @@ export class UsageFlusher {
 
   get pending(): number {
     return this.#dirty.size;
+  }
+
+  /** Account configurations cached (each within its TTL). */
+  get cachedConfigs(): number {
+    return this.#configs.size;
   }
 
   /** Accounts waiting for an open reservation's expiry to be swept. */

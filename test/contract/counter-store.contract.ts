@@ -353,6 +353,23 @@ export function describeCounterStore(name: string, factory: StoreFactory): void 
       expect((await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }))).states[0]!.limit).toBe(9n);
     });
 
+    it("sweepAndExport settles what is due, then reads the state, in one call: the same as sweep then exportState", async () => {
+      await store.restore(account, [cap("s:1:q", 10n)], {});
+      const r = await store.reserve(cmd([quota("s:1:q", 4n)], { ttlMs: 1000, expiryPolicy: "refund" }));
+      expect(r.outcome).toBe("ALLOWED");
+      await store.reserve(cmd([quota("s:1:q", 2n)], { ttlMs: 60_000 }));
+      expect((await store.sweepAndExport(account, ["s:1:q"])).settled).toBe(0); // nothing due yet
+      clock.advance(1001);
+      const both = await store.sweepAndExport(account, ["s:1:q", "s:1:absent"]);
+      expect(both.settled).toBe(1); // the refunded 4 are back: the snapshot holds 2
+      expect(both.states).toEqual(await store.exportState(account, ["s:1:q", "s:1:absent"]));
+      expect(Object.keys(both.states)).toEqual(["s:1:q"]);
+      const peek = await store.reserve(cmd([quota("s:1:q", 0n)], { mode: "CHECK_ONLY" }));
+      expect(peek.states[0]!.used).toBe(2n);
+      expect(await store.sweep(account)).toBe(0); // already settled
+      expect(await store.sweepAndExport("absent-account", ["s:1:q"])).toEqual({ settled: 0, states: {} });
+    });
+
     it("never revives a lost account with a capacity sync: usage comes back only through restore", async () => {
       await store.restore(account, [cap("s:1:q", 10n)], {}, 1);
       await store.reserve(cmd([quota("s:1:q", 4n)]));

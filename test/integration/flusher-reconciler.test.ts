@@ -30,7 +30,7 @@ plans:
 `;
 
 /** Counts every call of the database port, by method name. */
-function counting(db: Database): { db: Database; calls: Map<string, number> } {
+function counting<T extends object>(db: T): { db: T; calls: Map<string, number> } {
   const calls = new Map<string, number>();
   const proxy = new Proxy(db, {
     get(target, prop, receiver) {
@@ -146,7 +146,8 @@ describe("usage flusher and reconciler", () => {
     const n = 40;
     const seeded = await Promise.all(Array.from({ length: n }, () => seedAccount(s.c, "plain")));
     const { db, calls } = counting(s.t.app.db);
-    const flusher = new UsageFlusher({ db, store: s.t.app.store, clock: s.clock, loadBatch: 500 });
+    const { db: store, calls: storeCalls } = counting(s.t.app.store);
+    const flusher = new UsageFlusher({ db, store, clock: s.clock, loadBatch: 500 });
     for (const k of seeded) {
       const a = await s.c.quota.checkAndReserve({ apiKey: k.apiKey, product: "p", method: "m" });
       expect(a.decision).toBe(Decision.ALLOWED);
@@ -154,6 +155,9 @@ describe("usage flusher and reconciler", () => {
     }
     const first = await flusher.flush();
     expect(first).toMatchObject({ accounts: n, failed: 0 });
+    // One counter-store call per account without a budget: its due reservations settled and its state read in one
+    // script (before: a sweep and an export, two).
+    expect(Object.fromEntries(storeCalls)).toEqual({ sweepAndExport: n });
     // One batched configuration load and one snapshot upsert for 40 accounts (before: ~7 calls per account).
     const total = () => [...calls.values()].reduce((x, y) => x + y, 0);
     expect(Object.fromEntries(calls)).toEqual({ loadAccountConfigs: 1, saveUsageSnapshots: 1 });
@@ -172,6 +176,23 @@ describe("usage flusher and reconciler", () => {
     expect(Object.fromEntries(calls)).toEqual({ loadAccountConfigs: 1, saveUsageSnapshots: 1 });
     expect(total()).toBe(2);
   }, 120_000);
+
+  it("forgets the configuration of accounts no longer touched once its TTL is over (memory bounded by recent accounts)", async () => {
+    const seeded = await Promise.all(Array.from({ length: 5 }, () => seedAccount(s.c, "plain")));
+    // Used (present in the store), as every account of this file: a never-used account stays capacity-stale and would
+    // change what the reconciler tests below walk.
+    for (const k of seeded) await s.c.quota.checkAndReserve({ apiKey: k.apiKey, product: "p", method: "m" });
+    // A clock of its own: the app shares s.clock, and moving it would move the app's timers too.
+    let now = s.clock.now();
+    const flusher = new UsageFlusher({ db: s.t.app.db, store: s.t.app.store, clock: { now: () => now }, configTtlMs: 1_000 });
+    for (const k of seeded) flusher.touched(k.accountId);
+    await flusher.flush();
+    expect(flusher.cachedConfigs).toBe(5);
+    now += 1_000;
+    flusher.touched(seeded[0]!.accountId);
+    await flusher.flush();
+    expect(flusher.cachedConfigs).toBe(1); // was 5: kept forever
+  });
 
   it("flush() while a pass is running flushes what was touched before the call (one more pass after it)", async () => {
     // Found in CI: a test's own flush() met the interval timer's pass, already running, and got that pass, which had
@@ -201,7 +222,8 @@ describe("usage flusher and reconciler", () => {
     const store = new Proxy(s.t.app.store, {
       get(target, prop, receiver) {
         const v = Reflect.get(target, prop, receiver) as unknown;
-        if (prop === "exportState") return (accountId: string, ids: readonly string[]) => (accountId === bad.accountId ? Promise.reject(new Error("boom")) : target.exportState(accountId, ids));
+        // The flusher reads an account without a budget with sweepAndExport (one script).
+        if (prop === "sweepAndExport") return (accountId: string, ids: readonly string[]) => (accountId === bad.accountId ? Promise.reject(new Error("boom")) : target.sweepAndExport(accountId, ids));
         return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
     }) as CounterStore;

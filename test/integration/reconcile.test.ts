@@ -51,6 +51,7 @@ class DroppingStore {
       restore: (a, e, s, v) => inner.restore(a, e, s, v),
       exportState: (a, l) => inner.exportState(a, l),
       sweep: (a) => inner.sweep(a),
+      sweepAndExport: (a, l) => inner.sweepAndExport(a, l),
       capacityVersions: (ids) => inner.capacityVersions(ids),
       now: () => inner.now(),
       ping: () => inner.ping(),

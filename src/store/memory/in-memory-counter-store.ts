@@ -285,6 +285,11 @@ export class InMemoryCounterStore implements CounterStore {
     return acct ? this.#sweep(acct, this.#clock(), 1000) : 0;
   }
 
+  async sweepAndExport(accountId: string, limitIds: readonly string[]): Promise<{ settled: number; states: StateSnapshot }> {
+    const settled = await this.sweep(accountId);
+    return { settled, states: await this.exportState(accountId, limitIds) };
+  }
+
   async now(): Promise<number> {
     return this.#clock();
   }

@@ -207,16 +207,24 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async exportState(accountId: string, limitIds: readonly string[]): Promise<StateSnapshot> {
-    if (limitIds.length === 0) return {};
-    const reply = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), ...limitIds)) as Array<string | string[]>;
-    const out: StateSnapshot = {};
+    return (await this.#export(accountId, limitIds, 0)).states;
+  }
+
+  sweepAndExport(accountId: string, limitIds: readonly string[]): Promise<{ settled: number; states: StateSnapshot }> {
+    return this.#export(accountId, limitIds, 1000);
+  }
+
+  async #export(accountId: string, limitIds: readonly string[], sweepMax: number): Promise<{ settled: number; states: StateSnapshot }> {
+    if (limitIds.length === 0 && sweepMax === 0) return { settled: 0, states: {} };
+    const [settled, reply] = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), String(sweepMax), this.#grace, ...limitIds)) as [number, Array<string | string[]>];
+    const states: StateSnapshot = {};
     for (let i = 0; i < reply.length; i += 2) {
       const flat = reply[i + 1] as string[];
       const fields: Record<string, string> = {};
       for (let j = 0; j < flat.length; j += 2) fields[flat[j]!] = flat[j + 1]!;
-      out[reply[i] as string] = fields;
+      states[reply[i] as string] = fields;
     }
-    return out;
+    return { settled, states };
   }
 
   async sweep(accountId: string): Promise<number> {
