@@ -230,13 +230,24 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
   const envoy = createEnvoyRlsApi({ rateLimit: envoyRateLimit, auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins } });
-  const grpc: RunningGrpcServer = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall });
+  // A start that fails half way (a port taken, migrations failing, a bad plans file) closes what it opened, so the
+  // process exits with the error instead of lingering, never ready, on the listeners and connections it holds.
+  let grpcStarted: RunningGrpcServer | undefined;
+  let httpStarted: RunningConnectServer | undefined;
+  const failStart = async (e: unknown): Promise<never> => {
+    await Promise.all([grpcStarted?.shutdown(0), httpStarted?.shutdown(0)]);
+    await bus.close();
+    redis?.disconnect();
+    await orm.close(true);
+    throw e;
+  };
+  const grpc: RunningGrpcServer = grpcStarted = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall }).catch(failStart);
   // Not ready until the checks below pass (the health service starts out SERVING).
   for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"]) grpc.health.setStatus(service, "NOT_SERVING");
   // The usage dashboard (web/dist, built by `npm run build:web` and checked in) at /dashboard/.
   const site = staticSite({ root: fileURLToPath(new URL("../web/dist", import.meta.url)) });
   if (!site) logger.warn("web/dist/index.html not found: the dashboard is not served (npm run build:web)");
-  const http: RunningConnectServer = await startConnectServer({
+  const http: RunningConnectServer = httpStarted = await startConnectServer({
     api,
     host: config.host,
     port: config.httpPort,
@@ -251,7 +262,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     onError,
     onCall,
     ...(site ? { site } : {}),
-  });
+  }).catch(failStart);
 
   const services = ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"];
   let servingNow: boolean | undefined;
@@ -270,10 +281,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const applied = await migrate(orm);
       if (applied.length) logger.info({ applied }, "migrations applied");
     } catch (e) {
-      await Promise.all([grpc.shutdown(0), http.shutdown(0)]);
-      redis?.disconnect();
-      await orm.close(true);
-      throw e;
+      await failStart(e);
     }
   }
   readiness.migrated = true;
@@ -291,7 +299,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   };
   await pingDatabase();
   if (config.plansFile) {
-    const plans = await admin.applyPlans(readFileSync(config.plansFile, "utf8"), config.plansFile);
+    const file = config.plansFile;
+    const plans = await (async () => admin.applyPlans(readFileSync(file, "utf8"), file))().catch(failStart);
     logger.info({ plans: plans.map((p) => p.id) }, "plans applied from file");
   }
   started = true;
