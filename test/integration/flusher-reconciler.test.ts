@@ -13,6 +13,7 @@ import { Decision } from "../../src/gen/quota/v1/types_pb.ts";
 import { ADMIN } from "../support/clients.ts";
 import { seedAccount, type Seeded } from "../support/fixtures.ts";
 import { startScenario, type Scenario } from "../support/scenario.ts";
+import { uniqueId } from "../support/env.ts";
 
 const PLANS = `
 plans:
@@ -176,6 +177,20 @@ describe("usage flusher and reconciler", () => {
     expect(Object.fromEntries(calls)).toEqual({ loadAccountConfigs: 1, saveUsageSnapshots: 1 });
     expect(total()).toBe(2);
   }, 120_000);
+
+  it("saveUsageSnapshots writes and overwrites many rows in chunks of 1,000 (an SQL upsert), read back exactly", async () => {
+    const ids = Array.from({ length: 1_250 }, (_, i) => `snap-${uniqueId("")}-${i}`.toLowerCase().slice(0, 60));
+    const rows = ids.map((accountId, i) => ({ accountId, states: { "s:1:q": { b: String(i), o: "0", win: "1796106528177" }, "a:credit": { b: "7", ot: "2" } } }));
+    await s.t.app.db.saveUsageSnapshots(rows);
+    expect(await s.t.app.db.loadUsageSnapshot(ids[1_249]!)).toEqual({ "s:1:q": { b: "1249", o: "0", win: "1796106528177" }, "a:credit": { b: "7", ot: "2" } });
+    // The same keys again: updated in place (ON CONFLICT), a limit with no new state kept.
+    await s.t.app.db.saveUsageSnapshots(ids.slice(0, 1_100).map((accountId) => ({ accountId, states: { "s:1:q": { b: "99", o: "1", win: "1796106528177" } } })));
+    expect(await s.t.app.db.loadUsageSnapshot(ids[1_099]!)).toEqual({ "s:1:q": { b: "99", o: "1", win: "1796106528177" }, "a:credit": { b: "7", ot: "2" } });
+    expect((await s.t.app.db.loadUsageSnapshot(ids[1_100]!))["s:1:q"]).toEqual({ b: "1100", o: "0", win: "1796106528177" });
+    const many = await s.t.app.db.loadUsageSnapshots(ids);
+    expect(many.size).toBe(1_250);
+    await s.t.app.db.saveUsageSnapshots([]); // nothing to write: no statement
+  });
 
   it("forgets the configuration of accounts no longer touched once its TTL is over (memory bounded by recent accounts)", async () => {
     const seeded = await Promise.all(Array.from({ length: 5 }, () => seedAccount(s.c, "plain")));
