@@ -103,6 +103,11 @@ it("writes all of a tick's script calls on a single Redis in one socket write (c
     const r = await Promise.all(accounts.map((a, i) => store.reserve(call(a, i))));
     expect(r.every((x) => x.outcome === "ALLOWED")).toBe(true);
     expect(writes).toBe(1); // was 10: one per account's script call
+    // The usage flusher's per-account calls made in one tick, too.
+    writes = 0;
+    const exported = await Promise.all(accounts.map((a) => store.sweepAndExport(a, ["s:1:q"])));
+    expect(exported.every((x) => x.states["s:1:q"] !== undefined)).toBe(true);
+    expect(writes).toBe(1); // was 10
   } finally {
     redis.disconnect();
     await server.stop();
