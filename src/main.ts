@@ -147,6 +147,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (await waitReady(r, 3_000)) {
       await checkRedis();
       if (!readiness.evictionOk) {
+        await bus.close();
         r.disconnect();
         await orm.close(true);
         throw new Error(`refusing to start: redis maxmemory-policy is not noeviction (see the log); set it to noeviction, or QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
@@ -177,9 +178,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }),
   });
   bus.subscribe((accountId) => keys.invalidate(accountId));
-  const capacity = new CapacitySync({ db: idb, store, clock, bus });
-  // Its account configurations are dropped by the change bus like the key cache's entries: the same safety-net TTL.
-  const flusher = new UsageFlusher({ db: idb, store, clock, configTtlMs: config.keyCacheTtlMs, onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
+  const capacity = new CapacitySync({ db: idb, store, clock, bus, onMarkError: (accountIds, err) => logger.warn({ accounts: accountIds.length, err: String(err) }, "marking restored accounts synced failed; the reconciler re-syncs them") });
+  // Its account configurations are dropped by the change bus like the key cache's entries; their TTL stays at most
+  // 60 s all the same: a lost PUBLISH would otherwise leave a new budget's spend unposted for the key cache's TTL.
+  const flusher = new UsageFlusher({ db: idb, store, clock, configTtlMs: Math.min(config.keyCacheTtlMs, 60_000), onAccountError: (accountId, err) => logger.warn({ accountId, err: String(err) }, "usage flush of an account failed") });
   bus.subscribe(flusher.invalidate);
   const adminToken = config.adminToken || randomBytes(24).toString("base64url");
   if (!config.adminToken) logger.warn("QUOTA_ADMIN_TOKEN is not set: generated an admin token for this run (see the demo output or set one)");

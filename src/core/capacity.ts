@@ -32,11 +32,14 @@ export class CapacitySync {
   /** The reconciler's position in its walk over all accounts (compare store and Postgres versions). */
   #verifyAfter = "";
 
-  constructor(deps: { db: Database; store: CounterStore; clock: Clock; bus: ChangeBus }) {
+  readonly #onMarkError: (accountIds: string[], err: unknown) => void;
+
+  constructor(deps: { db: Database; store: CounterStore; clock: Clock; bus: ChangeBus; onMarkError?: (accountIds: string[], err: unknown) => void }) {
     this.#db = deps.db;
     this.#store = deps.store;
     this.#clock = deps.clock;
     this.#bus = deps.bus;
+    this.#onMarkError = deps.onMarkError ?? (() => {});
   }
 
   /** After a commit that changed capacity: rewrite it in the store, mark it synced, tell every replica. */
@@ -58,6 +61,7 @@ export class CapacitySync {
    * came back empty): per round of up to MAX_RESTORE_BATCH accounts, one batched config load (6 queries), one
    * snapshot query and one UPDATE marking them synced, instead of ~8 queries per account. Per account the order
    * is unchanged: its config is read before its snapshot, and it is marked synced only with the version it restored.
+   * A restore resolves once the account's own state is in the store (not when the whole batch is).
    */
   restore(accountId: string): Promise<void> {
     let p = this.#restoring.get(accountId);
@@ -92,7 +96,9 @@ export class CapacitySync {
       for (const [, w] of batch) w.reject(err);
       return;
     }
-    const restored: Array<[string, Waiter]> = [];
+    // Each account's call goes on as soon as ITS state is in the store: one slow or failing write (a shard failing
+    // over) must not hold the other accounts of the batch. Marking them synced follows, in one UPDATE, and nobody
+    // waits for it: if it fails, capacity_synced stays low and the reconciler re-syncs them (the safe direction).
     const marks: Array<{ accountId: string; version: number }> = [];
     await Promise.all(
       batch.map(async ([id, w]) => {
@@ -103,17 +109,13 @@ export class CapacitySync {
           w.reject(err);
           return;
         }
-        restored.push([id, w]);
+        w.resolve();
         if (config) marks.push({ accountId: id, version: config.account.capacityVersion });
       }),
     );
-    try {
-      if (marks.length > 0) await this.#db.markCapacitySyncedMany(marks);
-    } catch (err) {
-      for (const [, w] of restored) w.reject(err);
-      return;
+    if (marks.length > 0) {
+      await this.#db.markCapacitySyncedMany(marks).catch((err: unknown) => this.#onMarkError(marks.map((m) => m.accountId), err));
     }
-    for (const [, w] of restored) w.resolve();
   }
 
   /**

@@ -197,9 +197,7 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
     span.setAttribute("quota.decision", labels.decision);
     if (labels.reason) span.setAttribute("quota.reason", labels.reason);
     if (plan) span.setAttribute("quota.plan", plan);
-    if (res.reservationId && m.inFlight.size < 1_000_000) {
-      const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
-      const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
+    if (res.reservationId) {
       const t = now();
       // Forget what is past its TTL as new entries come (Map order is insertion order: with the usual one TTL per
       // plan the oldest expire first), so the map holds about rate x TTL entries, not everything since the last
@@ -208,7 +206,11 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
         if (expires > t) break;
         m.inFlight.delete(id);
       }
-      m.inFlight.set(res.reservationId, t + ttlMs);
+    }
+    if (res.reservationId && m.inFlight.size < 1_000_000) {
+      const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
+      const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
+      m.inFlight.set(res.reservationId, now() + ttlMs);
     }
   };
   return { quota: wrapService(api.quota, "quota"), admin: wrapService(api.admin, "admin") };

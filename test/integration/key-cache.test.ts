@@ -3,7 +3,7 @@
  * cannot push real keys out (LRU with a bound); a secret is hashed once per cached key, not once per call; GetLimits
  * is rate limited per key and reads the account from a cache the change bus invalidates.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { status } from "@grpc/grpc-js";
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { startTestApp, type TestApp } from "../support/app.ts";
@@ -76,8 +76,13 @@ describe("key cache and GetLimits (gRPC, Postgres, in-memory counters)", () => {
     const before = await dbOps();
     const r = await c.quota.checkAndReserveBatch({ requests: seeded.map((s) => ({ apiKey: s.apiKey, product: "p", method: "m" })) });
     expect(r.results.map((x) => x.result.case === "response" && x.result.value.decision)).toEqual(seeded.map(() => Decision.ALLOWED));
-    const after = await dbOps();
-    const made = Object.fromEntries(Object.entries(after).map(([op, n]) => [op, n - (before[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
+    // The calls do not wait for the accounts to be marked synced (one UPDATE after their restores): wait for it here.
+    const made = await vi.waitFor(async () => {
+      const after = await dbOps();
+      const m = Object.fromEntries(Object.entries(after).map(([op, n]) => [op, n - (before[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
+      expect(m.markCapacitySyncedMany).toBe(1);
+      return m;
+    }, { timeout: 5_000, interval: 20 });
     // Before: loadAccountConfig, loadUsageSnapshot and markCapacitySynced once per account (30 of each).
     expect(made).toEqual({ loadKeyContexts: 1, loadAccountConfigs: 1, loadUsageSnapshots: 1, markCapacitySyncedMany: 1 });
     // Each account was restored with its own capacity: a second call sees the first one's usage.

@@ -4,7 +4,8 @@
  * may evict keys (maxmemory-policy other than noeviction) stops the start, unless explicitly allowed (then a warning
  * and a metric).
  */
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
+import { Redis } from "ioredis";
 import pg from "pg";
 import pino from "pino";
 import { loadConfig } from "../../src/config/config.ts";
@@ -29,6 +30,13 @@ describe("start-up and readiness", () => {
     const redis = await PrivateRedis.start(undefined, ["--maxmemory-policy", "allkeys-lru"]);
     cleanup.push(() => redis.stop());
     await expect(startTestApp({ env: { REDIS_URL: redis.url } })).rejects.toThrow(/maxmemory-policy.*noeviction/);
+    // Nothing left connected (the change bus's subscriber stayed open, so a refused process never exited).
+    const probe = new Redis(redis.port, "127.0.0.1");
+    try {
+      await vi.waitFor(async () => expect(String(await probe.client("LIST")).trim().split("\n")).toHaveLength(1), { timeout: 3_000, interval: 50 });
+    } finally {
+      probe.disconnect();
+    }
   });
 
   it("item 21: with QUOTA_REDIS_ALLOW_EVICTION=true it starts, logs a warning and exports quota_redis_eviction_unsafe 1", async () => {

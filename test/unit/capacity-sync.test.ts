@@ -93,6 +93,23 @@ describe("CapacitySync", () => {
     expect(db.synced).toBe(5);
   });
 
+  it("restores asked for in the same tick do not wait for each other: one account's stuck write holds only that account", async () => {
+    const db = new ScriptedDb();
+    const inner = new InMemoryCounterStore();
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === "restore") return (id: string, ...rest: unknown[]) => (id === "stuck" ? new Promise(() => {}) : (target.restore as (...a: unknown[]) => unknown).call(target, id, ...rest));
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as InMemoryCounterStore;
+    const sync = new CapacitySync({ db: db as unknown as Database, store, clock: { now: () => Date.now() }, bus });
+    void sync.restore("stuck"); // a shard failing over: this write never answers
+    const outcome = await Promise.race([sync.restore(ACCOUNT).then(() => "restored"), new Promise((r) => setTimeout(() => r("held"), 1_000))]);
+    expect(outcome).toBe("restored"); // before: held until the stuck write answered
+    expect((await inner.capacityVersions([ACCOUNT])).get(ACCOUNT)).toBe(4);
+  });
+
   it("repairs a store holding an older capacity version than Postgres although Postgres says synced (failover to a lagging replica)", async () => {
     const { db, store, sync, budget } = setup();
     db.version = db.synced = 5;
