@@ -48,6 +48,9 @@ export interface CheckAnswer {
   availableAt?: number;
   deniedLimit: string;
   replayed: boolean;
+  /** The plan the call was decided by (absent when the key was not resolved): for metrics and tracing, which must
+   * not depend on the key still being in the cache when they look. */
+  plan?: string;
 }
 
 /** `storeDeadlineMs`: the counter-store deadline of this call (default: the service's; a batch gives its items more,
@@ -80,7 +83,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   if (denial || !ctx) return report(d, { ...empty, reason: denial ?? "KEY_INVALID" }, req.mode);
   const plan = ctx.plan.spec;
   if (plan.products && plan.products.length > 0 && !plan.products.includes(req.product)) {
-    return report(d, { ...empty, reason: "PRODUCT_NOT_ALLOWED" }, req.mode);
+    return report(d, { ...empty, reason: "PRODUCT_NOT_ALLOWED", plan: ctx.plan.id }, req.mode);
   }
 
   const units = req.cost ?? BigInt(own(plan.methods.costs, req.method) ?? plan.methods.default);
@@ -120,7 +123,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
     d.store.release({ accountId, reservationId: cmd.reservationId, outcome: "CANCEL", actual: {} }).catch(() => {});
     const open = plan.failureMode === "open";
     return report(d, 
-      { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units },
+      { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units, plan: ctx.plan.id },
       req.mode,
     );
   }
@@ -148,6 +151,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
     failOpen: false,
     deniedLimit,
     replayed: result.replayed,
+    plan: ctx.plan.id,
   };
   if (result.reason) answer.reason = result.reason;
   if (result.shadowReason) answer.shadowReason = result.shadowReason;

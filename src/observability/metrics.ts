@@ -10,6 +10,7 @@ import { parseApiKey } from "../core/ids.ts";
 import { parseDuration } from "../core/plan.ts";
 import { Decision, DenyReason, LimitKind, Mode } from "../gen/quota/v1/types_pb.ts";
 import type { Api } from "../transport/api.ts";
+import { ANSWER_PLAN } from "../transport/quota-api.ts";
 
 const FAST = [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -182,7 +183,8 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
   const onCheck = (req: CheckReq, res: CheckRes, span: { setAttribute(k: string, v: string | boolean): unknown }) => {
     const parsed = parseApiKey(req.apiKey);
     const ctx = parsed ? keys.peek(parsed.keyId) : undefined;
-    const plan = ctx?.plan.id ?? "";
+    // The plan the call was decided by; the key cache may no longer (or not yet) hold the key.
+    const plan = ANSWER_PLAN.get(res) ?? ctx?.plan.id ?? "";
     const reason = res.reason || res.shadowReason;
     const decided = res.limits.find((l) => l.exceeded);
     const labels = {

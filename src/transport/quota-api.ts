@@ -193,8 +193,12 @@ function checkRequestIn(req: CheckAndReserveRequest): CheckRequest {
   };
 }
 
+/** The plan an answer was decided by, beside the message (not a field of the API): read by the metrics and
+ * tracing wrapper (src/observability/metrics.ts). */
+export const ANSWER_PLAN = new WeakMap<object, string>();
+
 function checkAnswerOut(a: CheckAnswer): CheckAndReserveResponse {
-  return create(CheckAndReserveResponseSchema, {
+  const out = create(CheckAndReserveResponseSchema, {
     decision: a.decision === "ALLOWED" ? Decision.ALLOWED : Decision.DENIED,
     reason: reason(a.reason),
     reservationId: a.reservationId,
@@ -210,6 +214,8 @@ function checkAnswerOut(a: CheckAnswer): CheckAndReserveResponse {
     deniedLimit: a.deniedLimit,
     replayed: a.replayed,
   });
+  if (a.plan) ANSWER_PLAN.set(out, a.plan);
+  return out;
 }
 
 function releaseRequestIn(req: ReleaseRequest): CoreReleaseRequest {

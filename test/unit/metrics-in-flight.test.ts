@@ -11,6 +11,7 @@ import { Decision } from "../../src/gen/quota/v1/types_pb.ts";
 import { createMetrics, instrumentApi } from "../../src/observability/metrics.ts";
 import { noopTracer } from "../../src/observability/tracing.ts";
 import type { Api } from "../../src/transport/api.ts";
+import { ANSWER_PLAN } from "../../src/transport/quota-api.ts";
 
 function setup() {
   let t = 1_000_000;
@@ -29,6 +30,21 @@ function setup() {
   const reserve = (ttlSeconds: number) => (wrapped.quota.checkAndReserve as (r: unknown, c: unknown) => Promise<unknown>)({ apiKey: "x", mode: 0, reservationTtl: { seconds: BigInt(ttlSeconds), nanos: 0 } }, {});
   return { metrics, reserve, advance: (ms: number) => void (t += ms) };
 }
+
+describe("quota_decisions_total", () => {
+  it("labels a decision with the plan the call was decided by, even when the key is no longer in the cache", async () => {
+    const metrics = createMetrics(new Registry());
+    const answer = { decision: Decision.ALLOWED, reason: 0, shadowReason: 0, failOpen: false, reservationId: "", limits: [] };
+    ANSWER_PLAN.set(answer, "pro");
+    const api = { quota: { checkAndReserve: async () => answer }, admin: {} } as unknown as Api;
+    // A key load overtaken by a change-bus message is used once, not cached: peek finds nothing (found in CI).
+    const keys = { peek: () => undefined } as unknown as KeyCache;
+    const wrapped = instrumentApi(api, { metrics, tracer: noopTracer(), keys });
+    await (wrapped.quota.checkAndReserve as (r: unknown, c: unknown) => Promise<unknown>)({ apiKey: "qa_abcdefghijklmnop_x", mode: 0 }, {});
+    const values = (await metrics.decisions.get()).values;
+    expect(values.map((v) => v.labels.plan)).toEqual(["pro"]); // was [""]
+  });
+});
 
 describe("quota_reservations_in_flight", () => {
   it("forgets reservations past their TTL as new ones are made, without waiting for a scrape", async () => {
