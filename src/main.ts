@@ -103,6 +103,18 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     bus = new LocalChangeBus();
   }
 
+  // A start that fails half way (Redis that may evict, a port taken, migrations failing, a bad plans file) closes what it opened, so the
+  // process exits with the error instead of lingering, never ready, on the listeners and connections it holds.
+  let grpcStarted: RunningGrpcServer | undefined;
+  let httpStarted: RunningConnectServer | undefined;
+  const failStart = async (e: unknown): Promise<never> => {
+    await Promise.all([grpcStarted?.shutdown(0), httpStarted?.shutdown(0)]);
+    await bus.close();
+    redis?.disconnect();
+    await orm.close(true);
+    throw e;
+  };
+
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const dependencyUp = new Gauge({ name: "quota_dependency_up", help: "1 while the dependency answers (redis, postgres)", labelNames: ["dependency"], registers: [metrics] });
@@ -147,10 +159,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (await waitReady(r, 3_000)) {
       await checkRedis();
       if (!readiness.evictionOk) {
-        await bus.close();
-        r.disconnect();
-        await orm.close(true);
-        throw new Error(`refusing to start: redis maxmemory-policy is not noeviction (see the log); set it to noeviction, or QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`);
+        await failStart(new Error(`refusing to start: redis maxmemory-policy is not noeviction (see the log); set it to noeviction, or QUOTA_REDIS_ALLOW_EVICTION=true to serve anyway`));
       }
     } else {
       logger.warn("redis not reachable at start-up: not ready until it is");
@@ -232,17 +241,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     logger.debug({ method, code, ms: Math.round(seconds * 1e6) / 1e3 }, "rpc");
   };
   const envoy = createEnvoyRlsApi({ rateLimit: envoyRateLimit, auth: { serviceToken: config.serviceToken, adminToken, allowedOrigins: config.allowedOrigins } });
-  // A start that fails half way (a port taken, migrations failing, a bad plans file) closes what it opened, so the
-  // process exits with the error instead of lingering, never ready, on the listeners and connections it holds.
-  let grpcStarted: RunningGrpcServer | undefined;
-  let httpStarted: RunningConnectServer | undefined;
-  const failStart = async (e: unknown): Promise<never> => {
-    await Promise.all([grpcStarted?.shutdown(0), httpStarted?.shutdown(0)]);
-    await bus.close();
-    redis?.disconnect();
-    await orm.close(true);
-    throw e;
-  };
   const grpc: RunningGrpcServer = grpcStarted = await startGrpcServer({ api, envoy, host: config.host, port: config.grpcPort, maxMessageBytes: config.maxMessageBytes, idleTimeoutMs: config.idleTimeoutMs, maxConcurrentStreams: config.maxConcurrentStreams, ...(tls ? { tls } : {}), onError, onCall }).catch(failStart);
   // Not ready until the checks below pass (the health service starts out SERVING).
   for (const service of ["", "quota.v1.QuotaService", "quota.v1.QuotaAdminService", "envoy.service.ratelimit.v3.RateLimitService"]) grpc.health.setStatus(service, "NOT_SERVING");

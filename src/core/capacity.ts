@@ -75,9 +75,6 @@ export class CapacitySync {
     return p;
   }
 
-  /** Postgres rounds taken by restores (for tests and the bench). */
-  restoreRounds = 0;
-
   #flushRestores(): void {
     const batch = [...this.#pendingRestores];
     this.#pendingRestores.clear();
@@ -85,7 +82,6 @@ export class CapacitySync {
   }
 
   async #restoreBatch(batch: Array<[string, Waiter]>): Promise<void> {
-    this.restoreRounds++;
     const ids = batch.map(([id]) => id);
     let configs: Map<string, AccountConfig>;
     let snapshots: Map<string, StateSnapshot>;

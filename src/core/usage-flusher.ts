@@ -23,8 +23,7 @@ interface FlushInfo {
 export interface UsageFlusherOptions {
   /** Accounts processed at once against the counter store (default 64). */
   concurrency?: number;
-  /** How long a derived FlushInfo is trusted without a change-bus message (default 60 s, a safety net; the server
-   * passes the key cache's TTL, 10 min by default). */
+  /** How long a derived FlushInfo is trusted without a change-bus message (default 60 s, a safety net). */
   configTtlMs?: number;
   /** Accounts per batched configuration load (default 500). */
   loadBatch?: number;

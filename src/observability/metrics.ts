@@ -208,11 +208,11 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
         if (expires > t) break;
         m.inFlight.delete(id);
       }
-    }
-    if (res.reservationId && m.inFlight.size < 1_000_000) {
-      const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
-      const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
-      m.inFlight.set(res.reservationId, now() + ttlMs);
+      if (m.inFlight.size < 1_000_000) {
+        const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
+        const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
+        m.inFlight.set(res.reservationId, t + ttlMs);
+      }
     }
   };
   return { quota: wrapService(api.quota, "quota"), admin: wrapService(api.admin, "admin") };

@@ -106,22 +106,15 @@ export class RedisCounterStore implements CounterStore {
     });
   }
 
-  /** The connection's socket on a single Redis, when it can be corked (a Cluster writes to several nodes; its
-   * commands go as they are). */
-  #socket(): { cork(): void; uncork(): void } | undefined {
-    if (this.#redis instanceof Cluster) return undefined;
-    const socket = (this.#redis as { stream?: { cork(): void; uncork(): void; writable?: boolean } }).stream;
-    return socket?.writable === true ? socket : undefined;
-  }
-
   #tickCorked = false;
 
-  /** Holds the socket's writes until the end of the tick, so the commands several callers send in one tick (the
-   * usage flusher's accounts, 64 in flight) leave in one write, not a syscall each. */
+  /** On a single Redis, holds the socket's writes until the end of the tick, so the script calls of a tick (the
+   * groups of many accounts, the flusher's 64 accounts in flight) leave in one write, not a syscall each. A Cluster
+   * writes to several nodes; its commands go as they are. */
   #corkForTick(): void {
-    if (this.#tickCorked) return;
-    const socket = this.#socket();
-    if (!socket) return;
+    if (this.#tickCorked || this.#redis instanceof Cluster) return;
+    const socket = (this.#redis as { stream?: { cork(): void; uncork(): void; writable?: boolean } }).stream;
+    if (socket?.writable !== true) return;
     socket.cork();
     this.#tickCorked = true;
     process.nextTick(() => {
@@ -132,17 +125,10 @@ export class RedisCounterStore implements CounterStore {
 
   #flush(): void {
     this.#flushScheduled = false;
-    // One socket write for all of a tick's script calls on a single Redis (one per account otherwise: a syscall
-    // each).
-    const socket = this.#socket();
-    socket?.cork();
-    try {
-      // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
-      sendGroups(this.#pendingReleases, (accountId, calls) => this.#releaseGroup(accountId, calls));
-      sendGroups(this.#pendingReserves, (accountId, calls) => this.#reserveGroup(accountId, calls));
-    } finally {
-      socket?.uncork();
-    }
+    this.#corkForTick();
+    // Releases first: what they free is there for the reserves of the same tick (within a tick, order is arbitrary).
+    sendGroups(this.#pendingReleases, (accountId, calls) => this.#releaseGroup(accountId, calls));
+    sendGroups(this.#pendingReserves, (accountId, calls) => this.#reserveGroup(accountId, calls));
   }
 
   #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
