@@ -371,108 +371,144 @@ export function propertyRuns(defaultRuns: number): number {
   return process.env.PROPERTY_RUNS ? Number(process.env.PROPERTY_RUNS) : defaultRuns;
 }
 
+/**
+ * Splits a sequence into the steps one run makes: one op each, or (grouped) each run of consecutive reserves and each
+ * run of consecutive releases as one step, whose calls are all made in the same tick without waiting, so a store that
+ * groups an account's calls of a tick (RedisCounterStore: one script call) decides them together. The model still
+ * takes them one after another, in order: a group must decide exactly as the same calls made one by one.
+ */
+function stepsOf(ops: Op[], grouped: boolean): Op[][] {
+  if (!grouped) return ops.map((op) => [op]);
+  const steps: Op[][] = [];
+  for (const op of ops) {
+    const last = steps[steps.length - 1];
+    if (last && (op.kind === "reserve" || op.kind === "release") && last[0]!.kind === op.kind) last.push(op);
+    else steps.push([op]);
+  }
+  return steps;
+}
+
 export function describeCounterStoreProperties(name: string, factory: (clock: () => number) => Promise<{ store: CounterStore; cleanup(): Promise<void> }>, numRuns: number): void {
   describe(`CounterStore properties: ${name}`, () => {
-    it(`agrees with the reference model on random sequences (${numRuns} runs)`, async () => {
-      const seed = process.env.PROPERTY_SEED ? Number(process.env.PROPERTY_SEED) : Math.floor(Math.random() * 2 ** 31);
-      onTestFailed(() => {
-        process.stderr.write(`\nCounterStore property (${name}) failed with seed ${seed}: replay with PROPERTY_SEED=${seed}\n`);
-      });
-      const clock = new ManualClock();
-      const { store, cleanup } = await factory(clock.now);
-      try {
-        await fc.assert(
-          fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 40 }), async (ops) => {
-            clock.set(T0);
-            const account = uniqueId("prop");
-            await store.restore(account, capacity, {});
-            const model = new Model();
-            const ids: string[] = [];
-            let n = 0;
-            for (const op of ops) {
-              if (op.kind === "advance") {
-                clock.advance(op.ms);
-                continue;
-              }
-              if (op.kind === "rollover") {
-                if (clock.now() < ROLL_AT) clock.set(ROLL_AT + 1);
-                continue;
-              }
-              const now = clock.now();
-              if (op.kind === "reserve") {
-                const id = `r${n++}`;
-                const limits: CounterLimit[] = [];
-                if (op.q !== null) limits.push(fixed(BigInt(op.q), op.overage));
-                if (op.r !== null) limits.push(rolling(BigInt(op.r)));
-                if (op.b !== null) limits.push(budget(BigInt(op.b)));
-                if (op.rate) limits.push({ id: RATE, kind: "RATE", meter: "calls", amount: 1n, limit: BigInt(RATE_LIMIT), windowMs: RATE_WINDOW });
-                if (op.slot) limits.push({ id: SLOT, kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: BigInt(SLOTS) });
-                const got = await store.reserve({
-                  accountId: account,
-                  reservationId: id,
-                  ...(op.idem !== null ? { idempotencyId: `k${op.idem}` } : {}),
-                  mode: op.mode,
-                  ttlMs: op.ttl,
-                  product: op.product,
-                  expiryPolicy: op.policy,
-                  gates: [],
-                  limits,
-                });
-                const want = model.reserve(id, op, now);
-                const what = `reserve ${JSON.stringify(op)} at +${now - T0} ms`;
-                expect(got.outcome, what).toBe(want.outcome);
-                expect(got.reason, what).toBe(want.reason);
-                if (want.outcome === "DENIED") expect(got.deniedLimitId, what).toBe(want.limitId);
-                expect(got.shadowReason, what).toBe(want.shadowReason);
-                expect(got.replayed, what).toBe(want.replayOf !== undefined);
-                if (want.replayOf !== undefined) expect(got.reservationId, what).toBe(want.replayOf);
-                else if (model.open.has(id)) {
-                  expect(got.reservationId, what).toBe(id);
-                  ids.push(id);
-                } else expect(got.reservationId, what).toBeUndefined();
-              } else if (ids.length > 0) {
-                const id = ids[op.pick % ids.length]!;
-                const actual: Record<string, bigint> = {};
-                const actualN: Record<string, number> = {};
-                for (const [meter, v] of [["units", op.units], ["tokens", op.tokens], ["spend", op.spend]] as const) {
-                  if (v === null) continue;
-                  actual[meter] = BigInt(v);
-                  actualN[meter] = v;
+    for (const grouped of [false, true]) {
+      const title = grouped
+        ? `agrees with the reference model when runs of calls are made in one tick (grouped; ${numRuns} runs)`
+        : `agrees with the reference model on random sequences (${numRuns} runs)`;
+      it(title, async () => {
+        const seed = process.env.PROPERTY_SEED ? Number(process.env.PROPERTY_SEED) : Math.floor(Math.random() * 2 ** 31);
+        onTestFailed(() => {
+          process.stderr.write(`\nCounterStore property (${name}${grouped ? ", grouped" : ""}) failed with seed ${seed}: replay with PROPERTY_SEED=${seed}\n`);
+        });
+        const clock = new ManualClock();
+        const { store, cleanup } = await factory(clock.now);
+        try {
+          await fc.assert(
+            fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 40 }), async (ops) => {
+              clock.set(T0);
+              const account = uniqueId("prop");
+              await store.restore(account, capacity, {});
+              const model = new Model();
+              const ids: string[] = [];
+              let n = 0;
+              for (const step of stepsOf(ops, grouped)) {
+                const first = step[0]!;
+                if (first.kind === "advance") {
+                  clock.advance(first.ms);
+                  continue;
                 }
-                const got = await store.release({ accountId: account, reservationId: id, outcome: op.cancel ? "CANCEL" : "COMMIT", actual });
-                const want = model.release(id, op.cancel, actualN, now);
-                const what = `release ${id} ${JSON.stringify(op)} at +${now - T0} ms`;
-                expect(got.outcome, what).toBe(want.outcome);
-                expect(got.state, what).toBe(want.state);
+                if (first.kind === "rollover") {
+                  if (clock.now() < ROLL_AT) clock.set(ROLL_AT + 1);
+                  continue;
+                }
+                const now = clock.now();
+                if (first.kind === "reserve") {
+                  const calls = (step as Array<Extract<Op, { kind: "reserve" }>>).map((op) => {
+                    const id = `r${n++}`;
+                    const limits: CounterLimit[] = [];
+                    if (op.q !== null) limits.push(fixed(BigInt(op.q), op.overage));
+                    if (op.r !== null) limits.push(rolling(BigInt(op.r)));
+                    if (op.b !== null) limits.push(budget(BigInt(op.b)));
+                    if (op.rate) limits.push({ id: RATE, kind: "RATE", meter: "calls", amount: 1n, limit: BigInt(RATE_LIMIT), windowMs: RATE_WINDOW });
+                    if (op.slot) limits.push({ id: SLOT, kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: BigInt(SLOTS) });
+                    const answer = store.reserve({
+                      accountId: account,
+                      reservationId: id,
+                      ...(op.idem !== null ? { idempotencyId: `k${op.idem}` } : {}),
+                      mode: op.mode,
+                      ttlMs: op.ttl,
+                      product: op.product,
+                      expiryPolicy: op.policy,
+                      gates: [],
+                      limits,
+                    });
+                    return { op, id, answer };
+                  });
+                  const answers = await Promise.all(calls.map((c) => c.answer));
+                  calls.forEach(({ op, id }, i) => {
+                    const got = answers[i]!;
+                    const want = model.reserve(id, op, now);
+                    const what = `reserve ${JSON.stringify(op)} at +${now - T0} ms${step.length > 1 ? ` (call ${i + 1} of ${step.length} in one tick)` : ""}`;
+                    expect(got.outcome, what).toBe(want.outcome);
+                    expect(got.reason, what).toBe(want.reason);
+                    if (want.outcome === "DENIED") expect(got.deniedLimitId, what).toBe(want.limitId);
+                    expect(got.shadowReason, what).toBe(want.shadowReason);
+                    expect(got.replayed, what).toBe(want.replayOf !== undefined);
+                    if (want.replayOf !== undefined) expect(got.reservationId, what).toBe(want.replayOf);
+                    else if (model.open.has(id)) {
+                      expect(got.reservationId, what).toBe(id);
+                      ids.push(id);
+                    } else expect(got.reservationId, what).toBeUndefined();
+                  });
+                } else if (ids.length > 0) {
+                  const calls = (step as Array<Extract<Op, { kind: "release" }>>).map((op) => {
+                    const id = ids[op.pick % ids.length]!;
+                    const actual: Record<string, bigint> = {};
+                    const actualN: Record<string, number> = {};
+                    for (const [meter, v] of [["units", op.units], ["tokens", op.tokens], ["spend", op.spend]] as const) {
+                      if (v === null) continue;
+                      actual[meter] = BigInt(v);
+                      actualN[meter] = v;
+                    }
+                    return { op, id, actualN, answer: store.release({ accountId: account, reservationId: id, outcome: op.cancel ? "CANCEL" : "COMMIT", actual }) };
+                  });
+                  const answers = await Promise.all(calls.map((c) => c.answer));
+                  calls.forEach(({ op, id, actualN }, i) => {
+                    const got = answers[i]!;
+                    const want = model.release(id, op.cancel, actualN, now);
+                    const what = `release ${id} ${JSON.stringify(op)} at +${now - T0} ms${step.length > 1 ? ` (call ${i + 1} of ${step.length} in one tick)` : ""}`;
+                    expect(got.outcome, what).toBe(want.outcome);
+                    expect(got.state, what).toBe(want.state);
+                  });
+                }
+                const peek = await store.reserve({
+                  accountId: account,
+                  reservationId: "peek",
+                  mode: "CHECK_ONLY",
+                  ttlMs: TTL_MIN,
+                  product: "p",
+                  expiryPolicy: "charge",
+                  gates: [],
+                  limits: [fixed(0n), rolling(0n), budget(0n), { id: SLOT, kind: "CONCURRENCY", meter: "calls", amount: 0n, limit: BigInt(SLOTS) }],
+                });
+                model.sweep(now);
+                for (const [rid, e] of model.slots) if (e <= now) model.slots.delete(rid);
+                const w = model.win(now);
+                const after = `after ${JSON.stringify(step)} at +${now - T0} ms`;
+                expect(peek.states[0]!.used, `fixed quota used ${after}`).toBe(BigInt(model.qUsed("p", now)));
+                expect(peek.states[0]!.overage, `fixed quota overage ${after}`).toBe(BigInt(model.qOver[w]!));
+                expect(peek.states[1]!.used, `rolling quota used ${after}`).toBe(BigInt(model.rSum(model.rUsed, now)));
+                expect(peek.states[1]!.overage, `rolling quota overage ${after}`).toBe(BigInt(model.rSum(model.rOver, now)));
+                expect(peek.states[2]!.used, `budget used ${after}`).toBe(BigInt(model.bUsed()));
+                expect(peek.states[2]!.overage, `budget overage ${after}`).toBe(BigInt(model.bOver));
+                expect(peek.states[3]!.used, `slots in use ${after}`).toBe(BigInt(model.slots.size));
               }
-              const peek = await store.reserve({
-                accountId: account,
-                reservationId: "peek",
-                mode: "CHECK_ONLY",
-                ttlMs: TTL_MIN,
-                product: "p",
-                expiryPolicy: "charge",
-                gates: [],
-                limits: [fixed(0n), rolling(0n), budget(0n), { id: SLOT, kind: "CONCURRENCY", meter: "calls", amount: 0n, limit: BigInt(SLOTS) }],
-              });
-              model.sweep(now);
-              for (const [rid, e] of model.slots) if (e <= now) model.slots.delete(rid);
-              const w = model.win(now);
-              const after = `after ${JSON.stringify(op)} at +${now - T0} ms`;
-              expect(peek.states[0]!.used, `fixed quota used ${after}`).toBe(BigInt(model.qUsed("p", now)));
-              expect(peek.states[0]!.overage, `fixed quota overage ${after}`).toBe(BigInt(model.qOver[w]!));
-              expect(peek.states[1]!.used, `rolling quota used ${after}`).toBe(BigInt(model.rSum(model.rUsed, now)));
-              expect(peek.states[1]!.overage, `rolling quota overage ${after}`).toBe(BigInt(model.rSum(model.rOver, now)));
-              expect(peek.states[2]!.used, `budget used ${after}`).toBe(BigInt(model.bUsed()));
-              expect(peek.states[2]!.overage, `budget overage ${after}`).toBe(BigInt(model.bOver));
-              expect(peek.states[3]!.used, `slots in use ${after}`).toBe(BigInt(model.slots.size));
-            }
-          }),
-          { numRuns, seed },
-        );
-      } finally {
-        await cleanup();
-      }
-    }, 600_000);
+            }),
+            { numRuns, seed },
+          );
+        } finally {
+          await cleanup();
+        }
+      }, 600_000);
+    }
   });
 }

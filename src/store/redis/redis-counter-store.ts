@@ -160,8 +160,12 @@ export class RedisCounterStore implements CounterStore {
     const args = [this.#now(), this.#grace, String(descs.length), ...descs, String(calls.length), ...items];
     this.#script("reserve")(keys.length, ...keys, ...args).then(
       (reply) => {
-        const replies = reply as unknown[];
-        for (let i = 0; i < calls.length; i++) calls[i]!.resolve(replies[0] === 2 ? needRestore() : decodeReserve(replies[i] as unknown[]));
+        if (reply === 2) {
+          for (const c of calls) c.resolve(needRestore());
+          return;
+        }
+        const answers = (reply as string).split("\n");
+        for (let i = 0; i < calls.length; i++) calls[i]!.resolve(decodeReserve(answers[i]!));
       },
       (e: unknown) => {
         for (const c of calls) c.reject(e);
@@ -288,22 +292,25 @@ function describeLimit(l: CounterLimit): string {
   return `${l.id}|${l.kind}|${l.meter}|${l.limit ?? ""}|${l.windowMs ?? ""}|${l.overage ? "1" : ""}|${period}|${l.blocks ? l.blocks.map(([s, e]) => `${s}-${e}`).join(",") : ""}`;
 }
 
-function decodeReserve(reply: unknown[]): ReserveResult {
-  const [code, reason, deniedId, retry, available, reservationId, overage, replayed, now, shadow, states] = reply as [
-    number, string, string, number, number, string, number, number, number, string, string[],
-  ];
+/** One call's answer (reserve.lua): "code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|
+ * now|shadowReason" then "|<reply_state>" per limit. */
+function decodeReserve(reply: string): ReserveResult {
+  const f = reply.split("|");
+  const code = f[0];
   const result: ReserveResult = {
-    outcome: code === 0 ? "ALLOWED" : code === 1 ? "DENIED" : "IDEMPOTENCY_MISMATCH",
-    overage: overage === 1,
-    replayed: replayed === 1,
-    now,
-    states: states.map(decodeState),
+    outcome: code === "0" ? "ALLOWED" : code === "1" ? "DENIED" : "IDEMPOTENCY_MISMATCH",
+    overage: f[6] === "1",
+    replayed: f[7] === "1",
+    now: Number(f[8]),
+    states: [],
   };
+  for (let i = 10; i < f.length; i++) result.states.push(decodeState(f[i]!));
+  const [, reason, deniedId, retry, available, reservationId, , , , shadow] = f as [string, string, string, string, string, string, string, string, string, string];
   if (reason) result.reason = reason as DenyReasonName;
   if (shadow) result.shadowReason = shadow as DenyReasonName;
   if (deniedId) result.deniedLimitId = deniedId;
-  if (retry >= 0) result.retryAfterMs = retry;
-  if (available >= 0) result.availableAt = available;
+  if (retry !== "-1") result.retryAfterMs = Number(retry);
+  if (available !== "-1") result.availableAt = Number(available);
   if (reservationId) result.reservationId = reservationId;
   return result;
 }

@@ -56,16 +56,58 @@ local FR = KEYS[5]   -- zset (scores 0): "<limit id>|<reservation id>" slots fre
 -- bk = the rolling buckets present) are those of a per-limit hash, prefixed; limit ids never contain '|'.
 local function uf(limit_id, field) return limit_id .. '|' .. field end
 
+-- What a script has read, kept for the rest of the script. One script is one atomic step: nothing else writes the
+-- account's keys while it runs, so a value read once is still the value later unless this script wrote it, and every
+-- write below goes to Redis at once AND updates what is kept (write-through). The second and later calls of a group
+-- (a batch's items, the concurrent calls of a tick) then read nothing again: no capacity HGET and parse, no usage
+-- HMGET, no ZREMRANGEBYSCORE / ZCARD / ZRANGE of a rate or concurrency log. Each script starts with nothing kept.
+local UC = {}       -- U field -> its value (a string as read, a number once incremented), or false when absent
+local CAPC = {}     -- limit id -> its parsed capacity entry (KEYS[1]; no script that evaluates writes it)
+local ZC = {}       -- declared sorted-set key -> { kind, n = members, first = lowest score (false: empty, nil: not
+                    -- read), cut = scores up to this were dropped (RATE), pexp = window of this script's PEXPIRE }
+
+-- Values of U fields by position (nil when absent): one HMGET for the fields not known yet, none when all are.
+local function u_get(fields)
+  local missing = {}
+  for _, f in ipairs(fields) do if UC[f] == nil then missing[#missing + 1] = f end end
+  if #missing > 0 then
+    local vals = redis.call('HMGET', U, unpack(missing))
+    for i, f in ipairs(missing) do UC[f] = vals[i] or false end
+  end
+  local out = {}
+  for i, f in ipairs(fields) do out[i] = UC[f] or nil end
+  return out
+end
+local function u_get1(f) return u_get({ f })[1] end
+local function u_incr(f, delta) UC[f] = redis.call('HINCRBY', U, f, delta) end
+-- u_set(field, value, field, value, ...)
+local function u_set(...)
+  redis.call('HSET', U, ...)
+  local a = { ... }
+  for i = 1, #a, 2 do UC[a[i]] = a[i + 1] end
+end
+local function u_del(fields)
+  redis.call('HDEL', U, unpack(fields))
+  for _, f in ipairs(fields) do UC[f] = false end
+end
+-- A member added to a kept sorted-set log (ZADD's answer is how many were new).
+local function z_added(key, score, added)
+  local z = ZC[key]
+  if not z then return end
+  z.n = z.n + added
+  if z.first == false then z.first = score elseif z.first ~= nil and score < z.first then z.first = score end
+end
+
 -- A capacity entry, packed by the store: "<base>,<basePriority>" then ";<id>,<amount>,<priority>,<from>,<until|''>,
--- <seq>,<product|''>" per grant (ids and products never contain ',' or ';').
+-- <seq>,<product|''>" per grant (ids and products never contain ',' or ';'). Parsed to numbers once (per script: CAPC).
 local function parse_cap(raw)
   local b, bp, rest = string.match(raw, '^([^,;]*),([^,;]*)(.*)$')
   local g = {}
   for item in string.gmatch(rest, ';([^;]*)') do
     local id, amount, prio, from, till, seq, product = string.match(item, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
-    g[#g + 1] = { id, amount, prio, from, till, seq, product }
+    g[#g + 1] = { id, tonumber(amount), tonumber(prio), tonumber(from), till ~= '' and tonumber(till) or nil, tonumber(seq), product }
   end
-  return { b = b, bp = bp, g = g }
+  return { b = tonumber(b), bp = tonumber(bp), g = g }
 end
 
 -- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
@@ -108,42 +150,59 @@ local function evaluate(l, product, now)
   ev.key = key
   if kind == 'RATE' then
     local window = tonumber(l.windowMs)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - window))
-    local count = redis.call('ZCARD', key)
+    local cut = now - window
+    local z = ZC[key]
+    -- Kept from an earlier call of this script unless that one dropped less (a description with a longer window).
+    if not z or z.kind ~= 'RATE' or z.cut < cut then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(cut))
+      local oldest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
+      z = { kind = 'RATE', n = redis.call('ZCARD', key), first = oldest[2] and tonumber(oldest[2]) or false, cut = cut }
+      ZC[key] = z
+    end
+    local count = z.n
     local max = tonumber(l.limit)
     ev.pass = count + amount <= max
-    local oldest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
     ev.limit, ev.used = max, count
     ev.remaining = math.max(0, max - count)
-    if oldest[2] then ev.reset = tonumber(oldest[2]) + window else ev.reset = now + window end
+    if z.first then ev.reset = z.first + window else ev.reset = now + window end
     if not ev.pass then
-      if oldest[2] then ev.retry = math.max(1, tonumber(oldest[2]) + window - now) else ev.retry = window end
+      if z.first then ev.retry = math.max(1, z.first + window - now) else ev.retry = window end
     end
     return ev
   end
   if kind == 'CONCURRENCY' then
     -- Slots released since the last evaluation (Release records them in FR: it never touches this key).
-    local lo, hi = '[' .. l.id .. '|', '(' .. l.id .. '}' -- '}' sorts right after '|'
-    local freed = redis.call('ZRANGEBYLEX', FR, lo, hi)
-    -- all of them (work proportional to the releases since the last evaluation), in chunks unpack can take
-    for c = 1, #freed, 1000 do
-      local ids, ms = {}, {}
-      for k = c, math.min(#freed, c + 999) do
-        ms[#ms + 1] = freed[k]
-        ids[#ids + 1] = string.sub(freed[k], #l.id + 2)
+    -- Kept from an earlier call of this script: the same now, so nothing more has expired, and no script that
+    -- evaluates a CONCURRENCY limit frees slots (only release.lua adds to FR; its settle evaluates QUOTA/BUDGET only).
+    local z = ZC[key]
+    if not z or z.kind ~= 'CONCURRENCY' then
+      local lo, hi = '[' .. l.id .. '|', '(' .. l.id .. '}' -- '}' sorts right after '|'
+      local freed = redis.call('ZRANGEBYLEX', FR, lo, hi)
+      -- all of them (work proportional to the releases since the last evaluation), in chunks unpack can take
+      for c = 1, #freed, 1000 do
+        local ids, ms = {}, {}
+        for k = c, math.min(#freed, c + 999) do
+          ms[#ms + 1] = freed[k]
+          ids[#ids + 1] = string.sub(freed[k], #l.id + 2)
+        end
+        redis.call('ZREM', key, unpack(ids))
+        redis.call('ZREM', FR, unpack(ms))
       end
-      redis.call('ZREM', key, unpack(ids))
-      redis.call('ZREM', FR, unpack(ms))
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW_S)
+      z = { kind = 'CONCURRENCY', n = redis.call('ZCARD', key), first = nil }
+      ZC[key] = z
     end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW_S)
-    local count = redis.call('ZCARD', key)
+    local count = z.n
     local max = tonumber(l.limit)
     ev.pass = count + amount <= max
     ev.limit, ev.used = max, count
     ev.remaining = math.max(0, max - count)
     if not ev.pass then
-      local earliest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
-      if earliest[2] then ev.retry = math.max(1, tonumber(earliest[2]) - now) else ev.retry = 1000 end
+      if z.first == nil then
+        local earliest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
+        z.first = earliest[2] and tonumber(earliest[2]) or false
+      end
+      if z.first then ev.retry = math.max(1, z.first - now) else ev.retry = 1000 end
     end
     return ev
   end
@@ -151,10 +210,14 @@ local function evaluate(l, product, now)
   -- QUOTA / BUDGET
   local cap
   if l.limit then
-    cap = { b = l.limit, bp = '0', g = {} }
+    cap = { b = tonumber(l.limit), bp = 0, g = {} }
   else
-    local raw = redis.call('HGET', KEYS[1], l.id)
-    if raw then cap = parse_cap(raw) else cap = { b = '0', bp = '0', g = {} } end
+    cap = CAPC[l.id]
+    if not cap then
+      local raw = redis.call('HGET', KEYS[1], l.id)
+      if raw then cap = parse_cap(raw) else cap = { b = 0, bp = 0, g = {} } end
+      CAPC[l.id] = cap
+    end
   end
   local period = l.period or { type = 'none' }
   local win, reset, rolling = '0', nil, false
@@ -162,19 +225,21 @@ local function evaluate(l, product, now)
   ev.ofield = 'o'
   if period.type == 'fixed' then
     local b = period.bounds
+    -- the bounds as numbers: parsed once per description (reserve.lua), here for a limit kept in a reservation
+    local nb = l.nbounds or { tonumber(b[1]), tonumber(b[2]), tonumber(b[3]), tonumber(b[4]) }
     local i = 2
     for j = 1, 3 do
-      if tonumber(b[j]) <= now and now < tonumber(b[j + 1]) then i = j end
+      if nb[j] <= now and now < nb[j + 1] then i = j end
     end
     win = b[i]
-    reset = tonumber(b[i + 1])
+    reset = nb[i + 1]
   elseif period.type == 'rolling' then
     rolling = true
     local bucket_ms, window = tonumber(period.bucketMs), tonumber(period.windowMs)
     local bucket = math.floor(now / bucket_ms) * bucket_ms
     local horizon = now - window - bucket_ms
     -- The buckets present are listed in field "bk" (no HGETALL of a hash shared by every limit of the account).
-    local list = redis.call('HGET', U, uf(l.id, 'bk'))
+    local list = u_get1(uf(l.id, 'bk'))
     local oldest = nil
     local kept, fields, gone = {}, {}, {}
     if list then
@@ -190,12 +255,12 @@ local function evaluate(l, product, now)
       end
     end
     if #gone > 0 then
-      redis.call('HDEL', U, unpack(gone))
-      if #kept > 0 then redis.call('HSET', U, uf(l.id, 'bk'), table.concat(kept, ',')) else redis.call('HDEL', U, uf(l.id, 'bk')) end
+      u_del(gone)
+      if #kept > 0 then u_set(uf(l.id, 'bk'), table.concat(kept, ',')) else u_del({ uf(l.id, 'bk') }) end
     end
     ev.rolling_over = 0
     if #fields > 0 then
-      local vals = redis.call('HMGET', U, unpack(fields))
+      local vals = u_get(fields)
       for k, start in ipairs(kept) do
         local b, o = tonumber(vals[2 * k - 1] or '0'), tonumber(vals[2 * k] or '0')
         used = used + b
@@ -213,25 +278,24 @@ local function evaluate(l, product, now)
 
   -- Sources active now; then every usage field this limit needs in one HMGET (win, b, o, ot, g:<grant>...).
   local sources = {}
-  local base = tonumber(cap.b)
+  local base = cap.b
   if base > 0 or #cap.g == 0 then
-    local s = { id = 'base', amount = base, priority = tonumber(cap.bp), product = '', seq = -1, used = 0 }
+    local s = { id = 'base', amount = base, priority = cap.bp, product = '', seq = -1, used = 0 }
     if rolling then s.field = ev.ufield else s.field = 'b'; s.expires = reset end
     table.insert(sources, s)
   end
   for _, g in ipairs(cap.g) do
     -- g = { id, amount, priority, validFrom, validUntil ('' = never), seq, product }
-    local from, till = tonumber(g[4]), (g[5] ~= '' and tonumber(g[5]) or nil)
+    local from, till = g[4], g[5]
     if from <= now and (till == nil or now < till) and (g[7] == '' or g[7] == product) then
-      local s = { id = g[1], amount = tonumber(g[2]), priority = tonumber(g[3]), expires = till, seq = tonumber(g[6]),
-        product = g[7], used = 0 }
+      local s = { id = g[1], amount = g[2], priority = g[3], expires = till, seq = g[6], product = g[7], used = 0 }
       if rolling then s.field = ev.ufield else s.field = 'g:' .. g[1] end
       table.insert(sources, s)
     end
   end
   local names = { uf(l.id, 'win'), uf(l.id, 'o'), uf(l.id, 'ot') }
   if not rolling then for _, s in ipairs(sources) do names[#names + 1] = uf(l.id, s.field) end end
-  local vals = redis.call('HMGET', U, unpack(names))
+  local vals = u_get(names)
   local same = vals[1] == win
   ev.same = same
   if not rolling then
@@ -273,7 +337,7 @@ end
 local function consume(ev, amount)
   local id = ev.id
   if not ev.rolling and not ev.same then
-    redis.call('HSET', U, uf(id, 'win'), ev.win, uf(id, 'b'), '0', uf(id, 'o'), '0')
+    u_set(uf(id, 'win'), ev.win, uf(id, 'b'), '0', uf(id, 'o'), '0')
     ev.same = true
   end
   if ev.rolling and amount > 0 then
@@ -282,7 +346,7 @@ local function consume(ev, amount)
     for _, b in ipairs(ev.buckets) do if b == ev.bucket then listed = true; break end end
     if not listed then
       table.insert(ev.buckets, ev.bucket)
-      redis.call('HSET', U, uf(id, 'bk'), table.concat(ev.buckets, ','))
+      u_set(uf(id, 'bk'), table.concat(ev.buckets, ','))
     end
   end
   local parts = {}
@@ -290,7 +354,7 @@ local function consume(ev, amount)
   if ev.rolling then
     local room = math.min(ev.remaining, take)
     if room > 0 then
-      redis.call('HINCRBY', U, uf(id, ev.ufield), fmt(room))
+      u_incr(uf(id, ev.ufield), fmt(room))
       table.insert(parts, { ev.ufield, fmt(room) })
       take = take - room
     end
@@ -300,7 +364,7 @@ local function consume(ev, amount)
       local avail = s.amount - s.used
       if avail > 0 then
         local t = math.min(avail, take)
-        redis.call('HINCRBY', U, uf(id, s.field), fmt(t))
+        u_incr(uf(id, s.field), fmt(t))
         s.used = s.used + t
         table.insert(parts, { s.field, fmt(t) })
         take = take - t
@@ -309,8 +373,8 @@ local function consume(ev, amount)
   end
   if take > 0 then
     -- 'ot' never resets: overage units ever charged on this limit, for billing.
-    redis.call('HINCRBY', U, uf(id, ev.ofield), fmt(take))
-    redis.call('HINCRBY', U, uf(id, 'ot'), fmt(take))
+    u_incr(uf(id, ev.ofield), fmt(take))
+    u_incr(uf(id, 'ot'), fmt(take))
     table.insert(parts, { ev.ofield, fmt(take) })
   end
   -- Keep the evaluation current, so the answer reports the state after this call without evaluating again.
@@ -364,7 +428,7 @@ local function settle(id, r, state, actual, now, grace)
       local target = tonumber(charged[l.meter] or fmt(reserved))
       if target < reserved then
         local refund = reserved - target
-        local win = redis.call('HGET', U, uf(l.id, 'win'))
+        local win = u_get1(uf(l.id, 'win'))
         for i = #en.pa, 1, -1 do
           if refund <= 0 then break end
           local f, a = en.pa[i][1], tonumber(en.pa[i][2])
@@ -372,12 +436,12 @@ local function settle(id, r, state, actual, now, grace)
           refund = refund - back
           if is_overage_field(f) then
             entry_over = entry_over - back
-            redis.call('HINCRBY', U, uf(l.id, 'ot'), fmt(-back))
+            u_incr(uf(l.id, 'ot'), fmt(-back))
           end
           -- A part charged in a window that has since rolled over is not refunded: that window is history.
           local stale = (f == 'b' or f == 'o') and win ~= en.w
-          if redis.call('HEXISTS', U, uf(l.id, f)) == 1 and not stale then
-            redis.call('HINCRBY', U, uf(l.id, f), fmt(-back))
+          if u_get1(uf(l.id, f)) ~= nil and not stale then
+            u_incr(uf(l.id, f), fmt(-back))
           end
         end
       elseif target > reserved then
@@ -426,10 +490,13 @@ end
 -- total>" then ";<id>,<amount>,<used>,<priority>,<expires|-1>,<product>" per source (ids and products never contain
 -- ',' or ';'). Amounts through fmt: '..' would print numbers above 1e14 in exponent form.
 local function reply_state(ev, exceeded)
-  local out = fmt(ev.limit) .. ',' .. fmt(ev.used) .. ',' .. fmt(ev.remaining) .. ',' .. fmt(ev.reset or -1) .. ',' ..
-    fmt(ev.overage) .. ',' .. (exceeded and '1' or '0') .. ',' .. fmt(ev.overage_total or 0)
-  for _, s in ipairs(ev.sources or {}) do
-    out = out .. ';' .. s.id .. ',' .. fmt(s.amount) .. ',' .. fmt(s.used) .. ',' .. fmt(s.priority) .. ',' .. fmt(s.expires or -1) .. ',' .. s.product
+  local out = string.format('%d,%d,%d,%d,%d,%s,%d', ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage,
+    exceeded and '1' or '0', ev.overage_total or 0)
+  local sources = ev.sources
+  if not sources or #sources == 0 then return out end
+  local parts = { out }
+  for i, s in ipairs(sources) do
+    parts[i + 1] = string.format('%s,%d,%d,%d,%d,%s', s.id, s.amount, s.used, s.priority, s.expires or -1, s.product)
   end
-  return out
+  return table.concat(parts, ';')
 end

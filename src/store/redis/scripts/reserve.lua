@@ -27,17 +27,19 @@ ARGV, positional, every number a decimal string:
       gates, '' or '<reason>,<from or ''>,<until or ''>' joined by ';'; limits, '<description index>=<amount>'
       joined by ',' in the call's order
 
-Returns { 2 } when the account state is absent (NEED_RESTORE: restore it from Postgres, then call again; nothing
-was applied), else one reply per call, in order:
-  { code, reason, deniedLimitId, retryAfterMs, availableAt, reservationId, overage, replayed, now, shadowReason, states }
+Returns 2 when the account state is absent (NEED_RESTORE: restore it from Postgres, then call again; nothing was
+applied), else ONE string: the answers of the calls, in order, joined by a newline (converting a reply costs Redis
+per element: a table each would cost more than the whole string), each answer its fields joined by '|':
+  code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|now|shadowReason then |state per
+  limit
   code      0 ALLOWED, 1 DENIED, 3 IDEMPOTENCY_MISMATCH (the idempotency id was recorded for a request with another
             hash; nothing applied)
   reason    '' or a deny reason; retryAfterMs/availableAt -1 when not applicable; overage/replayed 0|1
-  states    one reply_state string (lib.lua) per limit (empty for a replay of a tombstone)
+  state     one reply_state string (lib.lua) per limit (none for a replay of a tombstone)
 ]==]
 
 local now = clock(ARGV[1])
-if redis.call('HEXISTS', KEYS[1], 'v') == 0 then return { 2 } end
+if redis.call('HEXISTS', KEYS[1], 'v') == 0 then return 2 end
 local grace = tonumber(ARGV[2])
 
 -- Limit descriptions, parsed once per script call (a batch's calls share them).
@@ -51,6 +53,7 @@ for d = 1, D do
   if win ~= '' then l.windowMs = win end
   if pt == 'fixed' then
     l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
+    l.nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
   elseif pt == 'rolling' then
     l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
   elseif pt == 'none' then
@@ -68,6 +71,15 @@ local desc_mt = {}
 for d = 1, D do desc_mt[d] = { __index = descs[d] } end
 local N = tonumber(ARGV[4 + D])
 sweep(now, SWEEP_BATCH * N, grace)
+
+-- One call's answer as ONE string, its fields joined by '|' and then one reply_state per limit (states never contain
+-- '|'): every element of a nested reply costs Redis (converting the script's reply) and the server's RESP decoder
+-- more than splitting a string does.
+local function answer(code, reason, denied, retry, available, rid, overage, replayed, shadow, states)
+  local out = { code, reason, denied, fmt(retry), fmt(available), rid, overage, replayed, NOW_S, shadow }
+  for i = 1, #states do out[10 + i] = states[i] end
+  return table.concat(out, '|')
+end
 
 local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, limit_list)
   local ihash = ''
@@ -96,21 +108,21 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
 
   -- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
   local function replay(id, raw)
-    local overage = 0
+    local overage = '0'
     if is_open(raw) then
       for _, en in ipairs(cmsgpack.unpack(raw).en) do
-        for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = 1 end end
+        for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = '1' end end
       end
     elseif string.match(raw, '^.|(%d+)|') ~= '0' then
-      overage = 1
+      overage = '1'
     end
-    return { 0, '', '', -1, -1, id, overage, 1, now, '', zero_states() }
+    return answer('0', '', '', -1, -1, id, overage, '1', '', zero_states())
   end
 
   if mode ~= 'C' then
     local prior = redis.call('HGET', KEYS[2], 'r:' .. rid)
     if prior then
-      if string.sub(prior, 1, 1) == 'T' then return { 1, '', '', -1, -1, '', 0, 1, now, '', {} } end
+      if string.sub(prior, 1, 1) == 'T' then return answer('1', '', '', -1, -1, '', '0', '1', '', {}) end
       return replay(rid, prior)
     end
   end
@@ -130,12 +142,12 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     end
     -- The same id for another request is an error, never the other request's answer (records without a hash match).
     if rec and ihash ~= '' and rhash ~= '' and ihash ~= rhash then
-      return { 3, '', '', -1, -1, earlier, 0, 0, now, '', {} }
+      return answer('3', '', '', -1, -1, earlier, '0', '0', '', {})
     end
     if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
       local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
       if raw then return replay(earlier, raw) end
-      return { 0, '', '', -1, -1, earlier, 0, 1, now, '', zero_states() }
+      return answer('0', '', '', -1, -1, earlier, '0', '1', '', zero_states())
     end
   end
 
@@ -173,7 +185,7 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   end
 
   if mode == 'C' or (reason ~= '' and mode == 'E') then
-    return { (reason ~= '') and 1 or 0, reason, denied_id, retry, available, '', 0, 0, now, '', states_of(evals) }
+    return answer((reason ~= '') and '1' or '0', reason, denied_id, retry, available, '', '0', '0', '', states_of(evals))
   end
 
   -- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
@@ -181,7 +193,7 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   local expires = now + ttl
   local expires_s = fmt(expires)
   local r = { e = expires, p = policy, pr = product, m = {}, en = {} }
-  local overage = 0
+  local overage = '0'
   local shadow = ''
   if reason ~= '' then
     shadow = reason
@@ -195,17 +207,22 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
         -- Kept even for a zero amount: a Release may still charge its actual on this limit.
         local parts = {}
         if amount > 0 then parts = consume(ev, amount) end
-        for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = 1 end end
+        for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = '1' end end
         local kept = { id = l.id, kind = l.kind, meter = l.meter, limit = l.limit, period = l.period, overage = l.overage }
         table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
       elseif amount > 0 then
         if l.kind == 'RATE' then
-          redis.call('ZADD', ev.key, NOW_S, rid)
-          redis.call('PEXPIRE', ev.key, l.windowMs)
+          z_added(ev.key, now, redis.call('ZADD', ev.key, NOW_S, rid))
+          -- once per script and window: the same now gives the same expiry
+          local z = ZC[ev.key]
+          if not z or z.pexp ~= l.windowMs then
+            redis.call('PEXPIRE', ev.key, l.windowMs)
+            if z then z.pexp = l.windowMs end
+          end
           ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
           if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
         elseif l.kind == 'CONCURRENCY' then
-          redis.call('ZADD', ev.key, expires_s, rid)
+          z_added(ev.key, expires, redis.call('ZADD', ev.key, expires_s, rid))
           ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
           table.insert(r.en, { l = { id = l.id, kind = l.kind }, pa = {}, w = '0' })
         end
@@ -219,7 +236,7 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     redis.call('ZADD', KEYS[3], fmt(retention_of(expires, now, grace)), 'i:' .. idem)
   end
   -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
-  return { 0, '', denied_id, retry, available, rid, overage, 0, now, shadow, states_of(evals) }
+  return answer('0', '', denied_id, retry, available, rid, overage, '0', shadow, states_of(evals))
 end
 
 local out = {}
@@ -228,4 +245,4 @@ for n = 1, N do
   out[n] = reserve_one(ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
   a = a + 8
 end
-return out
+return table.concat(out, '\n')
