@@ -37,6 +37,8 @@ it("the declared-keys guard refuses a script that touches a key it did not decla
     const lua = `${DECLARED_KEYS_GUARD}\nredis.call('GET', KEYS[1])\nreturn redis.call('GET', '${prefix}undeclared')`;
     await expect(redis.eval(lua, 1, `${prefix}declared`)).rejects.toThrow(/undeclared key/);
     expect(await redis.eval(`${DECLARED_KEYS_GUARD}\nreturn redis.call('SET', KEYS[1], 'x')`, 1, `${prefix}declared`)).toBe("OK");
+    // TIME names no key: the scripts call it whenever no clock override is passed (every call in production)
+    expect(await redis.eval(`${DECLARED_KEYS_GUARD}\nreturn #redis.call('TIME')`, 1, `${prefix}declared`)).toBe(2);
   } finally {
     await cleanup();
   }
@@ -113,3 +115,4 @@ it("writes all of a tick's script calls on a single Redis in one socket write (c
     await server.stop();
   }
 });
+

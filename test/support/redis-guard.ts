@@ -10,11 +10,13 @@ local redis = (function(real)
   local declared = {}
   for _, k in ipairs(KEYS) do declared[k] = true end
   local function guard(f)
-    return function(cmd, key, ...)
+    return function(cmd, ...)
+      local key = ...
       if string.upper(cmd) ~= 'TIME' and not declared[key] then
         error('undeclared key ' .. tostring(key) .. ' touched by ' .. cmd)
       end
-      return f(cmd, key, ...)
+      -- (...), not (key, ...): TIME has no key, and an explicit nil argument is refused by redis.call
+      return f(cmd, ...)
     end
   end
   return setmetatable({ call = guard(real.call), pcall = guard(real.pcall) }, { __index = real })
