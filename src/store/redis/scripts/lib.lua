@@ -25,9 +25,17 @@ Conventions:
 
 local DAY_MS = 86400000
 local SWEEP_BATCH = 16
-local KIND_ORDER = { WINDOW = 0, RATE = 1, CONCURRENCY = 2, QUOTA = 3, BUDGET = 4 }
-local REASON_BY_KIND = { WINDOW = 'OUTSIDE_ACCESS_WINDOW', RATE = 'RATE_LIMITED', CONCURRENCY = 'CONCURRENCY_LIMITED',
-  QUOTA = 'QUOTA_EXHAUSTED', BUDGET = 'BUDGET_EXHAUSTED' }
+-- Constants as functions, not tables: EVALSHA runs this whole file on every call, and a table literal is built
+-- anew each time (a 5-entry table costs more than several comparisons); a function is one closure.
+local function kind_order(kind)
+  if kind == 'WINDOW' then return 0 elseif kind == 'RATE' then return 1 elseif kind == 'CONCURRENCY' then return 2
+  elseif kind == 'QUOTA' then return 3 else return 4 end
+end
+local function reason_of(kind)
+  if kind == 'WINDOW' then return 'OUTSIDE_ACCESS_WINDOW' elseif kind == 'RATE' then return 'RATE_LIMITED'
+  elseif kind == 'CONCURRENCY' then return 'CONCURRENCY_LIMITED' elseif kind == 'QUOTA' then return 'QUOTA_EXHAUSTED'
+  else return 'BUDGET_EXHAUSTED' end
+end
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -66,16 +74,24 @@ local CAPC = {}     -- limit id -> its parsed capacity entry (KEYS[1]; no script
 local ZC = {}       -- declared sorted-set key -> { kind, n = members, first = lowest score (false: empty, nil: not
                     -- read), cut = scores up to this were dropped (RATE), pexp = window of this script's PEXPIRE }
 
--- Values of U fields by position (nil when absent): one HMGET for the fields not known yet, none when all are.
+-- Values of U fields by position (false or nil when absent): one HMGET for the fields not known yet, none when all
+-- are. The first read of a script (the only one for a single call) is HMGET's own answer, with no table built.
 local function u_get(fields)
-  local missing = {}
-  for _, f in ipairs(fields) do if UC[f] == nil then missing[#missing + 1] = f end end
-  if #missing > 0 then
+  local n, known = #fields, 0
+  for i = 1, n do if UC[fields[i]] ~= nil then known = known + 1 end end
+  if known == 0 then
+    local vals = redis.call('HMGET', U, unpack(fields))
+    for i = 1, n do UC[fields[i]] = vals[i] end
+    return vals
+  end
+  if known < n then
+    local missing = {}
+    for i = 1, n do if UC[fields[i]] == nil then missing[#missing + 1] = fields[i] end end
     local vals = redis.call('HMGET', U, unpack(missing))
-    for i, f in ipairs(missing) do UC[f] = vals[i] or false end
+    for i, f in ipairs(missing) do UC[f] = vals[i] end
   end
   local out = {}
-  for i, f in ipairs(fields) do out[i] = UC[f] or nil end
+  for i = 1, n do out[i] = UC[fields[i]] end
   return out
 end
 local function u_get1(f) return u_get({ f })[1] end
@@ -391,7 +407,10 @@ local function is_overage_field(f) return string.sub(f, 1, 1) == 'o' end
 -- Settled results: "<state>|<overage>|<meter>=<reserved>=<charged>,..." with state C COMMITTED, X CANCELLED,
 -- E EXPIRED_CHARGED, R EXPIRED_REFUNDED, T tombstone (a CANCEL that found nothing: a late reserve of that id is a
 -- no-op). An open reservation is MessagePack, whose first byte is >= 0x80; a settled result starts with a letter.
-local STATE_CODE = { COMMITTED = 'C', CANCELLED = 'X', EXPIRED_CHARGED = 'E', EXPIRED_REFUNDED = 'R' }
+local function state_code(state)
+  if state == 'COMMITTED' then return 'C' elseif state == 'CANCELLED' then return 'X'
+  elseif state == 'EXPIRED_CHARGED' then return 'E' else return 'R' end
+end
 local function is_open(raw) return string.byte(raw, 1) >= 128 end
 
 -- How long an "rs" record is kept: until `grace` ms past the reservation's TTL (or past now, if later). Bounded, so
@@ -440,7 +459,7 @@ local function settle(id, r, state, actual, now, grace)
           end
           -- A part charged in a window that has since rolled over is not refunded: that window is history.
           local stale = (f == 'b' or f == 'o') and win ~= en.w
-          if u_get1(uf(l.id, f)) ~= nil and not stale then
+          if u_get1(uf(l.id, f)) and not stale then
             u_incr(uf(l.id, f), fmt(-back))
           end
         end
@@ -458,7 +477,7 @@ local function settle(id, r, state, actual, now, grace)
   local meters = {}
   for meter, reserved in pairs(r.m) do meters[#meters + 1] = meter .. '=' .. reserved .. '=' .. charged[meter] end
   table.sort(meters)
-  local done = STATE_CODE[state] .. '|' .. fmt(overage) .. '|' .. table.concat(meters, ',')
+  local done = state_code(state) .. '|' .. fmt(overage) .. '|' .. table.concat(meters, ',')
   redis.call('HSET', RS, 'r:' .. id, done)
   redis.call('ZADD', RX, fmt(retention_of(tonumber(r.e), now, grace)), 'r:' .. id)
   return done

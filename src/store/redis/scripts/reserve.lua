@@ -168,11 +168,11 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   for i, l in ipairs(limits) do
     local ev = evaluate(l, product, now)
     evals[i] = ev
-    if not ev.pass and (worst == nil or KIND_ORDER[l.kind] < KIND_ORDER[limits[worst].kind]) then worst = i end
+    if not ev.pass and (worst == nil or kind_order(l.kind) < kind_order(limits[worst].kind)) then worst = i end
   end
   if reason == '' and worst then
     local ev = evals[worst]
-    reason = REASON_BY_KIND[limits[worst].kind]
+    reason = reason_of(limits[worst].kind)
     denied_id = limits[worst].id
     retry = ev.retry or -1
     available = ev.available or -1
