@@ -116,3 +116,38 @@ it("writes all of a tick's script calls on a single Redis in one socket write (c
   }
 });
 
+
+it("a stored reservation keeps its limit as its description string, and one stored by the previous version (the limit's fields) still settles", async () => {
+  const { redis, prefix, cleanup } = await testRedis();
+  try {
+    const store = new RedisCounterStore(redis, { keyPrefix: prefix, scriptPrelude: DECLARED_KEYS_GUARD });
+    const quota = (amount: bigint): CounterLimit => ({ id: "s:1:q", kind: "QUOTA", meter: "units", amount, period: { type: "none" } });
+    const call = (id: string, amount: bigint, mode: ReserveCommand["mode"] = "ENFORCE"): ReserveCommand => ({
+      accountId: "old", reservationId: id, mode, ttlMs: 60_000, product: "api", expiryPolicy: "refund", gates: [], limits: [quota(amount)],
+    });
+    await store.restore("old", [{ limitId: "s:1:q", base: 100n, basePriority: 100, grants: [] }], {});
+    for (const id of ["r_new", "r_old"]) expect((await store.reserve(call(id, 5n))).outcome).toBe("ALLOWED");
+    const rs = `${prefix}{a:old}:rs`;
+    // Read back in Lua: today's record holds the description (d), not the period; then rewrite r_old as the previous
+    // version stored it (the limit's own fields, period included).
+    const shape = await redis.eval(
+      `local r = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'r:r_new'))
+       local l = r.en[1].l
+       local old = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'r:r_old'))
+       old.en[1].l = { id = l.id, kind = l.kind, meter = l.meter, period = { type = 'none' }, overage = false }
+       redis.call('HSET', KEYS[1], 'r:r_old', cmsgpack.pack(old))
+       return { l.id, l.kind, l.meter, l.d, tostring(l.period) }`,
+      1, rs,
+    );
+    expect(shape).toEqual(["s:1:q", "QUOTA", "units", "s:1:q|QUOTA|units||||none|||||", "nil"]);
+    // Both charge more than they reserved (the limit is evaluated again: from its description, or from its fields).
+    for (const id of ["r_new", "r_old"]) {
+      expect(await store.release({ accountId: "old", reservationId: id, outcome: "COMMIT", actual: { units: 9n } })).toMatchObject({
+        outcome: "SETTLED", state: "COMMITTED", charged: { units: 9n },
+      });
+    }
+    expect((await store.reserve(call("peek", 0n, "CHECK_ONLY"))).states[0]!.used).toBe(18n);
+  } finally {
+    await cleanup();
+  }
+});

@@ -126,6 +126,29 @@ local function parse_cap(raw)
   return { b = tonumber(b), bp = tonumber(bp), g = g }
 end
 
+-- A limit description as reserve.lua receives it: ONE string of 12 fields joined by '|' (reserve.lua's header). `raw`
+-- is kept: a reservation stores it, and a Release that charges more than was reserved parses it again.
+local function parse_desc(raw)
+  local id, kind, meter, lim, win, ov, pt, p1, p2, p3, p4, blocks = string.match(raw,
+    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local l = { id = id, kind = kind, meter = meter, overage = ov == '1', raw = raw }
+  if lim ~= '' then l.limit = lim end
+  if win ~= '' then l.windowMs = win end
+  if pt == 'fixed' then
+    l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
+    l.nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
+  elseif pt == 'rolling' then
+    l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
+  elseif pt == 'none' then
+    l.period = { type = 'none' }
+  end
+  if blocks ~= '' then
+    l.blocks = {}
+    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
+  end
+  return l
+end
+
 -- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
 local function burn_sort(a, b)
   if a.priority ~= b.priority then return a.priority > b.priority end
@@ -464,6 +487,8 @@ local function settle(id, r, state, actual, now, grace)
           end
         end
       elseif target > reserved then
+        -- a reservation stores its limit's description (l.d); one stored before that stored the fields themselves
+        if l.d then l = parse_desc(l.d) end
         l.amount = fmt(target - reserved)
         local ev = evaluate(l, r.pr, now)
         local extra = consume(ev, target - reserved)
