@@ -20,6 +20,7 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import pg from "pg";
 import { Redis } from "ioredis";
 import { AdminService } from "../src/core/admin-service.ts";
@@ -155,11 +156,15 @@ try {
     calls.clear();
     const sql0 = sqlStatements;
     const r0 = await redisCounters(redis.client);
+    // How long the pass holds this process's event loop at a stretch: every call arriving meanwhile waits that long.
+    const loop = monitorEventLoopDelay({ resolution: 1 });
+    loop.enable();
     const c0 = process.cpuUsage();
     const t0 = performance.now();
     const stats = await within(flusher.flush(), passMs, `pass ${p}`);
     const s = (performance.now() - t0) / 1000;
     const c = process.cpuUsage(c0);
+    loop.disable();
     const sql = sqlStatements - sql0;
     const r1 = await redisCounters(redis.client);
     const redisCommands: Record<string, number> = {};
@@ -183,11 +188,14 @@ try {
       flusherCpuPercentOfCore: Math.round(((c.user + c.system) / 1e6 / s) * 100),
       flusherCpuUsPerAccount: Math.round((c.user + c.system) / accounts),
       redisCpuUsPerAccount: Math.round(((r1.cpu - r0.cpu) / accounts) * 1e6),
+      /** Longest and 99th-percentile event-loop delay during the pass (ms; 1 ms resolution). */
+      loopDelayMaxMs: round3(loop.max / 1e6),
+      loopDelayP99Ms: round3(loop.percentile(99) / 1e6),
       loadAverage: loadAverage(),
     };
     if (stats.failed > 0) exitCode = 1;
     rows.push(row);
-    log(`pass ${p} (${row.configCache} cache): ${row.seconds} s for ${accounts} accounts (${row.msPerAccount} ms each), ${sql} SQL statements ${JSON.stringify(row.databaseCalls)}, Redis ${JSON.stringify(redisCommands)}, flusher CPU ${row.flusherCpuPercentOfCore}% of a core, ${stats.failed} failed, load ${row.loadAverage.join(" ")}`);
+    log(`pass ${p} (${row.configCache} cache): ${row.seconds} s for ${accounts} accounts (${row.msPerAccount} ms each), ${sql} SQL statements ${JSON.stringify(row.databaseCalls)}, Redis ${JSON.stringify(redisCommands)}, flusher CPU ${row.flusherCpuPercentOfCore}% of a core, event loop held up to ${row.loopDelayMaxMs} ms (p99 ${row.loopDelayP99Ms}), ${stats.failed} failed, load ${row.loadAverage.join(" ")}`);
   }
   report.passes = rows;
   // What the passes wrote: one snapshot row per durable limit (the monthly quota) of every account, holding the usage.

@@ -24,6 +24,8 @@
  *   (e)/(f) are probed first: "not available" when the server answers UNIMPLEMENTED
  * Load for (c)/(d) comes from bench/load.ts (its own process, raw node:http2, pre-encoded frames, many keys);
  * --h2load adds Debian h2load rows (one key: h2load sends one body file for every stream).
+ * --flush-interval-ms N sets our server's QUOTA_FLUSH_INTERVAL_MS (default 2,000; e.g. 600000: no usage flush during
+ * the run, to see what the flusher's passes add to the open loop's tail).
  * --embedded runs our server on the embedded default (PGlite + in-process counters) instead.
  * --cluster-shards 1,3 then runs our server on a private Redis Cluster of 1 and of 3 masters (CheckAndReserve, the
  * headline accounts; Redis CPU summed over the masters). The cost curve reports the server's RSS at each point.
@@ -61,6 +63,7 @@ const { values: o } = parseArgs({
     "curve-limits": { type: "string", default: "1,3,6" },
     "open-rates": { type: "string" },
     "open-accounts": { type: "string" },
+    "flush-interval-ms": { type: "string" },
     only: { type: "string", default: "a,b,c,d,e,f,mixes,open,curve" },
     h2load: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
@@ -126,7 +129,7 @@ try {
   server = await startServer({
     databaseUrl: embedded ? "" : db.url,
     redisUrl: embedded ? "" : redis.url,
-    env: workers > 1 ? { QUOTA_WORKERS: String(workers) } : {},
+    env: { ...(workers > 1 ? { QUOTA_WORKERS: String(workers) } : {}), ...(o["flush-interval-ms"] ? { QUOTA_FLUSH_INTERVAL_MS: String(Number(o["flush-interval-ms"])) } : {}) },
     ...(o.profile ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${tmp}profile`] } : {}),
   });
   procs.server = server.pid;
@@ -312,7 +315,7 @@ const report = {
   date: new Date().toISOString(),
   command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
   machine: { cores: cpus().length, model: cpus()[0]?.model, loadAverageAtEnd: loadAverage(), node: process.version, redis: spawnSync("redis-server", ["--version"]).stdout.toString().trim() },
-  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded, batchSize, batchConcurrency, leaseCalls, leasePrefetch, leaseDecisions },
+  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded, batchSize, batchConcurrency, leaseCalls, leasePrefetch, leaseDecisions, flushIntervalMs: o["flush-interval-ms"] ? Number(o["flush-interval-ms"]) : 2000 },
   ...results,
 };
 writeFileSync(`${outDir}${runName}.json`, JSON.stringify(report, null, 2));
