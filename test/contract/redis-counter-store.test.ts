@@ -151,3 +151,40 @@ it("a stored reservation keeps its limit as its description string, and one stor
     await cleanup();
   }
 });
+
+it("exports the accounts of a tick together on a single Redis (32 per script call), and stops a call once it settled its bound, sending the rest again", async () => {
+  const server = await PrivateRedis.start();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    let now = 1_800_000_000_000;
+    const store = new RedisCounterStore(redis, { keyPrefix: "exp:", clock: () => now, scriptPrelude: DECLARED_KEYS_GUARD });
+    const quota: CounterLimit = { id: "s:1:q", kind: "QUOTA", meter: "units", amount: 1n, period: { type: "none" } };
+    const call = (accountId: string, i: number): ReserveCommand => ({
+      accountId, reservationId: `r_${accountId}_${i}`, mode: "ENFORCE", ttlMs: 1_000, product: "api", expiryPolicy: "refund", gates: [], limits: [quota],
+    });
+    const accounts = Array.from({ length: 40 }, (_, i) => `e${i}`);
+    for (const a of accounts) await store.restore(a, [{ limitId: "s:1:q", base: 100_000n, basePriority: 100, grants: [] }], {});
+    // 40 accounts, one call each; 3 of them with 601 reservations each, all left to expire (refund).
+    await Promise.all(accounts.map((a) => store.reserve(call(a, 0))));
+    for (const a of ["e0", "e1", "e2"]) for (let i = 1; i < 600; i += 50) await Promise.all(Array.from({ length: 50 }, (_, k) => store.reserve(call(a, i + k))));
+    await store.exportState("e0", ["s:1:q"]); // loads the script
+    const scriptCalls = async () => [...(await redis.info("commandstats")).matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    // Nothing due yet: 40 accounts in 2 script calls (32 + 8), each answered as if alone.
+    await redis.config("RESETSTAT");
+    const fresh = await Promise.all(accounts.map((a) => store.sweepAndExport(a, ["s:1:q"])));
+    expect(await scriptCalls()).toBe(2);
+    expect(fresh.map((x) => x.states["s:1:q"]?.b)).toEqual(accounts.map((a) => (["e0", "e1", "e2"].includes(a) ? "601" : "1")));
+    expect(fresh.every((x) => x.settled === 0)).toBe(true);
+    // All expired: e0 and e1 settle 601 each (1,202 >= the bound of 1,000), so that call stops there; the other 38
+    // go again: 3 calls in all (e0..e1; e2..e33; e34..e39), every account settled and answered once.
+    now += 5_000;
+    await redis.config("RESETSTAT");
+    const due = await Promise.all(accounts.map((a) => store.sweepAndExport(a, ["s:1:q"])));
+    expect(await scriptCalls()).toBe(3);
+    expect(due.map((x) => x.settled)).toEqual(accounts.map((a) => (["e0", "e1", "e2"].includes(a) ? 601 : 1)));
+    expect(due.every((x) => x.states["s:1:q"]?.b === "0")).toBe(true); // refunded
+  } finally {
+    redis.disconnect();
+    await server.stop();
+  }
+});

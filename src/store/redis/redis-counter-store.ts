@@ -58,6 +58,8 @@ export class RedisCounterStore implements CounterStore {
   readonly #pendingReserves = new Map<string, Pending<ReserveCommand, ReserveResult>[]>();
   readonly #pendingReleases = new Map<string, Pending<ReleaseCommand, ReleaseResult>[]>();
   #flushScheduled = false;
+  readonly #pendingExports: Pending<ExportCommand, ExportResult>[] = [];
+  #exportsScheduled = false;
 
   constructor(redis: Redis | Cluster, options: RedisCounterStoreOptions = {}) {
     this.#redis = redis;
@@ -227,18 +229,71 @@ export class RedisCounterStore implements CounterStore {
     return this.#export(accountId, limitIds, 1000);
   }
 
-  async #export(accountId: string, limitIds: readonly string[], sweepMax: number): Promise<{ settled: number; states: StateSnapshot }> {
-    if (limitIds.length === 0 && sweepMax === 0) return { settled: 0, states: {} };
+  /** On a single Redis, the exports of a tick (the flusher's accounts in flight) go as one export_state.lua call per
+   * MAX_EXPORT_GROUP accounts: the script's fixed cost and a round of ioredis once per group, not per account. On a
+   * Cluster each account goes alone (another account's keys may live in another slot). */
+  #export(accountId: string, limitIds: readonly string[], sweepMax: number): Promise<ExportResult> {
+    if (limitIds.length === 0 && sweepMax === 0) return Promise.resolve({ settled: 0, states: {} });
+    return new Promise<ExportResult>((resolve, reject) => {
+      const pending = { cmd: { accountId, limitIds, sweepMax }, resolve, reject };
+      if (this.#redis instanceof Cluster) return this.#sendExports([pending]);
+      this.#pendingExports.push(pending);
+      if (this.#exportsScheduled) return;
+      this.#exportsScheduled = true;
+      process.nextTick(() => this.#flushExports());
+    });
+  }
+
+  #flushExports(): void {
+    this.#exportsScheduled = false;
+    const all = this.#pendingExports.splice(0);
     this.#corkForTick();
-    const [settled, reply] = (await this.#script("export_state")(5, ...this.#fixedKeys(accountId), this.#now(), String(sweepMax), this.#grace, ...limitIds)) as [number, Array<string | string[]>];
-    const states: StateSnapshot = {};
-    for (let i = 0; i < reply.length; i += 2) {
-      const flat = reply[i + 1] as string[];
-      const fields: Record<string, string> = {};
-      for (let j = 0; j < flat.length; j += 2) fields[flat[j]!] = flat[j + 1]!;
-      states[reply[i] as string] = fields;
+    // One group per run of calls with the same sweep bound (the script takes one), at most MAX_EXPORT_GROUP each.
+    let group: Pending<ExportCommand, ExportResult>[] = [];
+    for (const p of all) {
+      if (group.length > 0 && (group.length >= MAX_EXPORT_GROUP || group[0]!.cmd.sweepMax !== p.cmd.sweepMax)) {
+        this.#sendExports(group);
+        group = [];
+      }
+      group.push(p);
     }
-    return { settled, states };
+    if (group.length > 0) this.#sendExports(group);
+  }
+
+  #sendExports(calls: Pending<ExportCommand, ExportResult>[]): void {
+    const keys: string[] = [];
+    const args = [this.#now(), String(calls[0]!.cmd.sweepMax), this.#grace, String(calls.length)];
+    for (const { cmd } of calls) {
+      keys.push(...this.#fixedKeys(cmd.accountId));
+      args.push(String(cmd.limitIds.length), ...cmd.limitIds);
+    }
+    this.#script("export_state")(keys.length, ...keys, ...args).then(
+      (reply) => {
+        const replies = reply as Array<[number, Array<string | string[]>]>;
+        // The script stops early once it has settled its bound (export_state.lua): the rest go again.
+        if (replies.length < calls.length) {
+          this.#pendingExports.push(...calls.slice(replies.length));
+          if (!this.#exportsScheduled) {
+            this.#exportsScheduled = true;
+            process.nextTick(() => this.#flushExports());
+          }
+        }
+        for (let i = 0; i < replies.length; i++) {
+          const [settled, flatStates] = replies[i]!;
+          const states: StateSnapshot = {};
+          for (let j = 0; j < flatStates.length; j += 2) {
+            const flat = flatStates[j + 1] as string[];
+            const fields: Record<string, string> = {};
+            for (let k = 0; k < flat.length; k += 2) fields[flat[k]!] = flat[k + 1]!;
+            states[flatStates[j] as string] = fields;
+          }
+          calls[i]!.resolve({ settled, states });
+        }
+      },
+      (e: unknown) => {
+        for (const c of calls) c.reject(e);
+      },
+    );
   }
 
   async sweep(accountId: string): Promise<number> {
@@ -265,6 +320,18 @@ const STATE_OF_CODE: Record<string, ReleaseState> = { C: "COMMITTED", X: "CANCEL
 
 /** Most calls of one account a reserve or release script takes: a group's script holds Redis for its whole run. */
 const MAX_GROUP = 50;
+/** Most accounts one export_state.lua call exports (each may settle up to 1,000 expired reservations first). */
+const MAX_EXPORT_GROUP = 32;
+
+interface ExportCommand {
+  accountId: string;
+  limitIds: readonly string[];
+  sweepMax: number;
+}
+interface ExportResult {
+  settled: number;
+  states: StateSnapshot;
+}
 
 interface Pending<C, R> {
   cmd: C;

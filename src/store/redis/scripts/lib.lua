@@ -55,6 +55,9 @@ local function clock(override)
   return now
 end
 
+-- The account a script works on. Locals, not constants: export_state.lua points them at each of its accounts in
+-- turn (use_account), with what a script keeps (below) started afresh for each.
+local CAP = KEYS[1]  -- hash: capacity per limit id, presence marker "v"
 local RS = KEYS[2]   -- hash: r:<id> open reservation or settled result, i:<idem> mode char .. reservation id
 local RX = KEYS[3]   -- zset: expiry index of the members above (TTL of open ones, retention of the rest)
 local U = KEYS[4]    -- hash: "<limit id>|<field>" usage of QUOTA/BUDGET limits
@@ -73,6 +76,12 @@ local UC = {}       -- U field -> its value (a string as read, a number once inc
 local CAPC = {}     -- limit id -> its parsed capacity entry (KEYS[1]; no script that evaluates writes it)
 local ZC = {}       -- declared sorted-set key -> { kind, n = members, first = lowest score (false: empty, nil: not
                     -- read), cut = scores up to this were dropped (RATE), pexp = window of this script's PEXPIRE }
+
+-- Works on the account whose five fixed keys start at KEYS[first] (export_state.lua: several accounts per call).
+local function use_account(first)
+  CAP, RS, RX, U, FR = KEYS[first], KEYS[first + 1], KEYS[first + 2], KEYS[first + 3], KEYS[first + 4]
+  UC, CAPC, ZC = {}, {}, {}
+end
 
 -- Values of U fields by position (false or nil when absent): one HMGET for the fields not known yet, none when all
 -- are. The first read of a script (the only one for a single call) is HMGET's own answer, with no table built.
@@ -253,7 +262,7 @@ local function evaluate(l, product, now)
   else
     cap = CAPC[l.id]
     if not cap then
-      local raw = redis.call('HGET', KEYS[1], l.id)
+      local raw = redis.call('HGET', CAP, l.id)
       if raw then cap = parse_cap(raw) else cap = { b = 0, bp = 0, g = {} } end
       CAPC[l.id] = cap
     end
