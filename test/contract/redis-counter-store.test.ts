@@ -117,41 +117,6 @@ it("writes all of a tick's script calls on a single Redis in one socket write (c
 });
 
 
-it("a stored reservation keeps its limit as its description string, and one stored by the previous version (the limit's fields) still settles", async () => {
-  const { redis, prefix, cleanup } = await testRedis();
-  try {
-    const store = new RedisCounterStore(redis, { keyPrefix: prefix, scriptPrelude: DECLARED_KEYS_GUARD });
-    const quota = (amount: bigint): CounterLimit => ({ id: "s:1:q", kind: "QUOTA", meter: "units", amount, period: { type: "none" } });
-    const call = (id: string, amount: bigint, mode: ReserveCommand["mode"] = "ENFORCE"): ReserveCommand => ({
-      accountId: "old", reservationId: id, mode, ttlMs: 60_000, product: "api", expiryPolicy: "refund", gates: [], limits: [quota(amount)],
-    });
-    await store.restore("old", [{ limitId: "s:1:q", base: 100n, basePriority: 100, grants: [] }], {});
-    for (const id of ["r_new", "r_old"]) expect((await store.reserve(call(id, 5n))).outcome).toBe("ALLOWED");
-    const rs = `${prefix}{a:old}:rs`;
-    // Read back in Lua: today's record holds the description (d), not the period; then rewrite r_old as the previous
-    // version stored it (the limit's own fields, period included).
-    const shape = await redis.eval(
-      `local r = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'r:r_new'))
-       local l = r.en[1].l
-       local old = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'r:r_old'))
-       old.en[1].l = { id = l.id, kind = l.kind, meter = l.meter, period = { type = 'none' }, overage = false }
-       redis.call('HSET', KEYS[1], 'r:r_old', cmsgpack.pack(old))
-       return { l.id, l.kind, l.meter, l.d, tostring(l.period) }`,
-      1, rs,
-    );
-    expect(shape).toEqual(["s:1:q", "QUOTA", "units", "s:1:q|QUOTA|units||||none|||||", "nil"]);
-    // Both charge more than they reserved (the limit is evaluated again: from its description, or from its fields).
-    for (const id of ["r_new", "r_old"]) {
-      expect(await store.release({ accountId: "old", reservationId: id, outcome: "COMMIT", actual: { units: 9n } })).toMatchObject({
-        outcome: "SETTLED", state: "COMMITTED", charged: { units: 9n },
-      });
-    }
-    expect((await store.reserve(call("peek", 0n, "CHECK_ONLY"))).states[0]!.used).toBe(18n);
-  } finally {
-    await cleanup();
-  }
-});
-
 it("exports the accounts of a tick together on a single Redis (32 per script call), and stops a call once it settled its bound, sending the rest again", async () => {
   const server = await PrivateRedis.start();
   const redis = new Redis(server.port, "127.0.0.1");
@@ -186,5 +151,21 @@ it("exports the accounts of a tick together on a single Redis (32 per script cal
   } finally {
     redis.disconnect();
     await server.stop();
+  }
+});
+
+it("a group decides a reservation of TTL 0 as separate calls would: its slot has already expired for the next call", async () => {
+  const { redis, prefix, cleanup } = await testRedis();
+  try {
+    const store = new RedisCounterStore(redis, { keyPrefix: prefix, clock: () => 1_800_000_000_000, scriptPrelude: DECLARED_KEYS_GUARD });
+    const slot: CounterLimit = { id: "s:1:c", kind: "CONCURRENCY", meter: "calls", amount: 1n, limit: 1n };
+    await store.restore("t0", [], {});
+    const call = (id: string): ReserveCommand => ({ accountId: "t0", reservationId: id, mode: "ENFORCE", ttlMs: 0, product: "api", expiryPolicy: "refund", gates: [], limits: [slot] });
+    const one = [await store.reserve(call("a1")), await store.reserve(call("a2"))].map((r) => r.outcome);
+    const grouped = (await Promise.all([store.reserve(call("b1")), store.reserve(call("b2"))])).map((r) => r.outcome);
+    expect(one).toEqual(["ALLOWED", "ALLOWED"]);
+    expect(grouped).toEqual(one);
+  } finally {
+    await cleanup();
   }
 });

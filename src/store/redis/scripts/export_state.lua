@@ -14,9 +14,9 @@ ARGV[3]  retention grace in ms (for what settling stores)
 ARGV[4]  number of accounts A, then per account: the number of limit ids L, then the L limit ids
 
 Returns per account, in order: { settled, { limitId, { field, value, ... }, limitId, { ... }, ... } } for the limits
-that have state. Bounded: once the accounts done have settled ARGV[2] reservations in all, the script stops before
-the next account and answers for those done only (the store sends the rest again): one call settles fewer than
-2 x ARGV[2], as one account's export alone could settle ARGV[2].
+that have state. Once the accounts done have settled ARGV[2] reservations in all, the script stops before the next
+account and answers for those done only (the store sends the rest again): one call settles fewer than 2 x ARGV[2].
+Dropping records whose retention is over is not counted: each account's sweep may still drop up to ARGV[2] of those.
 ]==]
 
 local sweep_max = tonumber(ARGV[2])

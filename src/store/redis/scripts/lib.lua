@@ -75,7 +75,7 @@ local function uf(limit_id, field) return limit_id .. '|' .. field end
 local UC = {}       -- U field -> its value (a string as read, a number once incremented), or false when absent
 local CAPC = {}     -- limit id -> its parsed capacity entry (KEYS[1]; no script that evaluates writes it)
 local ZC = {}       -- declared sorted-set key -> { kind, n = members, first = lowest score (false: empty, nil: not
-                    -- read), cut = scores up to this were dropped (RATE), pexp = window of this script's PEXPIRE }
+                    -- read), cut = scores up to this were dropped, pexp = window of this script's PEXPIRE }
 
 -- Works on the account whose five fixed keys start at KEYS[first] (export_state.lua: several accounts per call).
 local function use_account(first)
@@ -119,6 +119,8 @@ end
 local function z_added(key, score, added)
   local z = ZC[key]
   if not z then return end
+  -- A member at or below the log's cut (a TTL or window of 0) would be dropped by the next evaluation: not counted.
+  if score <= z.cut then return end
   z.n = z.n + added
   if z.first == false then z.first = score elseif z.first ~= nil and score < z.first then z.first = score end
 end
@@ -133,29 +135,6 @@ local function parse_cap(raw)
     g[#g + 1] = { id, tonumber(amount), tonumber(prio), tonumber(from), till ~= '' and tonumber(till) or nil, tonumber(seq), product }
   end
   return { b = tonumber(b), bp = tonumber(bp), g = g }
-end
-
--- A limit description as reserve.lua receives it: ONE string of 12 fields joined by '|' (reserve.lua's header). `raw`
--- is kept: a reservation stores it, and a Release that charges more than was reserved parses it again.
-local function parse_desc(raw)
-  local id, kind, meter, lim, win, ov, pt, p1, p2, p3, p4, blocks = string.match(raw,
-    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  local l = { id = id, kind = kind, meter = meter, overage = ov == '1', raw = raw }
-  if lim ~= '' then l.limit = lim end
-  if win ~= '' then l.windowMs = win end
-  if pt == 'fixed' then
-    l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
-    l.nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
-  elseif pt == 'rolling' then
-    l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
-  elseif pt == 'none' then
-    l.period = { type = 'none' }
-  end
-  if blocks ~= '' then
-    l.blocks = {}
-    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
-  end
-  return l
 end
 
 -- Sources of a QUOTA/BUDGET limit active now, in burn order: priority desc, expiry asc, creation asc, id asc.
@@ -237,7 +216,7 @@ local function evaluate(l, product, now)
         redis.call('ZREM', FR, unpack(ms))
       end
       redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW_S)
-      z = { kind = 'CONCURRENCY', n = redis.call('ZCARD', key), first = nil }
+      z = { kind = 'CONCURRENCY', n = redis.call('ZCARD', key), first = nil, cut = now }
       ZC[key] = z
     end
     local count = z.n
@@ -496,8 +475,6 @@ local function settle(id, r, state, actual, now, grace)
           end
         end
       elseif target > reserved then
-        -- a reservation stores its limit's description (l.d); one stored before that stored the fields themselves
-        if l.d then l = parse_desc(l.d) end
         l.amount = fmt(target - reserved)
         local ev = evaluate(l, r.pr, now)
         local extra = consume(ev, target - reserved)

@@ -46,8 +46,23 @@ local grace = tonumber(ARGV[2])
 local descs = {}
 local D = tonumber(ARGV[3])
 for d = 1, D do
-  local l = parse_desc(ARGV[3 + d])
-  l.key = KEYS[5 + d]
+  local id, kind, meter, lim, win, ov, pt, p1, p2, p3, p4, blocks = string.match(ARGV[3 + d],
+    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local l = { id = id, kind = kind, meter = meter, key = KEYS[5 + d], overage = ov == '1' }
+  if lim ~= '' then l.limit = lim end
+  if win ~= '' then l.windowMs = win end
+  if pt == 'fixed' then
+    l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
+    l.nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
+  elseif pt == 'rolling' then
+    l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
+  elseif pt == 'none' then
+    l.period = { type = 'none' }
+  end
+  if blocks ~= '' then
+    l.blocks = {}
+    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
+  end
   descs[d] = l
 end
 -- A call's limit is its description plus its amount: a table holding only the amount, reading the rest from the
@@ -193,9 +208,8 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
         local parts = {}
         if amount > 0 then parts = consume(ev, amount) end
         for _, p in ipairs(parts) do if is_overage_field(p[1]) then overage = '1' end end
-        -- the limit as settling reads it; the rest of it only as its description string, parsed again only when a
-        -- Release charges more than was reserved (fewer, flatter MessagePack fields to pack and unpack)
-        table.insert(r.en, { l = { id = l.id, kind = l.kind, meter = l.meter, d = l.raw }, pa = parts, w = ev.win or '0' })
+        local kept = { id = l.id, kind = l.kind, meter = l.meter, limit = l.limit, period = l.period, overage = l.overage }
+        table.insert(r.en, { l = kept, pa = parts, w = ev.win or '0' })
       elseif amount > 0 then
         if l.kind == 'RATE' then
           z_added(ev.key, now, redis.call('ZADD', ev.key, NOW_S, rid))
