@@ -169,3 +169,60 @@ it("a group decides a reservation of TTL 0 as separate calls would: its slot has
     await cleanup();
   }
 });
+
+it("a group that sees one RATE limit with two windows (a plan changed mid-tick) decides as separate calls would", async () => {
+  const { redis, prefix, cleanup } = await testRedis();
+  try {
+    let now = 1_800_000_000_000;
+    const store = new RedisCounterStore(redis, { keyPrefix: prefix, clock: () => now, scriptPrelude: DECLARED_KEYS_GUARD });
+    const rate = (windowMs: number): CounterLimit => ({ id: "k:r", kind: "RATE", meter: "calls", amount: 1n, limit: 1n, windowMs });
+    const call = (accountId: string, id: string, windowMs: number): ReserveCommand => ({
+      accountId, reservationId: id, mode: "ENFORCE", ttlMs: 60_000, product: "api", expiryPolicy: "refund", gates: [], limits: [rate(windowMs)],
+    });
+    const outcomes: Record<string, string[]> = {};
+    for (const [account, grouped] of [["seq", false], ["grp", true]] as const) {
+      now = 1_800_000_000_000;
+      await store.restore(account, [], {});
+      expect((await store.reserve(call(account, "r0", 10_000))).outcome).toBe("ALLOWED");
+      now += 5_000;
+      // The 10 s window still holds r0 (DENIED); the 1 s window has dropped it (ALLOWED).
+      const calls = [call(account, "r1", 10_000), call(account, "r2", 1_000)];
+      const got = grouped ? await Promise.all(calls.map((c) => store.reserve(c))) : [await store.reserve(calls[0]!), await store.reserve(calls[1]!)];
+      outcomes[account] = got.map((r) => r.outcome);
+    }
+    expect(outcomes.seq).toEqual(["DENIED", "ALLOWED"]);
+    expect(outcomes.grp).toEqual(outcomes.seq);
+  } finally {
+    await cleanup();
+  }
+});
+
+it("exports two accounts with the same limit id in one call, each read afresh (a refund of one is not decided by the other's window)", async () => {
+  const server = await PrivateRedis.start();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const T = 1_800_000_000_000;
+    let now = T;
+    const store = new RedisCounterStore(redis, { keyPrefix: "same:", clock: () => now, scriptPrelude: DECLARED_KEYS_GUARD });
+    const bounds = [T - 2 * 86_400_000, T - 86_400_000, T + 1_000, T + 60 * 86_400_000] as const;
+    const quota = (amount: bigint): CounterLimit => ({ id: "s:1:q", kind: "QUOTA", meter: "units", amount, period: { type: "fixed", bounds } });
+    const call = (accountId: string, id: string, amount: bigint, ttlMs: number): ReserveCommand => ({
+      accountId, reservationId: id, mode: "ENFORCE", ttlMs, product: "api", expiryPolicy: "refund", gates: [], limits: [quota(amount)],
+    });
+    for (const a of ["a", "b"]) {
+      await store.restore(a, [{ limitId: "s:1:q", base: 100n, basePriority: 100, grants: [] }], {});
+      await store.reserve(call(a, `${a}1`, 5n, 2_000)); // in the window that ends at T + 1 s; expires at T + 2 s
+    }
+    now = T + 1_500; // the next window: only b is called in it (its usage there: 3, kept past the expiry)
+    await store.reserve(call("b", "b2", 3n, 3_600_000));
+    now = T + 3_000;
+    const [a, b] = await Promise.all(["a", "b"].map((id) => store.sweepAndExport(id, ["s:1:q"])));
+    // a's reservation is refunded in its own window; b's was charged in a window that has since rolled over: history.
+    expect([a!.settled, b!.settled]).toEqual([1, 1]);
+    expect(a!.states["s:1:q"]).toMatchObject({ win: String(bounds[1]), b: "0" });
+    expect(b!.states["s:1:q"]).toMatchObject({ win: String(bounds[2]), b: "3" });
+  } finally {
+    redis.disconnect();
+    await server.stop();
+  }
+});

@@ -236,12 +236,17 @@ export class RedisCounterStore implements CounterStore {
     if (limitIds.length === 0 && sweepMax === 0) return Promise.resolve({ settled: 0, states: {} });
     return new Promise<ExportResult>((resolve, reject) => {
       const pending = { cmd: { accountId, limitIds, sweepMax }, resolve, reject };
-      if (this.#redis instanceof Cluster) return this.#sendExports([pending]);
-      this.#pendingExports.push(pending);
-      if (this.#exportsScheduled) return;
-      this.#exportsScheduled = true;
-      process.nextTick(() => this.#flushExports());
+      if (this.#redis instanceof Cluster) this.#sendExports([pending]);
+      else this.#queueExports([pending]);
     });
+  }
+
+  /** Queues exports for the end of the tick, when they go grouped. */
+  #queueExports(pending: Pending<ExportCommand, ExportResult>[]): void {
+    this.#pendingExports.push(...pending);
+    if (this.#exportsScheduled) return;
+    this.#exportsScheduled = true;
+    process.nextTick(() => this.#flushExports());
   }
 
   #flushExports(): void {
@@ -271,13 +276,7 @@ export class RedisCounterStore implements CounterStore {
       (reply) => {
         const replies = reply as Array<[number, Array<string | string[]>]>;
         // The script stops early once it has settled its bound (export_state.lua): the rest go again.
-        if (replies.length < calls.length) {
-          this.#pendingExports.push(...calls.slice(replies.length));
-          if (!this.#exportsScheduled) {
-            this.#exportsScheduled = true;
-            process.nextTick(() => this.#flushExports());
-          }
-        }
+        if (replies.length < calls.length) this.#queueExports(calls.slice(replies.length));
         for (let i = 0; i < replies.length; i++) {
           const [settled, flatStates] = replies[i]!;
           const states: StateSnapshot = {};

@@ -213,11 +213,12 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
       elseif amount > 0 then
         if l.kind == 'RATE' then
           z_added(ev.key, now, redis.call('ZADD', ev.key, NOW_S, rid))
-          -- once per script and window: the same now gives the same expiry
+          -- once per script and window (evaluate kept the log): every entry this script adds has the same score,
+          -- so a second PEXPIRE would only move the key's expiry by the microseconds the script has run
           local z = ZC[ev.key]
-          if not z or z.pexp ~= l.windowMs then
+          if z.pexp ~= l.windowMs then
             redis.call('PEXPIRE', ev.key, l.windowMs)
-            if z then z.pexp = l.windowMs end
+            z.pexp = l.windowMs
           end
           ev.used, ev.remaining = ev.used + 1, math.max(0, ev.remaining - 1)
           if ev.used == 1 then ev.reset = now + tonumber(l.windowMs) end
