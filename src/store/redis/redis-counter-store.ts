@@ -167,7 +167,7 @@ export class RedisCounterStore implements CounterStore {
           return;
         }
         const answers = (reply as string).split("\n");
-        for (let i = 0; i < calls.length; i++) calls[i]!.resolve(decodeReserve(answers[i]!));
+        for (let i = 0; i < calls.length; i++) calls[i]!.resolve(decodeReserve(answers[i]!, calls[i]!.cmd.reservationId));
       },
       (e: unknown) => {
         for (const c of calls) c.reject(e);
@@ -360,7 +360,13 @@ function describeLimit(l: CounterLimit): string {
 
 /** One call's answer (reserve.lua): "code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|
  * now|shadowReason" then "|<reply_state>" per limit. */
-function decodeReserve(reply: string): ReserveResult {
+/**
+ * One call's answer. `sent` is the reservation id the call sent: the answer's id is that one, or (a replay) the
+ * earlier reservation's. Either way the result carries a string of its own, not the slice `split` cut out of the
+ * reply: the id outlives the call (the in-flight gauge keeps it until release or expiry), and in V8 a slice keeps
+ * its whole parent alive — here the script's reply, every answer of the group (test/contract/redis-reply-retention).
+ */
+function decodeReserve(reply: string, sent: string): ReserveResult {
   const f = reply.split("|");
   const code = f[0];
   const result: ReserveResult = {
@@ -377,7 +383,7 @@ function decodeReserve(reply: string): ReserveResult {
   if (deniedId) result.deniedLimitId = deniedId;
   if (retry !== "-1") result.retryAfterMs = Number(retry);
   if (available !== "-1") result.availableAt = Number(available);
-  if (reservationId) result.reservationId = reservationId;
+  if (reservationId) result.reservationId = reservationId === sent ? sent : Buffer.from(reservationId).toString();
   return result;
 }
 
