@@ -19,7 +19,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { writeHeapSnapshot } from "node:v8";
+import { getHeapSpaceStatistics, writeHeapSnapshot } from "node:v8";
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
@@ -138,6 +138,8 @@ console.log(
     externalMB: Math.round(mem.external / 1048576),
     arrayBuffersMB: Math.round(mem.arrayBuffers / 1048576),
     heapBytesPerAccount: Math.round(mem.heapUsed / accounts),
+    // Where heapTotal's size is, by V8 space (MB of each space's size / used after the collection above).
+    heapSpacesMB: Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, [Math.round(s.space_size / 1048576), Math.round(s.space_used_size / 1048576)]])),
     postgresCallsInWindow: postgresCalls,
     loadAverage: load0,
   }),
