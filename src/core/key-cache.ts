@@ -17,8 +17,9 @@ import { timingSafeEqual } from "node:crypto";
 import { secretMatches } from "./ids.ts";
 import type { AccountConfig, Clock, Database, KeyRecord, PlanRecord, SubscriptionRecord } from "./ports.ts";
 
-/** Heap a cached key may cost, with margin: 4.7 KB of live heap per cached key measured with its account's
- * other per-account state (heap snapshots of bench/hot-path.ts, docs/performance.md), rounded up. */
+/** Heap a cached key may cost, with margin: ~3 KB of live heap per cached key measured with its account's other
+ * per-account state (heap snapshots of bench/hot-path.ts, docs/performance.md; 4.7 KB before session 17), rounded
+ * up for the garbage a busy process carries between two collections. */
 export const KEY_CACHE_BYTES_PER_ENTRY = 8_192;
 
 /**
@@ -43,8 +44,9 @@ export interface KeyContext {
 interface Entry {
   ctx: KeyContext | null;
   loadedAt: number;
-  /** The last presented secret that matched this entry's hash. */
-  verified?: Buffer;
+  /** The last presented secret that matched this entry's hash. A string (~60 bytes), not a Buffer of its own
+   * (~500 bytes with its ArrayBuffer and backing store) nor a pool slice (which pins a shared 8 KB slab). */
+  verified?: string;
 }
 
 export interface KeyCacheOptions {
@@ -63,7 +65,9 @@ export class KeyCache {
   readonly #clock: Clock;
   /** Map order is recency order: a hit moves its entry to the end; eviction takes the first. */
   readonly #entries = new Map<string, Entry>();
-  readonly #byAccount = new Map<string, Set<string>>();
+  /** The cached key ids of each account: the one id itself while an account has one (most do), a Set past that (a
+   * Set with its table costs ~300 bytes per account). */
+  readonly #byAccount = new Map<string, string | Set<string>>();
   readonly #negative = new Set<string>();
   readonly #inflight = new Map<string, Promise<KeyContext | null>>();
   readonly #pendingLoads = new Map<string, { resolve: (c: KeyContext | null) => void; reject: (e: unknown) => void }>();
@@ -135,17 +139,17 @@ export class KeyCache {
    */
   verify(keyId: string, ctx: KeyContext, secret: string): boolean {
     const e = this.#entries.get(keyId);
-    const presented = Buffer.from(secret);
-    if (e?.ctx === ctx && e.verified && e.verified.length === presented.length && timingSafeEqual(e.verified, presented)) return true;
+    if (e?.ctx === ctx && e.verified !== undefined && e.verified.length === secret.length) {
+      // Compared as bytes in constant time; both buffers are transient (slices of Node's pool, never kept).
+      const presented = Buffer.from(secret);
+      const known = Buffer.from(e.verified);
+      if (known.length === presented.length && timingSafeEqual(known, presented)) return true;
+    }
     this.secretHashes++;
     if (!secretMatches(secret, ctx.key.secretHash)) return false;
-    if (e?.ctx === ctx) {
-      // A buffer of its own: `presented` is a slice of Node's shared 8 KB pool, and keeping it would keep the whole
-      // slab (and all else allocated from it) alive for as long as the key is cached (~3 KB per key in the server).
-      const own = Buffer.allocUnsafeSlow(presented.length);
-      presented.copy(own);
-      e.verified = own;
-    }
+    // A copy of its own: the secret arrived as a slice of a decoded request, and keeping the slice would keep that
+    // request alive for as long as the key is cached.
+    if (e?.ctx === ctx) e.verified = Buffer.from(secret).toString();
     return true;
   }
 
@@ -174,7 +178,9 @@ export class KeyCache {
       this.#negative.clear();
       return;
     }
-    for (const keyId of this.#byAccount.get(accountId) ?? []) this.#entries.delete(keyId);
+    const ids = this.#byAccount.get(accountId);
+    if (typeof ids === "string") this.#entries.delete(ids);
+    else for (const keyId of ids ?? []) this.#entries.delete(keyId);
     this.#byAccount.delete(accountId);
     for (const keyId of this.#negative) this.#entries.delete(keyId);
     this.#negative.clear();
@@ -240,9 +246,11 @@ export class KeyCache {
     this.#entries.set(keyId, entry);
     if (ctx) {
       this.#negative.delete(keyId);
-      let set = this.#byAccount.get(ctx.key.accountId);
-      if (!set) this.#byAccount.set(ctx.key.accountId, (set = new Set()));
-      set.add(keyId);
+      const account = ctx.key.accountId;
+      const ids = this.#byAccount.get(account);
+      if (ids === undefined || ids === keyId) this.#byAccount.set(account, keyId);
+      else if (typeof ids === "string") this.#byAccount.set(account, new Set([ids, keyId]));
+      else ids.add(keyId);
     } else {
       this.#negative.add(keyId);
     }
@@ -255,7 +263,14 @@ export class KeyCache {
     const keyId = oldest.value;
     const e = this.#entries.get(keyId)!;
     this.#entries.delete(keyId);
-    if (e.ctx) this.#byAccount.get(e.ctx.key.accountId)?.delete(keyId);
+    if (e.ctx) {
+      const account = e.ctx.key.accountId;
+      const ids = this.#byAccount.get(account);
+      // An account none of whose keys is cached any more is forgotten (an LRU that many accounts pass through would
+      // otherwise keep one entry per account ever seen).
+      if (ids === keyId) this.#byAccount.delete(account);
+      else if (typeof ids === "object" && ids.delete(keyId) && ids.size === 1) this.#byAccount.set(account, ids.values().next().value!);
+    }
     else this.#negative.delete(keyId);
   }
 }

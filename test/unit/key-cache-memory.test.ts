@@ -57,4 +57,52 @@ describe("key cache memory", () => {
     for (let i = 0; i < KEYS; i++) expect(cache.verify(`k${i}`, ctxs[i]!, secretOf(i))).toBe(true);
     expect(cache.secretHashes).toBe(hashes);
   });
+
+  it("forgets an account once none of its keys is cached: an LRU many accounts pass through stays bounded", async () => {
+    const cache = new KeyCache(db, { now: () => 0 } as never, { maxEntries: 100 });
+    for (let i = 0; i < 1_000; i++) await cache.get(`k${i}`); // warm-up: code optimized, the maps at their size
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const ACCOUNTS = 50_000;
+    // In batches, as concurrent first touches arrive (one Postgres load per batch).
+    for (let i = 1_000; i < 1_000 + ACCOUNTS; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => cache.get(`k${i + j}`)));
+    gc();
+    const grown = process.memoryUsage().heapUsed - before;
+    expect(cache.size).toBe(100);
+    // Bounded: a hundred entries whatever passed through. Kept per account ever seen (an empty Set each, measured
+    // ~10 MB for 50,000 accounts before the fix): grows with the accounts.
+    expect(grown).toBeLessThan(2_000_000);
+    // Still tracked while cached: invalidating an account drops its cached key.
+    const last = `k${ACCOUNTS + 999}`;
+    expect(cache.peek(last)).not.toBeUndefined();
+    cache.invalidate(`a${ACCOUNTS + 999}`);
+    expect(cache.peek(last)).toBeUndefined();
+  });
+
+  it("an account with several cached keys: invalidating it drops every one, also after one of them was evicted", async () => {
+    // Keys k<i> of account "shared" for i < 3, of their own account otherwise.
+    const shared = {
+      loadKeyContexts: async (ids: readonly string[]) =>
+        new Map(ids.map((id) => {
+          const c = contextOf(Number(id.slice(1)));
+          if (Number(id.slice(1)) < 3) c.key.accountId = "shared";
+          return [id, c];
+        })),
+    } as unknown as Database;
+    const cache = new KeyCache(shared, { now: () => 0 } as never, { maxEntries: 4 });
+    for (const id of ["k0", "k1", "k2", "k10"]) await cache.get(id);
+    await cache.get("k11"); // evicts k0, the least recently used
+    expect(cache.peek("k0")).toBeUndefined();
+    expect([cache.peek("k1"), cache.peek("k2")].every((c) => c?.key.accountId === "shared")).toBe(true);
+    await cache.get("k12"); // evicts k1: k2 is the account's last cached key
+    cache.invalidate("shared");
+    expect(cache.peek("k2")).toBeUndefined();
+    expect(cache.peek("k10")).not.toBeUndefined();
+    // Loaded again after the invalidation, and dropped again by the next one.
+    await cache.get("k2");
+    await cache.get("k1");
+    cache.invalidate("shared");
+    expect([cache.peek("k1"), cache.peek("k2")]).toEqual([undefined, undefined]);
+    expect(cache.size).toBe(2); // k11, k12
+  });
 });
