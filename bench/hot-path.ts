@@ -133,7 +133,7 @@ console.log(
     callsPerSec: Math.round(done / wall),
     responseBytes: Math.round(bytes / done),
     rssMB: Math.round(mem.rss / 1048576),
-    heapUsedMB: Math.round(mem.heapUsed / 1048576),
+    heapUsedMB: Math.round(mem.heapUsed / 104857.6) / 10,
     heapTotalMB: Math.round(mem.heapTotal / 1048576),
     externalMB: Math.round(mem.external / 1048576),
     arrayBuffersMB: Math.round(mem.arrayBuffers / 1048576),

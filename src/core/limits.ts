@@ -27,7 +27,8 @@ export interface LimitInfo {
 
 export interface AppliedLimit {
   counter: CounterLimit;
-  info: LimitInfo;
+  /** Shared by every call of the plan version (infoOf): never mutated. */
+  readonly info: Readonly<LimitInfo>;
 }
 
 export interface CallAmounts {
@@ -36,8 +37,10 @@ export interface CallAmounts {
   meters: Record<string, bigint>;
 }
 
+/** A limit's counter id. Joined, not concatenated: `join` makes one flat string, where a template literal makes a
+ * tree of concatenation nodes that keeps its parts (ids live as long as a cached key's call plan). */
 export function limitId(scope: string, owner: string, name: string): string {
-  return scope === "account" ? `a:${name}` : scope === "key" ? `k:${owner}:${name}` : `s:${owner}:${name}`;
+  return scope === "account" ? ["a:", name].join("") : [scope === "key" ? "k:" : "s:", owner, ":", name].join("");
 }
 
 function unitOf(l: LimitSpec): string {
@@ -83,6 +86,29 @@ export function blocksOf(plan: PlanSpec, sub: SubscriptionRecord): Array<[number
   });
 }
 
+const ACCESS_WINDOW_INFO: LimitInfo = { name: "access-window", scope: "SUBSCRIPTION", kind: "ACCESS_WINDOW", unit: "requests", product: "" };
+
+/** What the answer says of a limit (and of a key's sub-limit of it): it depends on the plan's limit alone, so it is
+ * made once per plan version and shared by every call and cached key (never mutated). */
+const infos = new WeakMap<LimitSpec, { own: LimitInfo; sub?: LimitInfo }>();
+function infoOf(l: LimitSpec, subLimit = false): LimitInfo {
+  let i = infos.get(l);
+  if (!i) {
+    const own: LimitInfo = {
+      name: l.name,
+      scope: l.scope === "key" ? "KEY" : l.scope === "account" ? "ACCOUNT" : "SUBSCRIPTION",
+      kind: l.kind === "rate" ? "RATE" : l.kind === "quota" ? "QUOTA" : l.kind === "concurrency" ? "CONCURRENCY" : "BUDGET",
+      unit: unitOf(l),
+      product: l.product ?? "",
+    };
+    const w = windowOf(l);
+    if (w !== undefined) own.windowMs = w;
+    infos.set(l, (i = { own }));
+  }
+  if (!subLimit) return i.own;
+  return (i.sub ??= { ...i.own, name: `${l.name}/key`, scope: "KEY" });
+}
+
 /** Every limit that applies to a call by `key` on `product`, with this call's amounts (all zero to peek). */
 export function limitsForCall(
   plan: PlanSpec,
@@ -98,22 +124,14 @@ export function limitsForCall(
   if (plan.accessBlocks && sub.accessBlocks.length > 0) {
     out.push({
       counter: { id: limitId("subscription", sub.id, "access-window"), kind: "WINDOW", meter: "calls", amount: 1n, blocks: blocksOf(plan, sub) },
-      info: { name: "access-window", scope: "SUBSCRIPTION", kind: "ACCESS_WINDOW", unit: "requests", product: "" },
+      info: ACCESS_WINDOW_INFO,
     });
   }
   for (const l of plan.limits) {
     if (l.product && l.product !== product && !options.allProducts) continue;
     if (l.scope === "key" && !key) continue;
     const owner = l.scope === "key" ? key!.id : sub.id;
-    const info: LimitInfo = {
-      name: l.name,
-      scope: l.scope === "key" ? "KEY" : l.scope === "account" ? "ACCOUNT" : "SUBSCRIPTION",
-      kind: l.kind === "rate" ? "RATE" : l.kind === "quota" ? "QUOTA" : l.kind === "concurrency" ? "CONCURRENCY" : "BUDGET",
-      unit: unitOf(l),
-      product: l.product ?? "",
-    };
-    const w = windowOf(l);
-    if (w !== undefined) info.windowMs = w;
+    const info = infoOf(l);
     const counter: CounterLimit = {
       id: limitId(l.scope, owner, l.name),
       kind: info.kind === "ACCESS_WINDOW" ? "WINDOW" : info.kind,
@@ -136,7 +154,7 @@ export function limitsForCall(
     if (key && sub_ !== undefined && l.kind === "quota" && l.scope !== "key") {
       out.push({
         counter: { ...counter, id: limitId("key", key.id, `sub:${l.name}`), limit: sub_ },
-        info: { ...info, name: `${l.name}/key`, scope: "KEY" },
+        info: infoOf(l, true),
       });
     }
   }
@@ -271,13 +289,15 @@ interface PlanContext {
 
 /** Products seen per context are caller input: past this many the context's map starts over (bounded memory). */
 const MAX_PRODUCTS_PER_KEY = 64;
-const callPlans = new WeakMap<PlanContext, Map<string, CallPlan>>();
+/** A context's call plans: the one product's itself while only one was asked for (most keys call one product; a Map
+ * with its table costs ~300 bytes per cached key), a Map by product past that. */
+type CallPlans = (CallPlan & { product: string }) | Map<string, CallPlan>;
+const callPlans = new WeakMap<PlanContext, CallPlans>();
 const ZERO: CallAmounts = { units: 0n, spend: 0n, meters: {} };
 
 export function callPlanFor(ctx: PlanContext, product: string, now: number): CallPlan {
-  let byProduct = callPlans.get(ctx);
-  if (!byProduct) callPlans.set(ctx, (byProduct = new Map()));
-  const cached = byProduct.get(product);
+  const plans = callPlans.get(ctx);
+  const cached = plans === undefined ? undefined : plans instanceof Map ? plans.get(product) : plans.product === product ? plans : undefined;
   if (cached && now >= cached.from && now < cached.until) return cached;
   const limits = limitsForCall(ctx.plan.spec, ctx.subscription, ctx.key, product, ZERO, now);
   let from = -Infinity;
@@ -288,9 +308,16 @@ export function callPlanFor(ctx: PlanContext, product: string, now: number): Cal
     if (p.bounds[1] > from) from = p.bounds[1];
     if (p.bounds[2] < until) until = p.bounds[2];
   }
-  const plan: CallPlan = { limits, gates: gatesFor(ctx.subscription, ctx.key), hasBudget: limits.some((a) => a.info.kind === "BUDGET"), from, until };
-  if (!cached && byProduct.size >= MAX_PRODUCTS_PER_KEY) byProduct.clear();
-  byProduct.set(product, plan);
+  // Copies of their exact length: the arrays were grown by `push` (room for 17), and these live as long as the key.
+  const plan = { limits: limits.slice(), gates: gatesFor(ctx.subscription, ctx.key).slice(), hasBudget: limits.some((a) => a.info.kind === "BUDGET"), from, until, product };
+  if (plans === undefined || (!(plans instanceof Map) && plans.product === product)) {
+    callPlans.set(ctx, plan);
+  } else if (plans instanceof Map) {
+    if (!cached && plans.size >= MAX_PRODUCTS_PER_KEY) plans.clear();
+    plans.set(product, plan);
+  } else {
+    callPlans.set(ctx, new Map([[plans.product, plans], [product, plan]]));
+  }
   return plan;
 }
 

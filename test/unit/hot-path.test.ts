@@ -100,4 +100,30 @@ describe("the per key-context call plan", () => {
     expect(callPlanFor(ctx, "api", now + 60_000)).toBe(a);
     expect(callPlanFor({ ...ctx }, "api", now)).not.toBe(a);
   });
+
+  it("keeps one plan per product of a context: a second product neither replaces the first nor borrows its limits", () => {
+    const byProduct = parsePlan({
+      id: "p2", name: "p2", methods: { default: 3 },
+      limits: [
+        { name: "monthly", kind: "quota", limit: 100, period: "monthly" },
+        { name: "search-daily", kind: "quota", limit: 10, period: "daily", product: "search" },
+      ],
+    });
+    const c = { plan: { spec: byProduct }, subscription: sub, key };
+    const now = Date.parse("2026-02-03T12:00:00Z");
+    const api = callPlanFor(c, "api", now);
+    const search = callPlanFor(c, "search", now);
+    expect(api.limits.map((l) => l.info.name)).toEqual(["monthly"]);
+    expect(search.limits.map((l) => l.info.name)).toEqual(["monthly", "search-daily"]);
+    expect(callPlanFor(c, "api", now + 1)).toBe(api);
+    expect(callPlanFor(c, "search", now + 1)).toBe(search);
+    const other = callPlanFor(c, "other", now);
+    expect(other.limits.map((l) => l.info.name)).toEqual(["monthly"]);
+    expect(callPlanFor(c, "api", now + 2)).toBe(api);
+    expect(callPlanFor(c, "search", now + 2)).toBe(search);
+    // Past the day's boundary the daily limit's plan is recomputed, the others' products keep theirs.
+    const tomorrow = Date.parse("2026-02-04T12:00:00Z");
+    expect(callPlanFor(c, "search", tomorrow)).not.toBe(search);
+    expect(withAmounts(callPlanFor(c, "search", tomorrow).limits, amounts)).toEqual(limitsForCall(byProduct, sub, key, "search", amounts, tomorrow));
+  });
 });
