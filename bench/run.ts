@@ -77,6 +77,8 @@ const { values: o } = parseArgs({
     "lease-decisions": { type: "string", default: "50000000" },
     "lease-prefetch": { type: "string", default: "0" },
     "cluster-shards": { type: "string", default: "" },
+    // Extra node flags for our server (e.g. "--max-semi-space-size=64" to compare with the launcher's default).
+    "server-node-args": { type: "string", default: "" },
   },
 });
 const quick = o.quick;
@@ -130,7 +132,7 @@ try {
     databaseUrl: embedded ? "" : db.url,
     redisUrl: embedded ? "" : redis.url,
     env: { ...(workers > 1 ? { QUOTA_WORKERS: String(workers) } : {}), ...(o["flush-interval-ms"] ? { QUOTA_FLUSH_INTERVAL_MS: String(Number(o["flush-interval-ms"])) } : {}) },
-    ...(o.profile ? { nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${tmp}profile`] } : {}),
+    nodeArgs: [...o["server-node-args"].split(" ").filter(Boolean), ...(o.profile ? ["--cpu-prof", `--cpu-prof-dir=${tmp}profile`] : [])],
   });
   procs.server = server.pid;
   floor = await startFloor(redis.url);
@@ -332,6 +334,8 @@ interface Measured extends LoadResult {
   cpu: Record<string, { seconds: number; percentOfCore: number; usPerOp: number }>;
   redis: { cpuUsPerOp: number; evalshaCalls: number; evalshaUsPerCall: number; commandsPerOp: number };
   machineBusy: number;
+  /** Resident memory (MB) of the measured processes at the end of the window (the highest of the rounds). */
+  residentMB?: Record<string, number>;
 }
 
 function average(rows: Measured[]): Measured {
@@ -351,6 +355,7 @@ function average(rows: Measured[]): Measured {
     cpu,
     redis: { cpuUsPerOp: avg((r) => r.redis.cpuUsPerOp), evalshaCalls: rows.reduce((s, r) => s + r.redis.evalshaCalls, 0), evalshaUsPerCall: avg((r) => r.redis.evalshaUsPerCall), commandsPerOp: avg((r) => r.redis.commandsPerOp) },
     machineBusy: avg((r) => r.machineBusy),
+    residentMB: Object.fromEntries(Object.keys(first.residentMB ?? {}).map((k) => [k, Math.max(...rows.map((r) => r.residentMB?.[k] ?? 0))])),
   };
 }
 
@@ -387,6 +392,7 @@ async function measure(names: string[], fn: (hooks?: unknown) => Promise<LoadRes
       commandsPerOp: round3((allCalls(after.redis.commands) - allCalls(before.redis.commands)) / Math.max(1, r.ops)),
     },
     machineBusy: Math.round(((after.machine.busy - before.machine.busy) / Math.max(1, after.machine.total - before.machine.total)) * 100),
+    residentMB: Object.fromEntries(names.filter((n) => procs[n] !== undefined).map((n) => [n, rssOf(procs[n]!)])),
   };
 }
 /** Resident memory of a process in MB (/proc/<pid>/status VmRSS), with its node:cluster workers. */
@@ -591,7 +597,8 @@ async function leasePath(port: number, leaseKeys: string[]): Promise<Measured> {
 
 function fmtRow(label: string, m: Measured): string {
   const cpu = Object.entries(m.cpu).map(([k, v]) => `${k} ${v.percentOfCore}% ${Math.round(v.usPerOp)}µs/op`).join(", ");
-  return `${label.padEnd(28)} ${String(m.opsPerSecond).padStart(7)} ops/s  p50 ${m.latencyMs.p50} p99 ${m.latencyMs.p99} p99.9 ${m.latencyMs.p999} ms  errors ${m.errors}  cpu: ${cpu}  redis ${m.redis.cpuUsPerOp}µs/op (evalsha ${m.redis.evalshaUsPerCall}µs)  machine ${m.machineBusy}%`;
+  const rss = Object.entries(m.residentMB ?? {}).map(([k, v]) => `${k} ${v} MB`).join(", ");
+  return `${label.padEnd(28)} ${String(m.opsPerSecond).padStart(7)} ops/s  p50 ${m.latencyMs.p50} p99 ${m.latencyMs.p99} p99.9 ${m.latencyMs.p999} ms  errors ${m.errors}  cpu: ${cpu}  redis ${m.redis.cpuUsPerOp}µs/op (evalsha ${m.redis.evalshaUsPerCall}µs)  machine ${m.machineBusy}%${rss ? `  rss: ${rss}` : ""}`;
 }
 
 function printSummary(r: { sideBySide?: { summary: Record<string, Measured & { what: string }>; ratios: Record<string, unknown>; unavailable: Record<string, string> } }): void {
