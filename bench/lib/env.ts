@@ -8,6 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { fileURLToPath } from "node:url";
+import { dirname } from "node:path";
 import pg from "pg";
 import { Redis } from "ioredis";
 
@@ -206,7 +207,8 @@ export interface ServerHandle {
   stop(): Promise<number | null>;
 }
 
-/** Starts `src/cli/main.ts serve` (with `args` before it, e.g. --cpu-prof) and waits for /readyz. */
+/** Starts the server as users do, `bin/quota-authority serve` (its node flags included; `nodeArgs`, e.g. --cpu-prof,
+ * go in NODE_OPTIONS), on this process's Node, and waits for /readyz. */
 export async function startServer(opts: { databaseUrl: string; redisUrl: string; env?: Record<string, string>; nodeArgs?: string[] }): Promise<ServerHandle> {
   const grpcPort = await freePort();
   let httpPort = await freePort();
@@ -233,7 +235,10 @@ export async function startServer(opts: { databaseUrl: string; redisUrl: string;
   const workers = Number(env.QUOTA_WORKERS ?? 1);
   // With workers, /readyz answers once the first one serves: wait for the primary's "all workers serving" (info).
   if (workers > 1) env.QUOTA_LOG_LEVEL = "info";
-  const child = track(spawn(process.execPath, [...(opts.nodeArgs ?? []), "src/cli/main.ts", "serve"], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] }));
+  if (opts.nodeArgs?.length) env.NODE_OPTIONS = opts.nodeArgs.join(" ");
+  // This Node first on PATH, so the launcher's scripts/node runs it; each step `exec`s, so the pid is the server's.
+  env.PATH = `${dirname(process.execPath)}:${env.PATH ?? ""}`;
+  const child = track(spawn("sh", ["bin/quota-authority", "serve"], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] }));
   let stderr = "";
   let allServing = workers === 1;
   child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
