@@ -26,6 +26,8 @@ export interface LeaseWorkerResult {
   admitted: number;
   leases: number;
   returned: number;
+  /** Calls given back by this process's last close (sent with the call that was denied, or at its deadline). */
+  lastReturned: number;
   lastReason: string;
   firstAt: number;
   lastAt: number;
@@ -33,7 +35,7 @@ export interface LeaseWorkerResult {
 
 const job = JSON.parse(process.argv[2]!) as LeaseJob;
 const c = clients("grpc-js", { grpc: job.grpc, http: job.http });
-const out: LeaseWorkerResult = { admitted: 0, leases: 0, returned: 0, lastReason: "", firstAt: 0, lastAt: 0 };
+const out: LeaseWorkerResult = { admitted: 0, leases: 0, returned: 0, lastReturned: 0, lastReason: "", firstAt: 0, lastAt: 0 };
 await new Promise((r) => setTimeout(r, Math.max(0, job.startAt - Date.now())));
 const stopAt = Date.now() + job.deadlineMs;
 let close: Array<{ leaseId: string; usedCalls: bigint }> = [];
@@ -58,6 +60,7 @@ for (let n = 0; Date.now() < stopAt; n++) {
   }
   out.admitted += used;
   out.returned += granted - used;
+  out.lastReturned = granted - used;
   close = [{ leaseId: a.leaseId, usedCalls: BigInt(used) }];
   await new Promise((r) => setTimeout(r, 1)); // let the others in
 }
