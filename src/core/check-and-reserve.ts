@@ -144,6 +144,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
     headers: buildHeaders(limits, {
       now: result.now,
       overageEnabled: ctx.key.overage,
+      template: callPlan.headers,
       ...(result.outcome === "DENIED" && result.retryAfterMs !== undefined ? { retryAfterMs: result.retryAfterMs } : {}),
     }),
     cost: units,

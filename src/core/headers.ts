@@ -18,19 +18,54 @@ export interface HeaderLimit {
   windowMs?: number;
 }
 
-export function buildHeaders(limits: readonly HeaderLimit[], opts: { now: number; overageEnabled: boolean; retryAfterMs?: number }): Record<string, string> {
+/**
+ * What stays the same from call to call of one key and product: the RateLimit-Policy value, kept with the limit
+ * values it was made from (a grant or top-up changes a limit, and then it is made again). The call plan owns one
+ * (src/core/limits.ts), so the hot path formats it once, not per call.
+ */
+export interface HeaderTemplate {
+  limits?: bigint[];
+  policy?: string;
+}
+
+function policyOf(limits: readonly HeaderLimit[], template: HeaderTemplate | undefined): string {
+  if (template?.limits !== undefined && template.policy !== undefined) {
+    // The names, kinds and windows are the call plan's own (the same list every call); only limit values move.
+    let same = true;
+    let j = 0;
+    for (let i = 0; i < limits.length && same; i++) {
+      const l = limits[i]!;
+      if (l.kind !== "RATE" && l.kind !== "QUOTA" && l.kind !== "BUDGET") continue;
+      same = template.limits[j++] === l.limit;
+    }
+    if (same && j === template.limits.length) return template.policy;
+  }
   const policy: string[] = [];
-  const state: string[] = [];
+  const values: bigint[] = [];
   for (const l of limits) {
     if (l.kind !== "RATE" && l.kind !== "QUOTA" && l.kind !== "BUDGET") continue;
     const w = l.windowMs !== undefined ? `;w=${Math.max(1, Math.round(l.windowMs / 1000))}` : "";
     policy.push(`"${l.name}";q=${l.limit}${w}`);
+    values.push(l.limit);
+  }
+  const out = policy.join(", ");
+  if (template) {
+    template.limits = values;
+    template.policy = out;
+  }
+  return out;
+}
+
+export function buildHeaders(limits: readonly HeaderLimit[], opts: { now: number; overageEnabled: boolean; retryAfterMs?: number; template?: HeaderTemplate }): Record<string, string> {
+  const state: string[] = [];
+  for (const l of limits) {
+    if (l.kind !== "RATE" && l.kind !== "QUOTA" && l.kind !== "BUDGET") continue;
     const t = l.resetAt !== undefined ? `;t=${Math.max(0, Math.ceil((l.resetAt - opts.now) / 1000))}` : "";
     state.push(`"${l.name}";r=${l.remaining}${t}`);
   }
   const headers: Record<string, string> = {};
-  if (policy.length > 0) {
-    headers["RateLimit-Policy"] = policy.join(", ");
+  if (state.length > 0) {
+    headers["RateLimit-Policy"] = policyOf(limits, opts.template);
     headers["RateLimit"] = state.join(", ");
   }
   const quota = limits.find((l) => l.kind === "QUOTA" && l.scope !== "KEY") ?? limits.find((l) => l.kind === "QUOTA");

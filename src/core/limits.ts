@@ -8,6 +8,7 @@ import { meterOf, parseDuration, type LimitSpec, type PlanSpec } from "./plan.ts
 import { parseDecimalMicros } from "./money.ts";
 import type { AccountConfig, KeyRecord, SubscriptionRecord } from "./ports.ts";
 import { own } from "./validation.ts";
+import type { HeaderTemplate } from "./headers.ts";
 
 /** Rolling windows are counted in 15-minute buckets: a window over-counts by at most one bucket of usage. */
 export const ROLLING_BUCKET_MS = 15 * 60 * 1000;
@@ -279,6 +280,8 @@ export interface CallPlan {
   hasBudget: boolean;
   from: number;
   until: number;
+  /** The answer's header values that repeat from call to call (src/core/headers.ts). */
+  headers: HeaderTemplate;
 }
 
 interface PlanContext {
@@ -309,7 +312,7 @@ export function callPlanFor(ctx: PlanContext, product: string, now: number): Cal
     if (p.bounds[2] < until) until = p.bounds[2];
   }
   // Copies of their exact length: the arrays were grown by `push` (room for 17), and these live as long as the key.
-  const plan = { limits: limits.slice(), gates: gatesFor(ctx.subscription, ctx.key).slice(), hasBudget: limits.some((a) => a.info.kind === "BUDGET"), from, until, product };
+  const plan: CallPlan & { product: string } = { limits: limits.slice(), gates: gatesFor(ctx.subscription, ctx.key).slice(), hasBudget: limits.some((a) => a.info.kind === "BUDGET"), from, until, product, headers: {} };
   if (plans === undefined || (!(plans instanceof Map) && plans.product === product)) {
     callPlans.set(ctx, plan);
   } else if (plans instanceof Map) {
