@@ -14,7 +14,7 @@
  *   (a) redis-benchmark EVALSHA of our reserve.lua with the exact arguments our server sends (the Redis ceiling)
  *   (b) rate-limiter-flexible RateLimiterRedis.consume() in its own process (what a Node user would pick)
  *   (c) a bare grpc-js server doing one EVALSHA of a comparable 3-limit script (bench/floor-server.ts, the floor)
- *   (d) our server (`src/cli/main.ts serve`, Redis + Postgres, plan "l3": monthly quota, per-key rate, concurrency)
+ *   (d) our server (`bin/quota-authority serve`, Redis + Postgres, plan "l3": monthly quota, per-key rate, concurrency)
  *   (e) our batch path: CheckAndReserveBatch of --batch items (default 100, keys round-robin inside each message),
  *       --batch-concurrency messages in flight (default 8); reported in decisions/s, latency per message
  *   (f) our lease path (bench/lease.ts): a calling process deciding locally under leases of --lease-calls calls
@@ -27,6 +27,9 @@
  * --flush-interval-ms N sets our server's QUOTA_FLUSH_INTERVAL_MS (default 2,000; e.g. 600000: no usage flush during
  * the run, to see what the flusher's passes add to the open loop's tail).
  * --embedded runs our server on the embedded default (PGlite + in-process counters) instead.
+ * --warm-seconds N (default 120, at most 900) bounds the warm-up that touches the open loop's and each curve point's
+ * accounts once first; the curve records how many it touched (`warmedAccounts`): the rest are first touches in the
+ * window. --server-node-args "..." passes node flags to our server (NODE_OPTIONS of bin/quota-authority).
  * --cluster-shards 1,3 then runs our server on a private Redis Cluster of 1 and of 3 masters (CheckAndReserve, the
  * headline accounts; Redis CPU summed over the masters). The cost curve reports the server's RSS at each point.
  * Writes bench/results/<name>.json, latency-vs-load.png and cost-curve.png (gnuplot, installed with apt when root).
@@ -79,6 +82,9 @@ const { values: o } = parseArgs({
     "cluster-shards": { type: "string", default: "" },
     // Extra node flags for our server (e.g. "--max-semi-space-size=64" to compare with the launcher's default).
     "server-node-args": { type: "string", default: "" },
+    // Bound of the warm-up that touches the open loop's and each curve point's accounts once (first touches: a key
+    // load and a restore each, ~300-400/s here): 120 s leaves most of 100,000 accounts cold for the window.
+    "warm-seconds": { type: "string", default: "120" },
   },
 });
 const quick = o.quick;
@@ -91,6 +97,7 @@ const accounts = Math.min(Number(o.accounts), o.embedded ? 10_000 : 100_000);
 const curveAccounts = (o["curve-accounts"] ?? (quick ? "10,1000" : "10,1000,100000")).split(",").map(Number).filter((n) => n > 0 && n <= (o.embedded ? 10_000 : 100_000));
 const curveLimits = o["curve-limits"].split(",").map(Number).filter((n) => [1, 3, 6].includes(n));
 const openRates = (o["open-rates"] ?? (quick ? "500,1000,2000" : "250,500,1000,2000,4000")).split(",").map(Number).filter((n) => n > 0 && n <= 50_000);
+const warmSeconds = Math.min(Math.max(Number(o["warm-seconds"]) || 120, 1), 900);
 const openAccounts = Math.min(Number(o["open-accounts"] ?? (quick ? 1000 : 10_000)), o.embedded ? 10_000 : 100_000);
 const only = new Set(o.only.split(","));
 // --embedded: our server on the embedded default (PGlite in memory + in-process counters); accounts are created
@@ -235,7 +242,7 @@ try {
   // Open loop: latency against offered load, over `openAccounts` accounts.
   if (only.has("open")) {
     const openKeys = keysFile(3, openAccounts);
-    const warm = await load(server.grpcPort, { keysFile: openKeys, mix: "reserve", seconds: 120, calls: openAccounts });
+    const warm = await load(server.grpcPort, { keysFile: openKeys, mix: "reserve", seconds: warmSeconds, calls: openAccounts });
     log(`open-loop warm-up: ${openAccounts} accounts touched once at ${warm.opsPerSecond}/s (first touch: key load + restore)`);
     const open: Array<{ target: string; rate: number } & Measured> = [];
     for (const rate of openRates) {
@@ -251,15 +258,15 @@ try {
   // ---------------------------------------------------------------------------------------------------------------
   // Cost curve: throughput and p99 by accounts and limits per call (closed loop, our server).
   if (only.has("curve")) {
-    const curve: Array<{ accounts: number; limits: number; warmPerSecond: number; rssMB: number } & Measured> = [];
+    const curve: Array<{ accounts: number; limits: number; warmPerSecond: number; warmedAccounts: number; rssMB: number } & Measured> = [];
     for (const limits of curveLimits) {
       for (const n of curveAccounts) {
         const f = keysFile(limits, n);
-        const warm = await load(server.grpcPort, { keysFile: f, mix: "reserve", seconds: 120, calls: Math.max(n, 500) });
+        const warm = await load(server.grpcPort, { keysFile: f, mix: "reserve", seconds: warmSeconds, calls: Math.max(n, 500) });
         const m = await measure(["server"], () => load(server!.grpcPort, { keysFile: f, mix: "reserve" }));
         const rssMB = rssOf(server.pid);
-        curve.push({ accounts: n, limits, warmPerSecond: warm.opsPerSecond, rssMB, ...m });
-        log(`${fmtRow(`curve ${limits} limits ${n} accounts`, m)}  server RSS ${rssMB} MB`);
+        curve.push({ accounts: n, limits, warmPerSecond: warm.opsPerSecond, warmedAccounts: Math.min(n, warm.ops), rssMB, ...m });
+        log(`${fmtRow(`curve ${limits} limits ${n} accounts`, m)}  server RSS ${rssMB} MB  warmed ${Math.min(n, warm.ops)} of ${n} accounts first`);
       }
     }
     results.costCurve = curve;
