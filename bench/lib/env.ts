@@ -207,8 +207,8 @@ export interface ServerHandle {
   stop(): Promise<number | null>;
 }
 
-/** Starts the server as users do, `bin/quota-authority serve` (its node flags included; `nodeArgs`, e.g. --cpu-prof,
- * go in NODE_OPTIONS), on this process's Node, and waits for /readyz. */
+/** Starts the server as users do, `bin/quota-authority serve`, on this process's Node (`nodeArgs`, e.g. --cpu-prof,
+ * go in NODE_OPTIONS), and waits for /readyz. */
 export async function startServer(opts: { databaseUrl: string; redisUrl: string; env?: Record<string, string>; nodeArgs?: string[] }): Promise<ServerHandle> {
   const grpcPort = await freePort();
   let httpPort = await freePort();

@@ -358,10 +358,9 @@ function describeLimit(l: CounterLimit): string {
   return `${l.id}|${l.kind}|${l.meter}|${l.limit ?? ""}|${l.windowMs ?? ""}|${l.overage ? "1" : ""}|${period}|${l.blocks ? l.blocks.map(([s, e]) => `${s}-${e}`).join(",") : ""}`;
 }
 
-/** One call's answer (reserve.lua): "code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|
- * now|shadowReason" then "|<reply_state>" per limit. */
 /**
- * One call's answer. `sent` is the reservation id the call sent: the answer's id is that one, or (a replay) the
+ * One call's answer (reserve.lua): "code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|
+ * now|shadowReason" then "|<reply_state>" per limit. `sent` is the reservation id the call sent: the answer's id is that one, or (a replay) the
  * earlier reservation's. Either way the result carries a string of its own, not the slice `split` cut out of the
  * reply: the id outlives the call (the in-flight gauge keeps it until release or expiry), and in V8 a slice keeps
  * its whole parent alive — here the script's reply, every answer of the group (test/contract/redis-reply-retention).
