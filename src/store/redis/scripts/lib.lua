@@ -147,13 +147,13 @@ local function burn_sort(a, b)
   return a.id < b.id
 end
 
--- Evaluates one limit without changing usage (it may drop entries that already left their window).
--- Returns a table: pass, limit, used, remaining, reset (or nil), overage, retry (or nil), available (or nil),
--- sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key (RATE/CONCURRENCY: l.key, the declared sorted set).
-local function evaluate(l, product, now)
+-- Evaluates one limit for `amount` (a number) without changing usage (it may drop entries that already left their
+-- window). Returns a table: pass, limit, used, remaining, reset (or nil), overage, retry (or nil), available (or
+-- nil), sources (QUOTA/BUDGET), win, rolling, ufield, ofield, key (RATE/CONCURRENCY: l.key, the declared sorted
+-- set). Each is built by one table constructor with every field it will hold: a table that grows field by field
+-- is rehashed as it grows, and these are made for every limit of every call.
+local function evaluate(l, amount, product, now)
   local kind = l.kind
-  local amount = tonumber(l.amount)
-  local ev = { pass = true, limit = 0, used = 0, remaining = 0, overage = 0 }
   if kind == 'WINDOW' then
     local tod = now % DAY_MS
     local open, closes, next_open = false, 0, math.huge
@@ -166,17 +166,14 @@ local function evaluate(l, product, now)
       local delta = (s > tod) and (s - tod) or (s + DAY_MS - tod)
       if delta < next_open then next_open = delta end
     end
-    if open then ev.reset = closes; return ev end
-    ev.pass = false
-    if next_open ~= math.huge then
-      ev.reset = now + next_open; ev.retry = next_open; ev.available = now + next_open
-    end
-    return ev
+    if open then return { pass = true, limit = 0, used = 0, remaining = 0, overage = 0, reset = closes } end
+    if next_open == math.huge then return { pass = false, limit = 0, used = 0, remaining = 0, overage = 0 } end
+    return { pass = false, limit = 0, used = 0, remaining = 0, overage = 0, reset = now + next_open, retry = next_open,
+      available = now + next_open }
   end
   local key = l.key -- RATE and CONCURRENCY: the limit's sorted set, declared by the caller
-  ev.key = key
   if kind == 'RATE' then
-    local window = tonumber(l.windowMs)
+    local window = l.nwindow or tonumber(l.windowMs)
     local cut = now - window
     local z = ZC[key]
     -- Kept from an earlier call of this script unless that one dropped less (a description with a longer window).
@@ -187,15 +184,15 @@ local function evaluate(l, product, now)
       ZC[key] = z
     end
     local count = z.n
-    local max = tonumber(l.limit)
-    ev.pass = count + amount <= max
-    ev.limit, ev.used = max, count
-    ev.remaining = math.max(0, max - count)
-    if z.first then ev.reset = z.first + window else ev.reset = now + window end
-    if not ev.pass then
-      if z.first then ev.retry = math.max(1, z.first + window - now) else ev.retry = window end
+    local max = l.nlimit or tonumber(l.limit)
+    local pass = count + amount <= max
+    local reset, retry
+    if z.first then reset = z.first + window else reset = now + window end
+    if not pass then
+      if z.first then retry = math.max(1, z.first + window - now) else retry = window end
     end
-    return ev
+    return { pass = pass, limit = max, used = count, remaining = math.max(0, max - count), overage = 0, reset = reset,
+      retry = retry, key = key }
   end
   if kind == 'CONCURRENCY' then
     -- Slots released since the last evaluation (Release records them in FR: it never touches this key).
@@ -220,24 +217,24 @@ local function evaluate(l, product, now)
       ZC[key] = z
     end
     local count = z.n
-    local max = tonumber(l.limit)
-    ev.pass = count + amount <= max
-    ev.limit, ev.used = max, count
-    ev.remaining = math.max(0, max - count)
-    if not ev.pass then
+    local max = l.nlimit or tonumber(l.limit)
+    local pass = count + amount <= max
+    local retry
+    if not pass then
       if z.first == nil then
         local earliest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
         z.first = earliest[2] and tonumber(earliest[2]) or false
       end
-      if z.first then ev.retry = math.max(1, z.first - now) else ev.retry = 1000 end
+      if z.first then retry = math.max(1, z.first - now) else retry = 1000 end
     end
-    return ev
+    return { pass = pass, limit = max, used = count, remaining = math.max(0, max - count), overage = 0, reset = nil,
+      retry = retry, key = key }
   end
 
   -- QUOTA / BUDGET
   local cap
   if l.limit then
-    cap = { b = tonumber(l.limit), bp = 0, g = {} }
+    cap = { b = l.nlimit or tonumber(l.limit), bp = 0, g = {} }
   else
     cap = CAPC[l.id]
     if not cap then
@@ -248,8 +245,8 @@ local function evaluate(l, product, now)
   end
   local period = l.period or { type = 'none' }
   local win, reset, rolling = '0', nil, false
-  local used = 0
-  ev.ofield = 'o'
+  local used, rolling_over = 0, nil
+  local buckets, bucket, ufield, ofield = nil, nil, nil, 'o'
   if period.type == 'fixed' then
     local b = period.bounds
     -- the bounds as numbers: parsed once per description (reserve.lua), here for a limit kept in a reservation
@@ -263,7 +260,7 @@ local function evaluate(l, product, now)
   elseif period.type == 'rolling' then
     rolling = true
     local bucket_ms, window = tonumber(period.bucketMs), tonumber(period.windowMs)
-    local bucket = math.floor(now / bucket_ms) * bucket_ms
+    local start_ms = math.floor(now / bucket_ms) * bucket_ms
     local horizon = now - window - bucket_ms
     -- The buckets present are listed in field "bk" (no HGETALL of a hash shared by every limit of the account).
     local list = u_get1(uf(l.id, 'bk'))
@@ -285,53 +282,49 @@ local function evaluate(l, product, now)
       u_del(gone)
       if #kept > 0 then u_set(uf(l.id, 'bk'), table.concat(kept, ',')) else u_del({ uf(l.id, 'bk') }) end
     end
-    ev.rolling_over = 0
+    rolling_over = 0
     if #fields > 0 then
       local vals = u_get(fields)
       for k, start in ipairs(kept) do
-        local b, o = tonumber(vals[2 * k - 1] or '0'), tonumber(vals[2 * k] or '0')
-        used = used + b
-        ev.rolling_over = ev.rolling_over + o
-        if b > 0 and (oldest == nil or tonumber(start) < oldest) then oldest = tonumber(start) end
+        local bu, o = tonumber(vals[2 * k - 1] or '0'), tonumber(vals[2 * k] or '0')
+        used = used + bu
+        rolling_over = rolling_over + o
+        if bu > 0 and (oldest == nil or tonumber(start) < oldest) then oldest = tonumber(start) end
       end
     end
-    ev.buckets = kept
-    ev.bucket = fmt(bucket)
-    ev.ufield = 'b:' .. fmt(bucket)
-    ev.ofield = 'o:' .. fmt(bucket)
+    buckets = kept
+    bucket = fmt(start_ms)
+    ufield = 'b:' .. bucket
+    ofield = 'o:' .. bucket
     if oldest then reset = oldest + bucket_ms + window else reset = now + window end
   end
-  ev.id = l.id
 
   -- Sources active now; then every usage field this limit needs in one HMGET (win, b, o, ot, g:<grant>...).
   local sources = {}
   local base = cap.b
   if base > 0 or #cap.g == 0 then
-    local s = { id = 'base', amount = base, priority = cap.bp, product = '', seq = -1, used = 0 }
-    if rolling then s.field = ev.ufield else s.field = 'b'; s.expires = reset end
-    table.insert(sources, s)
+    sources[1] = { id = 'base', amount = base, priority = cap.bp, product = '', seq = -1, used = 0,
+      field = rolling and ufield or 'b', expires = (not rolling) and reset or nil }
   end
   for _, g in ipairs(cap.g) do
     -- g = { id, amount, priority, validFrom, validUntil ('' = never), seq, product }
     local from, till = g[4], g[5]
     if from <= now and (till == nil or now < till) and (g[7] == '' or g[7] == product) then
-      local s = { id = g[1], amount = g[2], priority = g[3], expires = till, seq = g[6], product = g[7], used = 0 }
-      if rolling then s.field = ev.ufield else s.field = 'g:' .. g[1] end
-      table.insert(sources, s)
+      sources[#sources + 1] = { id = g[1], amount = g[2], priority = g[3], expires = till, seq = g[6], product = g[7],
+        used = 0, field = rolling and ufield or ('g:' .. g[1]) }
     end
   end
   local names = { uf(l.id, 'win'), uf(l.id, 'o'), uf(l.id, 'ot') }
   if not rolling then for _, s in ipairs(sources) do names[#names + 1] = uf(l.id, s.field) end end
   local vals = u_get(names)
   local same = vals[1] == win
-  ev.same = same
   if not rolling then
     for i, s in ipairs(sources) do
       -- the base resets with the window; a grant's use is kept across windows (it has its own validity)
       if s.id ~= 'base' or same then s.used = tonumber(vals[3 + i] or '0') end
     end
   end
-  table.sort(sources, burn_sort)
+  if #sources > 1 then table.sort(sources, burn_sort) end
 
   local total, remaining = 0, 0
   for _, s in ipairs(sources) do
@@ -344,19 +337,19 @@ local function evaluate(l, product, now)
   if rolling then remaining = math.max(0, total - used) end
   local overage = 0
   if rolling then
-    overage = ev.rolling_over
+    overage = rolling_over
   elseif same then
     overage = tonumber(vals[2] or '0')
   end
 
-  ev.pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
+  local pass = amount <= remaining or (kind == 'QUOTA' and l.overage == true)
   -- A budget is exhausted once spend reaches it: every call fails then, a zero-cost one too (0 <= 0 must not pass).
-  if kind == 'BUDGET' and remaining <= 0 then ev.pass = false end
-  ev.limit, ev.used, ev.remaining, ev.overage, ev.reset = total, used, remaining, overage, reset
-  ev.overage_total = tonumber(vals[3] or '0')
-  ev.sources, ev.win, ev.rolling = sources, win, rolling
-  if not ev.pass and reset then ev.retry = math.max(1, reset - now) end
-  return ev
+  if kind == 'BUDGET' and remaining <= 0 then pass = false end
+  local retry
+  if not pass and reset then retry = math.max(1, reset - now) end
+  return { pass = pass, limit = total, used = used, remaining = remaining, overage = overage, reset = reset,
+    retry = retry, overage_total = tonumber(vals[3] or '0'), sources = sources, win = win, rolling = rolling,
+    same = same, id = l.id, ufield = ufield, ofield = ofield, buckets = buckets, bucket = bucket }
 end
 
 -- Takes `amount` from the sources in burn order; what no source can cover becomes overage.
@@ -381,8 +374,9 @@ local function consume(ev, amount)
   if ev.rolling then
     local room = math.min(ev.remaining, take)
     if room > 0 then
-      u_incr(uf(id, ev.ufield), fmt(room))
-      table.insert(parts, { ev.ufield, fmt(room) })
+      local n = fmt(room)
+      u_incr(uf(id, ev.ufield), n)
+      parts[#parts + 1] = { ev.ufield, n }
       take = take - room
     end
   else
@@ -391,18 +385,20 @@ local function consume(ev, amount)
       local avail = s.amount - s.used
       if avail > 0 then
         local t = math.min(avail, take)
-        u_incr(uf(id, s.field), fmt(t))
+        local n = fmt(t)
+        u_incr(uf(id, s.field), n)
         s.used = s.used + t
-        table.insert(parts, { s.field, fmt(t) })
+        parts[#parts + 1] = { s.field, n }
         take = take - t
       end
     end
   end
   if take > 0 then
     -- 'ot' never resets: overage units ever charged on this limit, for billing.
-    u_incr(uf(id, ev.ofield), fmt(take))
-    u_incr(uf(id, 'ot'), fmt(take))
-    table.insert(parts, { ev.ofield, fmt(take) })
+    local n = fmt(take)
+    u_incr(uf(id, ev.ofield), n)
+    u_incr(uf(id, 'ot'), n)
+    parts[#parts + 1] = { ev.ofield, n }
   end
   -- Keep the evaluation current, so the answer reports the state after this call without evaluating again.
   local within = amount - take
@@ -475,8 +471,7 @@ local function settle(id, r, state, actual, now, grace)
           end
         end
       elseif target > reserved then
-        l.amount = fmt(target - reserved)
-        local ev = evaluate(l, r.pr, now)
+        local ev = evaluate(l, target - reserved, r.pr, now)
         local extra = consume(ev, target - reserved)
         for _, p in ipairs(extra) do
           if is_overage_field(p[1]) then entry_over = entry_over + tonumber(p[2]) end
@@ -520,8 +515,12 @@ end
 -- total>" then ";<id>,<amount>,<used>,<priority>,<expires|-1>,<product>" per source (ids and products never contain
 -- ',' or ';'). Amounts through fmt: '..' would print numbers above 1e14 in exponent form.
 local function reply_state(ev, exceeded)
-  local out = string.format('%d,%d,%d,%d,%d,%s,%d', ev.limit, ev.used, ev.remaining, ev.reset or -1, ev.overage,
-    exceeded and '1' or '0', ev.overage_total or 0)
+  -- overage, exceeded, overage total: no overage is the common case, written without formatting numbers (each
+  -- number string.format writes costs about a third of a redis.call of a missing hash field).
+  local over, total, tail = ev.overage, ev.overage_total or 0, nil
+  if over == 0 and total == 0 then tail = exceeded and ',0,1,0' or ',0,0,0'
+  else tail = string.format(',%d,%s,%d', over, exceeded and '1' or '0', total) end
+  local out = string.format('%d,%d,%d,%d', ev.limit, ev.used, ev.remaining, ev.reset or -1) .. tail
   local sources = ev.sources
   if not sources or #sources == 0 then return out end
   local parts = { out }

@@ -42,33 +42,31 @@ local now = clock(ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'v') == 0 then return 2 end
 local grace = tonumber(ARGV[2])
 
--- Limit descriptions, parsed once per script call (a batch's calls share them).
+-- Limit descriptions, parsed once per script call (a batch's calls share them), each into one table constructor
+-- with every field (a table that grows field by field is rehashed as it grows). nlimit, nwindow: the numbers.
 local descs = {}
 local D = tonumber(ARGV[3])
 for d = 1, D do
   local id, kind, meter, lim, win, ov, pt, p1, p2, p3, p4, blocks = string.match(ARGV[3 + d],
     '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  local l = { id = id, kind = kind, meter = meter, key = KEYS[5 + d], overage = ov == '1' }
-  if lim ~= '' then l.limit = lim end
-  if win ~= '' then l.windowMs = win end
+  local period, nbounds, bl = nil, nil, nil
   if pt == 'fixed' then
-    l.period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
-    l.nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
+    period = { type = 'fixed', bounds = { p1, p2, p3, p4 } }
+    nbounds = { tonumber(p1), tonumber(p2), tonumber(p3), tonumber(p4) }
   elseif pt == 'rolling' then
-    l.period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
+    period = { type = 'rolling', windowMs = p1, bucketMs = p2 }
   elseif pt == 'none' then
-    l.period = { type = 'none' }
+    period = { type = 'none' }
   end
   if blocks ~= '' then
-    l.blocks = {}
-    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do l.blocks[#l.blocks + 1] = { s, e } end
+    bl = {}
+    for s, e in string.gmatch(blocks, '(%d+)-(%d+)') do bl[#bl + 1] = { s, e } end
   end
-  descs[d] = l
+  descs[d] = { id = id, kind = kind, meter = meter, key = KEYS[5 + d], overage = ov == '1',
+    limit = lim ~= '' and lim or nil, nlimit = lim ~= '' and tonumber(lim) or nil,
+    windowMs = win ~= '' and win or nil, nwindow = win ~= '' and tonumber(win) or nil,
+    period = period, nbounds = nbounds, blocks = bl }
 end
--- A call's limit is its description plus its amount: a table holding only the amount, reading the rest from the
--- description (a metatable per description, made once per script call), not a copy of every field per call.
-local desc_mt = {}
-for d = 1, D do desc_mt[d] = { __index = descs[d] } end
 local N = tonumber(ARGV[4 + D])
 sweep(now, SWEEP_BATCH * N, grace)
 
@@ -76,9 +74,36 @@ sweep(now, SWEEP_BATCH * N, grace)
 -- '|'): every element of a nested reply costs Redis (converting the script's reply) and the server's RESP decoder
 -- more than splitting a string does.
 local function answer(code, reason, denied, retry, available, rid, overage, replayed, shadow, states)
-  local out = { code, reason, denied, fmt(retry), fmt(available), rid, overage, replayed, NOW_S, shadow }
+  local out = { code, reason, denied, retry == -1 and '-1' or fmt(retry), available == -1 and '-1' or fmt(available), rid,
+    overage, replayed, NOW_S, shadow }
   for i = 1, #states do out[10 + i] = states[i] end
   return table.concat(out, '|')
+end
+
+-- The states of limits evaluated for 0 units (the answer of a replay: what is left now, nothing applied).
+local function zero_states(limits, product)
+  local out = {}
+  for i, l in ipairs(limits) do out[i] = reply_state(evaluate(l, 0, product, now), false) end
+  return out
+end
+
+-- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
+local function replay(id, raw, limits, product)
+  local overage = '0'
+  if is_open(raw) then
+    for _, en in ipairs(cmsgpack.unpack(raw).en) do
+      for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = '1' end end
+    end
+  elseif string.match(raw, '^.|(%d+)|') ~= '0' then
+    overage = '1'
+  end
+  return answer('0', '', '', -1, -1, id, overage, '1', '', zero_states(limits, product))
+end
+
+local function states_of(evals, limits, denied_id)
+  local out = {}
+  for i, ev in ipairs(evals) do out[i] = reply_state(ev, limits[i].id == denied_id) end
+  return out
 end
 
 local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, limit_list)
@@ -87,43 +112,18 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     local bar = string.find(idem, '|', 1, true)
     if bar then idem, ihash = string.sub(idem, 1, bar - 1), string.sub(idem, bar + 1) end
   end
-  local gates = {}
-  if gate_list ~= '' then
-    for reason, from, till in string.gmatch(gate_list, '([^,;]*),([^,;]*),([^,;]*)') do
-      gates[#gates + 1] = { reason = reason, from = from, till = till }
-    end
-  end
-  local limits = {}
+  -- The call's limits: its descriptions, and the amounts (strings as sent, numbers to compute with).
+  local limits, amounts, units = {}, {}, {}
   for d, amount in string.gmatch(limit_list, '(%d+)=(%d+)') do
-    limits[#limits + 1] = setmetatable({ amount = amount }, desc_mt[tonumber(d)])
-  end
-
-  local function zero_states()
-    local out = {}
-    for _, l in ipairs(limits) do
-      table.insert(out, reply_state(evaluate(setmetatable({ amount = '0' }, getmetatable(l)), product, now), false))
-    end
-    return out
-  end
-
-  -- The answer for a reservation already stored (open or settled): its outcome again, nothing applied.
-  local function replay(id, raw)
-    local overage = '0'
-    if is_open(raw) then
-      for _, en in ipairs(cmsgpack.unpack(raw).en) do
-        for _, p in ipairs(en.pa) do if is_overage_field(p[1]) then overage = '1' end end
-      end
-    elseif string.match(raw, '^.|(%d+)|') ~= '0' then
-      overage = '1'
-    end
-    return answer('0', '', '', -1, -1, id, overage, '1', '', zero_states())
+    local n = #limits + 1
+    limits[n], amounts[n], units[n] = descs[tonumber(d)], amount, tonumber(amount)
   end
 
   if mode ~= 'C' then
     local prior = redis.call('HGET', KEYS[2], 'r:' .. rid)
     if prior then
       if string.sub(prior, 1, 1) == 'T' then return answer('1', '', '', -1, -1, '', '0', '1', '', {}) end
-      return replay(rid, prior)
+      return replay(rid, prior, limits, product)
     end
   end
 
@@ -146,27 +146,29 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     end
     if rec and (string.sub(rec, 1, 1) == 'E' or mode == 'S') then
       local raw = redis.call('HGET', KEYS[2], 'r:' .. earlier)
-      if raw then return replay(earlier, raw) end
-      return answer('0', '', '', -1, -1, earlier, '0', '1', '', zero_states())
+      if raw then return replay(earlier, raw, limits, product) end
+      return answer('0', '', '', -1, -1, earlier, '0', '1', '', zero_states(limits, product))
     end
   end
 
   local reason, retry, available, denied_id = '', -1, -1, ''
-  for _, g in ipairs(gates) do
-    if g.from ~= '' and now < tonumber(g.from) then
-      reason, available, retry = g.reason, tonumber(g.from), tonumber(g.from) - now
-      break
-    end
-    if g.till ~= '' and now >= tonumber(g.till) then
-      reason = g.reason
-      break
+  if gate_list ~= '' then
+    for g_reason, from, till in string.gmatch(gate_list, '([^,;]*),([^,;]*),([^,;]*)') do
+      if from ~= '' and now < tonumber(from) then
+        reason, available, retry = g_reason, tonumber(from), tonumber(from) - now
+        break
+      end
+      if till ~= '' and now >= tonumber(till) then
+        reason = g_reason
+        break
+      end
     end
   end
 
   local evals = {}
   local worst = nil
   for i, l in ipairs(limits) do
-    local ev = evaluate(l, product, now)
+    local ev = evaluate(l, units[i], product, now)
     evals[i] = ev
     if not ev.pass and (worst == nil or kind_order(l.kind) < kind_order(limits[worst].kind)) then worst = i end
   end
@@ -178,14 +180,8 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     available = ev.available or -1
   end
 
-  local function states_of(list)
-    local out = {}
-    for i, ev in ipairs(list) do table.insert(out, reply_state(ev, limits[i].id == denied_id)) end
-    return out
-  end
-
   if mode == 'C' or (reason ~= '' and mode == 'E') then
-    return answer((reason ~= '') and '1' or '0', reason, denied_id, retry, available, '', '0', '0', '', states_of(evals))
+    return answer((reason ~= '') and '1' or '0', reason, denied_id, retry, available, '', '0', '0', '', states_of(evals, limits, denied_id))
   end
 
   -- ENFORCE allowed, or SHADOW: store the reservation. A SHADOW would-deny stores an empty one so Release works.
@@ -200,8 +196,8 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
   else
     for i, l in ipairs(limits) do
       local ev = evals[i]
-      local amount = tonumber(l.amount)
-      r.m[l.meter] = l.amount
+      local amount = units[i]
+      r.m[l.meter] = amounts[i]
       if l.kind == 'QUOTA' or l.kind == 'BUDGET' then
         -- No TTL on quota state (rolling buckets are pruned as they are read): it holds the overage billing total.
         -- Kept even for a zero amount: a Release may still charge its actual on this limit.
@@ -237,7 +233,7 @@ local function reserve_one(rid, idem, mode, ttl, product, policy, gate_list, lim
     redis.call('ZADD', KEYS[3], fmt(retention_of(expires, now, grace)), 'i:' .. idem)
   end
   -- evaluate() and consume() keep `evals` current, so the answer needs no second evaluation.
-  return answer('0', '', denied_id, retry, available, rid, overage, '0', shadow, states_of(evals))
+  return answer('0', '', denied_id, retry, available, rid, overage, '0', shadow, states_of(evals, limits, denied_id))
 end
 
 local out = {}
