@@ -516,16 +516,23 @@ end
 -- ',' or ';'). Amounts through fmt: '..' would print numbers above 1e14 in exponent form.
 local function reply_state(ev, exceeded)
   -- overage, exceeded, overage total: no overage is the common case, written without formatting numbers (each
-  -- number string.format writes costs about a third of a redis.call of a missing hash field).
+  -- number string.format writes costs about a third of a redis.call of a missing hash field, and each call of it
+  -- as much again: the limit and its first source are written by one call).
   local over, total, tail = ev.overage, ev.overage_total or 0, nil
   if over == 0 and total == 0 then tail = exceeded and ',0,1,0' or ',0,0,0'
   else tail = string.format(',%d,%s,%d', over, exceeded and '1' or '0', total) end
-  local out = string.format('%d,%d,%d,%d', ev.limit, ev.used, ev.remaining, ev.reset or -1) .. tail
   local sources = ev.sources
-  if not sources or #sources == 0 then return out end
+  if not sources or #sources == 0 then
+    return string.format('%d,%d,%d,%d%s', ev.limit, ev.used, ev.remaining, ev.reset or -1, tail)
+  end
+  local s = sources[1]
+  local out = string.format('%d,%d,%d,%d%s;%s,%d,%d,%d,%d,%s', ev.limit, ev.used, ev.remaining, ev.reset or -1, tail,
+    s.id, s.amount, s.used, s.priority, s.expires or -1, s.product)
+  if #sources == 1 then return out end
   local parts = { out }
-  for i, s in ipairs(sources) do
-    parts[i + 1] = string.format('%s,%d,%d,%d,%d,%s', s.id, s.amount, s.used, s.priority, s.expires or -1, s.product)
+  for i = 2, #sources do
+    s = sources[i]
+    parts[i] = string.format('%s,%d,%d,%d,%d,%s', s.id, s.amount, s.used, s.priority, s.expires or -1, s.product)
   end
   return table.concat(parts, ';')
 end

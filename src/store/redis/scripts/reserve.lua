@@ -74,10 +74,12 @@ sweep(now, SWEEP_BATCH * N, grace)
 -- '|'): every element of a nested reply costs Redis (converting the script's reply) and the server's RESP decoder
 -- more than splitting a string does.
 local function answer(code, reason, denied, retry, available, rid, overage, replayed, shadow, states)
-  local out = { code, reason, denied, retry == -1 and '-1' or fmt(retry), available == -1 and '-1' or fmt(available), rid,
-    overage, replayed, NOW_S, shadow }
-  for i = 1, #states do out[10 + i] = states[i] end
-  return table.concat(out, '|')
+  -- one concatenation (a single new string), not a table of the fields joined: half the cost
+  local head = code .. '|' .. reason .. '|' .. denied .. '|' .. (retry == -1 and '-1' or fmt(retry)) .. '|' ..
+    (available == -1 and '-1' or fmt(available)) .. '|' .. rid .. '|' .. overage .. '|' .. replayed .. '|' .. NOW_S ..
+    '|' .. shadow
+  if #states == 0 then return head end
+  return head .. '|' .. table.concat(states, '|')
 end
 
 -- The states of limits evaluated for 0 units (the answer of a replay: what is left now, nothing applied).
