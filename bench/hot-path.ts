@@ -12,6 +12,11 @@
  * Also reports the process's RSS and heap once every key is cached (run node with --expose-gc for the live heap):
  *   sh scripts/node --expose-gc bench/hot-path.ts --redis --accounts 100000 --calls 100000
  *
+ * --cold measures FIRST touches instead (the call that loads a key from Postgres and restores its account's counters,
+ * as after a restart): --accounts N more accounts are seeded, the warm-up touches only the first N (V8 optimized), then
+ * each of the other N is called once in the window; reports CPU µs and Postgres calls per first touch:
+ *   sh scripts/node bench/hot-path.ts --redis --cold --accounts 5000 --concurrency 64
+ *
  * --heap-snapshot FILE writes a V8 heap snapshot once every key is cached (after the measured window), to see
  * what a cached account costs (Chrome DevTools, Memory tab; compare two account counts).
  *
@@ -37,6 +42,7 @@ const { values: o } = parseArgs({
     accounts: { type: "string", default: "10" },
     plan: { type: "string", default: "l3" },
     release: { type: "boolean", default: false },
+    cold: { type: "boolean", default: false },
     "heap-snapshot": { type: "string" },
   },
 });
@@ -66,12 +72,16 @@ const config = loadConfig(
   undefined,
 );
 const app = await startApp(config, { logger: pino({ level: "silent" }) });
-const keys = await seedAccounts(db.url, o.plan, accounts, "hot");
+const seeded = await seedAccounts(db.url, o.plan, o.cold ? accounts * 2 : accounts, "hot");
+// --cold: the warm-up's keys, then the window's (each called once: its first touch).
+const keys = o.cold ? seeded.slice(0, accounts) : seeded;
+const coldKeys = seeded.slice(accounts);
 // The API as the gRPC handler calls it: auth, metrics and (no-op) tracing included (src/main.ts instrumentApi).
 const api = app.api.quota;
 const ctx = { header: () => undefined, peerVerified: false };
 // Requests as the gRPC handler sees them: decoded from bytes.
-const frames = keys.map((k) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" })));
+const frameOf = (k: string) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" }));
+let frames = keys.map(frameOf);
 
 let done = 0;
 let bytes = 0;
@@ -106,11 +116,12 @@ const dbCalls = async () => {
   for (const v of (m?.values ?? []) as Array<{ metricName?: string; labels: Record<string, string>; value: number }>) if (v.metricName === "quota_db_duration_seconds_count") out[v.labels.op!] = v.value;
   return out;
 };
+if (o.cold) frames = coldKeys.map(frameOf);
 const db0 = await dbCalls();
 const load0 = loadAverage();
 const cpu0 = process.cpuUsage();
 const t0 = process.hrtime.bigint();
-done = await run(calls, Date.now() + 60_000);
+done = await run(o.cold ? coldKeys.length : calls, Date.now() + 60_000);
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
 const cpu = process.cpuUsage(cpu0);
 const us = (cpu.user + cpu.system) / done;
@@ -126,6 +137,7 @@ console.log(
     plan: o.plan,
     release: o.release,
     calls: done,
+    ...(o.cold ? { firstTouches: done, postgresCallsPerFirstTouch: Math.round((Object.values(postgresCalls) as number[]).reduce((a, b) => a + b, 0) / done * 100) / 100 } : {}),
     concurrency,
     accounts,
     cpuUsPerCall: Math.round(us * 10) / 10,

@@ -2,7 +2,7 @@
  * MikroDatabase: the Database port on MikroORM (Postgres or PGlite). One EntityManager fork per unit of work; no
  * global EntityManager. Entities are mapped to the plain records of src/core/ports.ts at this boundary.
  */
-import { LockMode } from "@mikro-orm/core";
+import { LockMode, type EntityName } from "@mikro-orm/core";
 import { classifyDbError } from "./db-errors.ts";
 import type { SqlEntityManager as EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { FailedPreconditionError, IdempotencyInProgressError } from "../../core/errors.ts";
@@ -109,6 +109,29 @@ const toGrant = (e: AnyRow): GrantRecord => ({
   transactionId: e.transactionId as string,
   createdAt: e.createdAt as Date,
 });
+
+/**
+ * Rows of `entity` as plain objects with the entities' property names and JS types, without making entities of them:
+ * the query builder maps columns to properties (and dates per platform), then each property with a custom type
+ * (bigint amounts, JSON) is converted as hydration would (convertToJSValue). For the bulk reads of first touches (key
+ * contexts, account configs, usage snapshots: read, mapped to records, never written back), where building,
+ * registering and dropping managed entities was a third of the CPU a first touch cost (docs/performance.md, fifth
+ * pass). test/integration/db-bulk-reads.test.ts holds the answers equal to the entity reads on Postgres and PGlite.
+ */
+async function rows<T extends object>(em: EntityManager, entity: EntityName<T>, where: AnyRow, orderBy?: Record<string, "asc" | "desc">): Promise<AnyRow[]> {
+  const qb = em.createQueryBuilder(entity).select("*").where(where as never);
+  if (orderBy) qb.orderBy(orderBy as never);
+  const out = (await qb.execute("all")) as AnyRow[];
+  const platform = em.getPlatform();
+  const custom = em.getMetadata().get(entity).props.filter((p) => p.customType);
+  for (const row of out) {
+    for (const p of custom) {
+      const v = row[p.name];
+      if (v != null) row[p.name] = p.customType!.convertToJSValue(v, platform);
+    }
+  }
+  return out;
+}
 
 class MikroUnitOfWork implements UnitOfWork {
   readonly #em: EntityManager;
@@ -323,11 +346,11 @@ export class MikroDatabase implements Database {
     if (keyIds.length === 0) return out;
     try {
       const em = this.#orm.em.fork();
-      const keys = (await em.find(ApiKeyEntity, { id: { $in: [...new Set(keyIds)] } })).map((k) => toKey(k as AnyRow));
+      const keys = (await rows(em, ApiKeyEntity, { id: { $in: [...new Set(keyIds)] } })).map(toKey);
       if (keys.length === 0) return out;
-      const subs = new Map((await em.find(SubscriptionEntity, { id: { $in: [...new Set(keys.map((k) => k.subscriptionId))] } })).map((e) => [(e as AnyRow).id as string, toSubscription(e as AnyRow)]));
+      const subs = new Map((await rows(em, SubscriptionEntity, { id: { $in: [...new Set(keys.map((k) => k.subscriptionId))] } })).map((e) => [e.id as string, toSubscription(e)]));
       const planIds = [...new Set([...subs.values()].map((sub) => sub.planId))];
-      const plans = new Map((planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : []).map((e) => [(e as AnyRow).id as string, toPlan(e as AnyRow)]));
+      const plans = new Map((planIds.length ? await rows(em, PlanEntity, { id: { $in: planIds } }) : []).map((e) => [e.id as string, toPlan(e)]));
       for (const key of keys) {
         const subscription = subs.get(key.subscriptionId);
         const plan = subscription ? plans.get(subscription.planId) : undefined;
@@ -348,19 +371,19 @@ export class MikroDatabase implements Database {
     if (accountIds.length === 0) return out;
     const em = this.#orm.em.fork();
     const ids = [...new Set(accountIds)];
-    const accounts = await em.find(AccountEntity, { id: { $in: ids } });
+    const accounts = await rows(em, AccountEntity, { id: { $in: ids } });
     if (accounts.length === 0) return out;
-    const found = accounts.map((a) => (a as AnyRow).id as string);
+    const found = accounts.map((a) => a.id as string);
     const [subs, keys, grants, wallets] = await Promise.all([
-      em.find(SubscriptionEntity, { accountId: { $in: found } }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(ApiKeyEntity, { accountId: { $in: found } }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(GrantEntity, { accountId: { $in: found }, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { orderBy: { createdAt: "asc", id: "asc" } }),
-      em.find(WalletEntity, { accountId: { $in: found } }),
+      rows(em, SubscriptionEntity, { accountId: { $in: found } }, { createdAt: "asc", id: "asc" }),
+      rows(em, ApiKeyEntity, { accountId: { $in: found } }, { createdAt: "asc", id: "asc" }),
+      rows(em, GrantEntity, { accountId: { $in: found }, $or: [{ validUntil: null }, { validUntil: { $gt: now } }] }, { createdAt: "asc", id: "asc" }),
+      rows(em, WalletEntity, { accountId: { $in: found } }),
     ]);
-    const planIds = [...new Set(subs.map((s) => (s as AnyRow).planId as string))];
-    const plans = new Map((planIds.length ? await em.find(PlanEntity, { id: { $in: planIds } }) : []).map((p) => [(p as AnyRow).id as string, toPlan(p as AnyRow)]));
+    const planIds = [...new Set(subs.map((s) => s.planId as string))];
+    const plans = new Map((planIds.length ? await rows(em, PlanEntity, { id: { $in: planIds } }) : []).map((p) => [p.id as string, toPlan(p)]));
     for (const a of accounts) {
-      const account = toAccount(a as AnyRow);
+      const account = toAccount(a);
       out.set(account.id, { account, subscriptions: [], plans: new Map(), keys: [], grants: [], wallets: [] });
     }
     const of = (row: unknown) => out.get((row as AnyRow).accountId as string)!;
@@ -433,8 +456,7 @@ export class MikroDatabase implements Database {
   async loadUsageSnapshots(accountIds: readonly string[]): Promise<Map<string, StateSnapshot>> {
     const out = new Map<string, StateSnapshot>();
     if (accountIds.length === 0) return out;
-    const rows = await this.#orm.em.fork().find(UsageSnapshotEntity, { accountId: { $in: [...new Set(accountIds)] } });
-    for (const r of rows as AnyRow[]) {
+    for (const r of await rows(this.#orm.em.fork(), UsageSnapshotEntity, { accountId: { $in: [...new Set(accountIds)] } })) {
       const id = r.accountId as string;
       let states = out.get(id);
       if (!states) out.set(id, (states = {}));
