@@ -189,10 +189,12 @@ export class RedisCounterStore implements CounterStore {
     }
     this.#script("release")(5, ...this.#fixedKeys(accountId), ...args).then(
       (reply) => {
-        const replies = reply as Array<[number, string]>;
+        // "<code>|<result>" per Release, joined by newlines (release.lua)
+        const replies = (reply as string).split("\n");
         for (let i = 0; i < calls.length; i++) {
-          const [code, raw] = replies[i]!;
-          calls[i]!.resolve(code === 2 ? { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n } : { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(raw) });
+          const r = replies[i]!;
+          const code = r.charCodeAt(0) - 48;
+          calls[i]!.resolve(code === 2 ? { outcome: "NOT_FOUND", reserved: {}, charged: {}, overage: 0n } : { outcome: code === 0 ? "SETTLED" : "REPLAYED", ...decodeSettled(r.slice(2)) });
         }
       },
       (e: unknown) => {

@@ -14,8 +14,9 @@ ARGV[3]  number of Releases N, then per Release 3 fields:
          reservation id; COMMIT | CANCEL; actual amounts '<meter>=<amount>' joined by ',' (meters not named are
          charged what was reserved; meter names never contain '=' or ',')
 
-Returns one { code, result } per Release, in order:
-  code 0 SETTLED, 1 REPLAYED (result is the first settlement), 2 NOT_FOUND (never existed or retention over)
+Returns ONE string: per Release, in order, "<code>|<result>", joined by a newline (a nested reply costs Redis and the
+server's RESP decoder per element; results never contain a newline):
+  code 0 SETTLED, 1 REPLAYED (result is the first settlement), 2 NOT_FOUND (never existed or retention over; result '')
   result = "<state>|<overage>|<meter>=<reserved>=<charged>,..." (settle in lib.lua)
 A CANCEL that finds nothing leaves a tombstone for the retention grace, so a reserve of that id arriving late
 (resent by the client library after a reconnect) is a no-op.
@@ -33,16 +34,16 @@ local function release_one(id, outcome, actual_list)
       redis.call('HSET', KEYS[2], 'r:' .. id, 'T|0|')
       redis.call('ZADD', KEYS[3], fmt(now + grace), 'r:' .. id)
     end
-    return { 2, '' }
+    return '2|'
   end
   if not is_open(raw) then
-    if string.sub(raw, 1, 1) == 'T' then return { 2, '' } end
-    return { 1, raw }
+    if string.sub(raw, 1, 1) == 'T' then return '2|' end
+    return '1|' .. raw
   end
   local actual = {}
   for meter, amount in string.gmatch(actual_list, '([^=,]+)=(%d+)') do actual[meter] = amount end
   local state = (outcome == 'CANCEL') and 'CANCELLED' or 'COMMITTED'
-  return { 0, settle(id, cmsgpack.unpack(raw), state, actual, now, grace) }
+  return '0|' .. settle(id, cmsgpack.unpack(raw), state, actual, now, grace)
 end
 
 local out = {}
@@ -50,4 +51,4 @@ for n = 1, N do
   local a = 1 + 3 * n
   out[n] = release_one(ARGV[a], ARGV[a + 1], ARGV[a + 2])
 end
-return out
+return table.concat(out, '\n')
