@@ -12,14 +12,22 @@
  * Also reports the process's RSS and heap once every key is cached (run node with --expose-gc for the live heap):
  *   sh scripts/node --expose-gc bench/hot-path.ts --redis --accounts 100000 --calls 100000
  *
+ * Also reports the JS heap bytes the measured window allocated per call (heapAllocBytesPerCall: the used heap at its
+ * end, plus what every collection in it freed; exact to the byte, unlike CPU time on a shared machine, and it counts
+ * the bench's own request decoding and answer encoding, as the gRPC handler would do them) and the collections in it.
+ * For where it is allocated, --heap-profile FILE writes a sampling allocation profile of the measured window only,
+ * garbage included (node's own --heap-prof keeps only what is still alive at exit), summarized by
+ *   sh scripts/node bench/heap-profile-top.ts FILE
+ *
  * --heap-snapshot FILE writes a V8 heap snapshot once every key is cached (after the measured window), to see
  * what a cached account costs (Chrome DevTools, Memory tab; compare two account counts).
  *
  * Bounded: at most 200,000 calls, 100,000 accounts and 60 s of load. Loopback only.
  */
 import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { parseArgs } from "node:util";
-import { getHeapSpaceStatistics, writeHeapSnapshot } from "node:v8";
+import { GCProfiler, getHeapSpaceStatistics, getHeapStatistics, writeHeapSnapshot } from "node:v8";
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
@@ -38,6 +46,7 @@ const { values: o } = parseArgs({
     plan: { type: "string", default: "l3" },
     release: { type: "boolean", default: false },
     "heap-snapshot": { type: "string" },
+    "heap-profile": { type: "string" },
   },
 });
 const calls = Math.min(Number(o.calls), 200_000);
@@ -108,11 +117,38 @@ const dbCalls = async () => {
 };
 const db0 = await dbCalls();
 const load0 = loadAverage();
+const inspector = o["heap-profile"] ? new Session() : undefined;
+if (inspector) {
+  inspector.connect();
+  // Every sampled allocation, also those collected before the profile is taken: what a call allocates, not keeps.
+  await inspector.post("HeapProfiler.startSampling", { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as object);
+}
+const gcs = new GCProfiler();
+const used0 = getHeapStatistics().used_heap_size;
+gcs.start();
 const cpu0 = process.cpuUsage();
 const t0 = process.hrtime.bigint();
 done = await run(calls, Date.now() + 60_000);
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
 const cpu = process.cpuUsage(cpu0);
+const used1 = getHeapStatistics().used_heap_size;
+const window = gcs.stop();
+// Allocated = what was used at the end, plus what each collection freed (its heap before minus the one after the
+// previous collection), from the heap used at the start.
+let allocated = 0;
+let after = used0;
+const collections: Record<string, number> = {};
+for (const g of window.statistics) {
+  allocated += g.beforeGC.heapStatistics.usedHeapSize - after;
+  after = g.afterGC.heapStatistics.usedHeapSize;
+  collections[g.gcType] = (collections[g.gcType] ?? 0) + 1;
+}
+allocated += used1 - after;
+if (inspector) {
+  const { profile } = await inspector.post("HeapProfiler.stopSampling");
+  writeFileSync(o["heap-profile"]!, JSON.stringify(profile));
+  inspector.disconnect();
+}
 const us = (cpu.user + cpu.system) / done;
 // Memory with every key cached (run with --expose-gc for the live heap after a full collection).
 (globalThis as { gc?: () => void }).gc?.();
@@ -131,6 +167,8 @@ console.log(
     cpuUsPerCall: Math.round(us * 10) / 10,
     userUs: Math.round((cpu.user / done) * 10) / 10,
     callsPerSec: Math.round(done / wall),
+    heapAllocBytesPerCall: Math.round(allocated / done),
+    collectionsInWindow: collections,
     responseBytes: Math.round(bytes / done),
     rssMB: Math.round(mem.rss / 1048576),
     heapUsedMB: Math.round(mem.heapUsed / 104857.6) / 10,
