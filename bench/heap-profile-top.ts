@@ -1,7 +1,8 @@
 /**
  * Summarizes a V8 sampling allocation profile (`bench/hot-path.ts --heap-profile FILE`, or a `.heapprofile` of
  * `node --heap-prof`): the bytes allocated by function and by source file / package, as percentages of the total
- * and, with --calls N, as bytes per call.
+ * and, with --calls N, as bytes per call. A built-in (no source file: `split`, `Promise`, `flat` ...) is shown with
+ * the function that called it.
  *
  *   node bench/heap-profile-top.ts FILE [--top 30] [--calls N]
  */
@@ -25,15 +26,17 @@ const byFunction = new Map<string, number>();
 const byFile = new Map<string, number>();
 let total = 0;
 const add = (m: Map<string, number>, k: string, n: number) => m.set(k, (m.get(k) ?? 0) + n);
-for (const stack: Node[] = [head]; stack.length > 0; ) {
-  const n = stack.pop()!;
-  stack.push(...n.children);
+const where = (url: string) => url.replace(/^file:\/\/.*?\/(node_modules\/|src\/|bench\/)/, "$1");
+const label = ({ functionName, url, lineNumber }: Node["callFrame"]) => `${functionName || "(anonymous)"} ${where(url)}:${lineNumber + 1}`;
+for (const stack: Array<[Node, Node | undefined]> = [[head, undefined]]; stack.length > 0; ) {
+  const [n, parent] = stack.pop()!;
+  for (const c of n.children) stack.push([c, n]);
   if (n.selfSize === 0) continue;
-  const { functionName, url, lineNumber } = n.callFrame;
-  const where = url.replace(/^file:\/\/.*?\/(node_modules\/|src\/|bench\/)/, "$1");
+  const url = where(n.callFrame.url);
   total += n.selfSize;
-  add(byFunction, `${functionName || "(anonymous)"} ${where}:${lineNumber + 1}`, n.selfSize);
-  add(byFile, where.startsWith("node_modules/") ? where.split("/").slice(0, where.startsWith("node_modules/@") ? 3 : 2).join("/") : where || "(native)", n.selfSize);
+  add(byFunction, url || !parent ? label(n.callFrame) : `${n.callFrame.functionName} <- ${label(parent.callFrame)}`, n.selfSize);
+  const pkg = url.replace(/^.*?node_modules\//, "node_modules/");
+  add(byFile, pkg.startsWith("node_modules/") ? pkg.split("/").slice(0, pkg.startsWith("node_modules/@") ? 3 : 2).join("/") : url || "(native)", n.selfSize);
 }
 const calls = values.calls ? Number(values.calls) : undefined;
 const row = (k: string, n: number) =>
