@@ -56,7 +56,14 @@ function policyOf(limits: readonly HeaderLimit[], template: HeaderTemplate | und
   return out;
 }
 
-export function buildHeaders(limits: readonly HeaderLimit[], opts: { now: number; overageEnabled: boolean; retryAfterMs?: number; template?: HeaderTemplate }): Record<string, string> {
+export interface HeaderOptions {
+  now: number;
+  overageEnabled: boolean;
+  retryAfterMs?: number;
+  template?: HeaderTemplate;
+}
+
+export function buildHeaders(limits: readonly HeaderLimit[], opts: HeaderOptions): Record<string, string> {
   const state: string[] = [];
   for (const l of limits) {
     if (l.kind !== "RATE" && l.kind !== "QUOTA" && l.kind !== "BUDGET") continue;
