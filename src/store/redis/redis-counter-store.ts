@@ -26,7 +26,8 @@ const SCRIPTS = ["reserve", "release", "set_capacity", "export_state", "sweep"] 
 type ScriptName = (typeof SCRIPTS)[number];
 const LIB = readFileSync(new URL("./scripts/lib.lua", import.meta.url), "utf8");
 
-type ScriptFn = (numKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
+/** A script's call: the number of keys, the keys, then the arguments. */
+type ScriptFn = (...numKeysThenKeysThenArgs: Array<string | number>) => Promise<unknown>;
 
 export interface RedisCounterStoreOptions {
   /** Prefix before the hash tag, so several deployments (or test files) can share one Redis. */
@@ -84,8 +85,13 @@ export class RedisCounterStore implements CounterStore {
     return this.#clock ? String(this.#clock()) : "";
   }
 
+  /** Bound once: not a bound function per script call. */
+  readonly #scripts = new Map<ScriptName, ScriptFn>();
+
   #script(name: ScriptName): ScriptFn {
-    return (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis);
+    let fn = this.#scripts.get(name);
+    if (fn === undefined) this.#scripts.set(name, (fn = (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis)));
+    return fn;
   }
 
   /** Calls of one account made in the same tick (the items of a CheckAndReserveBatch, concurrent single calls) go to
@@ -135,20 +141,32 @@ export class RedisCounterStore implements CounterStore {
 
   #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
     const tag = this.#tag(accountId);
+    // The script's arguments, in order: the number of keys, the keys (the fixed five, then one per description),
+    // the time, the grace, the limit descriptions (each sent once per script call, reserve.lua's header: the script
+    // decodes no JSON), then the calls. Descriptions and calls are collected first: their counts come before them.
     const keys = this.#fixedKeys(accountId);
-    // Limit descriptions, each sent once per script call (reserve.lua's header): the script decodes no JSON.
-    const descIndex = new Map<string, number>();
     const descs: string[] = [];
+    const descIndex = new Map<string, number>();
+    // The calls of one key share its call plan's limits (the same field values): such a limit is described once per
+    // group, not once per call. `byId`: the first limit of each id and its description's number.
+    const byId = new Map<string, { limit: CounterLimit; d: number }>();
     const items: string[] = [];
-    for (const { cmd } of calls) {
+    for (let c = 0; c < calls.length; c++) {
+      const cmd = calls[c]!.cmd;
       let refs = "";
-      for (const l of cmd.limits) {
-        const desc = describeLimit(l);
-        let d = descIndex.get(desc);
+      for (let i = 0; i < cmd.limits.length; i++) {
+        const l = cmd.limits[i]!;
+        const seen = byId.get(l.id);
+        let d = seen !== undefined && sameDescription(seen.limit, l) ? seen.d : undefined;
         if (d === undefined) {
-          descs.push(desc);
-          keys.push(`${tag}s:${l.id}`);
-          descIndex.set(desc, (d = descs.length));
+          const desc = describeLimit(l);
+          d = descIndex.get(desc);
+          if (d === undefined) {
+            descs.push(desc);
+            keys.push(`${tag}s:${l.id}`);
+            descIndex.set(desc, (d = descs.length));
+          }
+          if (seen === undefined) byId.set(l.id, { limit: l, d });
         }
         refs += `${refs ? "," : ""}${d}=${l.amount}`;
       }
@@ -159,8 +177,13 @@ export class RedisCounterStore implements CounterStore {
         String(cmd.ttlMs), cmd.product, cmd.expiryPolicy, gates, refs,
       );
     }
-    const args = [this.#now(), this.#grace, String(descs.length), ...descs, String(calls.length), ...items];
-    this.#script("reserve")(keys.length, ...keys, ...args).then(
+    const args: Array<string | number> = [keys.length];
+    for (const k of keys) args.push(k);
+    args.push(this.#now(), this.#grace, String(descs.length));
+    for (const desc of descs) args.push(desc);
+    args.push(String(calls.length));
+    for (const item of items) args.push(item);
+    this.#script("reserve")(...args).then(
       (reply) => {
         if (reply === 2) {
           for (const c of calls) c.resolve(needRestore());
@@ -346,6 +369,13 @@ function sendGroups<C, R>(queue: Map<string, Pending<C, R>[]>, send: (accountId:
 }
 
 const needRestore = (): ReserveResult => ({ outcome: "NEED_RESTORE", overage: false, replayed: false, now: 0, states: [] });
+
+/** Whether two limits have the same description (describeLimit): the same values in every field it reads. A call
+ * plan's limits share their period and blocks objects from call to call, so they compare by reference here; other
+ * equal ones are told apart by their description string (a false "different" only costs describing it again). */
+function sameDescription(a: CounterLimit, b: CounterLimit): boolean {
+  return a.id === b.id && a.kind === b.kind && a.meter === b.meter && a.limit === b.limit && a.windowMs === b.windowMs && a.overage === b.overage && a.period === b.period && a.blocks === b.blocks;
+}
 
 /** A limit without its amount, as reserve.lua's one-string description: 12 fields joined by '|'. */
 function describeLimit(l: CounterLimit): string {
