@@ -19,8 +19,15 @@ export interface LimitStatusOut extends LimitInfo {
 }
 
 export function toStatus(a: AppliedLimit, s: LimitState | undefined): LimitStatusOut {
+  // The info's fields one by one, not spread: a spread copies into an object that then grows a second store for the
+  // fields after it (once per limit of every answer).
+  const info = a.info;
   const out: LimitStatusOut = {
-    ...a.info,
+    name: info.name,
+    scope: info.scope,
+    kind: info.kind,
+    unit: info.unit,
+    product: info.product,
     limit: s?.limit ?? 0n,
     used: s?.used ?? 0n,
     remaining: s?.remaining ?? 0n,
@@ -29,6 +36,7 @@ export function toStatus(a: AppliedLimit, s: LimitState | undefined): LimitStatu
     exceeded: s?.exceeded ?? false,
     sources: s?.sources === undefined ? [] : s.sources.map(sourceOut),
   };
+  if (info.windowMs !== undefined) out.windowMs = info.windowMs;
   if (s?.resetAt !== undefined) out.resetAt = s.resetAt;
   return out;
 }
