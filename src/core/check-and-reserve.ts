@@ -14,7 +14,7 @@ import { resolveKey, type KeyDenial } from "./key-auth.ts";
 import { toStatus, type LimitStatusOut } from "./limit-status.ts";
 import { callPlanFor, priceOf, withAmounts } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
-import { parseDuration } from "./plan.ts";
+import { reservationTtlMs } from "./plan.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
 import { METHOD_RE, NAME_RE, REQUEST_ID_RE, hashRequest, checkAmount, checkMeters, own } from "./validation.ts";
 
@@ -88,7 +88,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
     accountId,
     reservationId: newReservationId(accountId, ctx.key.id),
     mode: req.mode,
-    ttlMs: ttl ?? reservationTtlOf(plan),
+    ttlMs: ttl ?? reservationTtlMs(plan),
     product: req.product,
     expiryPolicy: plan.reservation.onExpiry,
     gates: callPlan.gates,
@@ -162,13 +162,6 @@ function emptyAnswer(): CheckAnswer {
     deniedLimit: "",
     replayed: false,
   };
-}
-
-const ttlByPlan = new WeakMap<object, number>();
-function reservationTtlOf(plan: { reservation: { ttl: string } }): number {
-  let ms = ttlByPlan.get(plan);
-  if (ms === undefined) ttlByPlan.set(plan, (ms = parseDuration(plan.reservation.ttl)));
-  return ms;
 }
 
 function report(d: QuotaDeps, a: CheckAnswer, mode: Mode): CheckAnswer {
