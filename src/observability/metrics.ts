@@ -23,6 +23,8 @@ export interface Metrics {
   dbDuration: Histogram;
   dbErrors: Counter;
   keyCacheLookups: Counter;
+  /** Counts one key cache lookup of `keyCacheLookups` (counted here, handed to prom-client at collection). */
+  keyCacheLookup(hit: boolean): void;
   reservationsInFlight: Gauge;
   flushLag: Gauge;
   reconcileLag: Gauge;
@@ -36,7 +38,9 @@ export function createMetrics(registry: Registry, now: () => number = Date.now):
   const inFlight = new Map<string, number>();
   let lastFlush = now();
   let lastReconcile = now();
+  // Counted on every call: kept here until a collection, not passed through prom-client's label hashing per call.
   const decided = new DecisionCounts();
+  const lookups = { hit: 0, miss: 0 };
   return {
     inFlight,
     decided,
@@ -53,7 +57,18 @@ export function createMetrics(registry: Registry, now: () => number = Date.now):
     storeErrors: new Counter({ name: "quota_store_errors_total", help: "Counter store (Redis) calls that failed", labelNames: ["store", "op"], registers }),
     dbDuration: new Histogram({ name: "quota_db_duration_seconds", help: "Postgres call latency (one unit of work per transaction/read)", labelNames: ["op"], buckets: FAST, registers }),
     dbErrors: new Counter({ name: "quota_db_errors_total", help: "Postgres calls that failed", labelNames: ["op"], registers }),
-    keyCacheLookups: new Counter({ name: "quota_key_cache_lookups_total", help: "API key cache lookups (hit ratio = hit / all)", labelNames: ["result"], registers }),
+    keyCacheLookups: new Counter({
+      name: "quota_key_cache_lookups_total",
+      help: "API key cache lookups (hit ratio = hit / all)",
+      labelNames: ["result"],
+      registers,
+      collect() {
+        if (lookups.hit > 0) this.inc({ result: "hit" }, lookups.hit);
+        if (lookups.miss > 0) this.inc({ result: "miss" }, lookups.miss);
+        lookups.hit = lookups.miss = 0;
+      },
+    }),
+    keyCacheLookup: (hit) => void (hit ? lookups.hit++ : lookups.miss++),
     reservationsInFlight: new Gauge({
       name: "quota_reservations_in_flight",
       help: "Reservations made through this process and neither released nor past their TTL",
