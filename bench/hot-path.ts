@@ -34,7 +34,7 @@ import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/q
 import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { startApp } from "../src/main.ts";
-import { ROOT, PLANS, createDatabase, seedAccounts, startRedis } from "./lib/env.ts";
+import { ROOT, PLANS, createDatabase, redisCounters, seedAccounts, startRedis } from "./lib/env.ts";
 import { loadAverage } from "./lib/stats.ts";
 
 const { values: o } = parseArgs({
@@ -116,6 +116,10 @@ const dbCalls = async () => {
   return out;
 };
 const db0 = await dbCalls();
+// Script calls in the window (Redis mode): concurrent calls of one account go as one script call, so what a call
+// allocates depends on how many share one (fewer when the process is slower, e.g. a loaded machine).
+const scripts = async () => (redis ? (await redisCounters(redis.client)).commands.evalsha?.calls ?? 0 : 0);
+const scripts0 = await scripts();
 const load0 = loadAverage();
 const inspector = o["heap-profile"] ? new Session() : undefined;
 if (inspector) {
@@ -155,6 +159,7 @@ const us = (cpu.user + cpu.system) / done;
 const mem = process.memoryUsage();
 if (o["heap-snapshot"]) writeHeapSnapshot(o["heap-snapshot"]);
 const db1 = await dbCalls();
+const scriptCalls = (await scripts()) - scripts0;
 const postgresCalls = Object.fromEntries(Object.entries(db1).map(([op, n]) => [op, n - (db0[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
 console.log(
   JSON.stringify({
@@ -169,6 +174,7 @@ console.log(
     callsPerSec: Math.round(done / wall),
     heapAllocBytesPerCall: Math.round(allocated / done),
     collectionsInWindow: collections,
+    ...(redis ? { callsPerScript: Math.round((done / scriptCalls) * 10) / 10 } : {}),
     responseBytes: Math.round(bytes / done),
     rssMB: Math.round(mem.rss / 1048576),
     heapUsedMB: Math.round(mem.heapUsed / 104857.6) / 10,
