@@ -178,11 +178,11 @@ export class RedisCounterStore implements CounterStore {
       );
     }
     const args: Array<string | number> = [keys.length];
-    for (const k of keys) args.push(k);
+    for (let i = 0; i < keys.length; i++) args.push(keys[i]!);
     args.push(this.#now(), this.#grace, String(descs.length));
-    for (const desc of descs) args.push(desc);
+    for (let i = 0; i < descs.length; i++) args.push(descs[i]!);
     args.push(String(calls.length));
-    for (const item of items) args.push(item);
+    for (let i = 0; i < items.length; i++) args.push(items[i]!);
     this.#script("reserve")(...args).then(
       (reply) => {
         if (reply === 2) {
