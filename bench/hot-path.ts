@@ -31,6 +31,7 @@ import { GCProfiler, getHeapSpaceStatistics, getHeapStatistics, writeHeapSnapsho
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
+import { decodeCheckAndReserveRequest } from "../src/transport/grpc/check-request-wire.ts";
 import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { startApp } from "../src/main.ts";
@@ -80,12 +81,13 @@ const keys = await seedAccounts(db.url, o.plan, accounts, "hot");
 const api = app.api.quota;
 const ctx = { header: () => undefined, peerVerified: false };
 // Requests as the gRPC handler sees them: decoded from bytes.
-const frames = keys.map((k) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" })));
+const frames = keys.map((k) => Buffer.from(toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" }))));
 
 let done = 0;
 let bytes = 0;
 async function one(i: number): Promise<void> {
-  const req = fromBinary(CheckAndReserveRequestSchema, frames[i % frames.length]!);
+  // As the gRPC port decodes it (src/transport/grpc/grpc-server.ts: grpc-js hands it a Buffer).
+  const req = decodeCheckAndReserveRequest(frames[i % frames.length]!);
   const res = await api.checkAndReserve(req, ctx);
   if (res.reservationId === "") throw new Error(`denied: ${res.reason}`);
   // As the gRPC port serializes it (src/transport/grpc/grpc-server.ts).
