@@ -10,7 +10,7 @@ import type { CounterLimit, DenyReasonName, Mode, ReserveCommand } from "./count
 import { InvalidArgumentError, QuotaError } from "./errors.ts";
 import { buildHeaders, type HeaderOptions } from "./headers.ts";
 import { newReservationId } from "./ids.ts";
-import { resolveKey, type KeyDenial } from "./key-auth.ts";
+import { resolveCachedKey, resolveKey, type KeyDenial } from "./key-auth.ts";
 import { toStatus, type LimitStatusOut } from "./limit-status.ts";
 import { callPlanFor, priceOf, withAmounts } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
@@ -67,7 +67,8 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   const ttl = req.reservationTtlMs;
   if (ttl !== undefined && (ttl < 1000 || ttl > 3_600_000)) throw new InvalidArgumentError("reservation_ttl", "must be between 1s and 1h");
 
-  const { ctx, denial } = await resolveKey(d.keys, req.apiKey, req.keyId);
+  // A cached key is resolved without waiting (most calls); another is loaded.
+  const { ctx, denial } = resolveCachedKey(d.keys, req.apiKey, req.keyId) ?? (await resolveKey(d.keys, req.apiKey, req.keyId));
   if (denial || !ctx) return report(d, { ...emptyAnswer(), reason: denial ?? "KEY_INVALID" }, req.mode);
   const plan = ctx.plan.spec;
   if (plan.products && plan.products.length > 0 && !plan.products.includes(req.product)) {
