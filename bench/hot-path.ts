@@ -12,6 +12,13 @@
  * Also reports the process's RSS and heap once every key is cached (run node with --expose-gc for the live heap):
  *   sh scripts/node --expose-gc bench/hot-path.ts --redis --accounts 100000 --calls 100000
  *
+ * Also reports the JS heap bytes the measured window allocated per call (heapAllocBytesPerCall: the used heap at its
+ * end, plus what every collection in it freed; exact to the byte, unlike CPU time on a shared machine, and it counts
+ * the bench's own request decoding and answer encoding, as the gRPC handler would do them) and the collections in it.
+ * For where it is allocated, --heap-profile FILE writes a sampling allocation profile of the measured window only,
+ * garbage included (node's own --heap-prof keeps only what is still alive at exit), summarized by
+ *   sh scripts/node bench/heap-profile-top.ts FILE
+ *
  * --cold measures FIRST touches instead (the call that loads a key from Postgres and restores its account's counters,
  * as after a restart): --accounts N more accounts are seeded, the warm-up touches only the first N (V8 optimized), then
  * each of the other N is called once in the window; reports CPU µs and Postgres calls per first touch:
@@ -23,15 +30,17 @@
  * Bounded: at most 200,000 calls, 100,000 accounts and 60 s of load. Loopback only.
  */
 import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { parseArgs } from "node:util";
-import { getHeapSpaceStatistics, writeHeapSnapshot } from "node:v8";
+import { GCProfiler, getHeapSpaceStatistics, getHeapStatistics, writeHeapSnapshot } from "node:v8";
 import pino from "pino";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CheckAndReserveRequestSchema, ReleaseRequestSchema } from "../src/gen/quota/v1/quota_pb.ts";
+import { decodeCheckAndReserveRequest } from "../src/transport/grpc/check-request-wire.ts";
 import { encodeCheckAndReserveResponse } from "../src/transport/grpc/check-response-wire.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { startApp } from "../src/main.ts";
-import { ROOT, PLANS, createDatabase, seedAccounts, startRedis } from "./lib/env.ts";
+import { ROOT, PLANS, createDatabase, redisCounters, seedAccounts, startRedis } from "./lib/env.ts";
 import { loadAverage } from "./lib/stats.ts";
 
 const { values: o } = parseArgs({
@@ -44,6 +53,7 @@ const { values: o } = parseArgs({
     release: { type: "boolean", default: false },
     cold: { type: "boolean", default: false },
     "heap-snapshot": { type: "string" },
+    "heap-profile": { type: "string" },
   },
 });
 const calls = Math.min(Number(o.calls), 200_000);
@@ -80,13 +90,14 @@ const coldKeys = seeded.slice(accounts);
 const api = app.api.quota;
 const ctx = { header: () => undefined, peerVerified: false };
 // Requests as the gRPC handler sees them: decoded from bytes.
-const frameOf = (k: string) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" }));
+const frameOf = (k: string) => Buffer.from(toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, { apiKey: k, product: "api", method: "GetThing" })));
 let frames = keys.map(frameOf);
 
 let done = 0;
 let bytes = 0;
 async function one(i: number): Promise<void> {
-  const req = fromBinary(CheckAndReserveRequestSchema, frames[i % frames.length]!);
+  // As the gRPC port decodes it (src/transport/grpc/grpc-server.ts: grpc-js hands it a Buffer).
+  const req = decodeCheckAndReserveRequest(frames[i % frames.length]!);
   const res = await api.checkAndReserve(req, ctx);
   if (res.reservationId === "") throw new Error(`denied: ${res.reason}`);
   // As the gRPC port serializes it (src/transport/grpc/grpc-server.ts).
@@ -118,18 +129,50 @@ const dbCalls = async () => {
 };
 if (o.cold) frames = coldKeys.map(frameOf);
 const db0 = await dbCalls();
+// Script calls in the window (Redis mode): concurrent calls of one account go as one script call, so what a call
+// allocates depends on how many share one (fewer when the process is slower, e.g. a loaded machine).
+const scripts = async () => (redis ? (await redisCounters(redis.client)).commands.evalsha?.calls ?? 0 : 0);
+const scripts0 = await scripts();
 const load0 = loadAverage();
+const inspector = o["heap-profile"] ? new Session() : undefined;
+if (inspector) {
+  inspector.connect();
+  // Every sampled allocation, also those collected before the profile is taken: what a call allocates, not keeps.
+  await inspector.post("HeapProfiler.startSampling", { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as object);
+}
+const gcs = new GCProfiler();
+const used0 = getHeapStatistics().used_heap_size;
+gcs.start();
 const cpu0 = process.cpuUsage();
 const t0 = process.hrtime.bigint();
 done = await run(o.cold ? coldKeys.length : calls, Date.now() + 60_000);
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
 const cpu = process.cpuUsage(cpu0);
+const used1 = getHeapStatistics().used_heap_size;
+const window = gcs.stop();
+// Allocated = what was used at the end, plus what each collection freed (its heap before minus the one after the
+// previous collection), from the heap used at the start.
+let allocated = 0;
+let after = used0;
+const collections: Record<string, number> = {};
+for (const g of window.statistics) {
+  allocated += g.beforeGC.heapStatistics.usedHeapSize - after;
+  after = g.afterGC.heapStatistics.usedHeapSize;
+  collections[g.gcType] = (collections[g.gcType] ?? 0) + 1;
+}
+allocated += used1 - after;
+if (inspector) {
+  const { profile } = await inspector.post("HeapProfiler.stopSampling");
+  writeFileSync(o["heap-profile"]!, JSON.stringify(profile));
+  inspector.disconnect();
+}
 const us = (cpu.user + cpu.system) / done;
 // Memory with every key cached (run with --expose-gc for the live heap after a full collection).
 (globalThis as { gc?: () => void }).gc?.();
 const mem = process.memoryUsage();
 if (o["heap-snapshot"]) writeHeapSnapshot(o["heap-snapshot"]);
 const db1 = await dbCalls();
+const scriptCalls = (await scripts()) - scripts0;
 const postgresCalls = Object.fromEntries(Object.entries(db1).map(([op, n]) => [op, n - (db0[op] ?? 0)]).filter(([, n]) => (n as number) > 0));
 console.log(
   JSON.stringify({
@@ -143,6 +186,9 @@ console.log(
     cpuUsPerCall: Math.round(us * 10) / 10,
     userUs: Math.round((cpu.user / done) * 10) / 10,
     callsPerSec: Math.round(done / wall),
+    heapAllocBytesPerCall: Math.round(allocated / done),
+    collectionsInWindow: collections,
+    ...(redis ? { callsPerScript: Math.round((done / scriptCalls) * 10) / 10 } : {}),
     responseBytes: Math.round(bytes / done),
     rssMB: Math.round(mem.rss / 1048576),
     heapUsedMB: Math.round(mem.heapUsed / 104857.6) / 10,

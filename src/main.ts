@@ -184,7 +184,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     negativeTtlMs: config.keyCacheNegativeTtlMs,
     maxEntries: keyCacheMax,
     onRefreshError: (keyId, err) => logger.warn({ keyId, err: String(err) }, "key refresh failed; serving the cached entry"),
-    onLookup: (hit) => m.keyCacheLookups.inc({ result: hit ? "hit" : "miss" }),
+    onLookup: m.keyCacheLookup,
   });
   bus.subscribe((accountId) => keys.invalidate(accountId));
   const capacity = new CapacitySync({ db: idb, store, clock, bus, onMarkError: (accountIds, err) => logger.warn({ accounts: accountIds.length, err: String(err) }, "marking restored accounts synced failed; the reconciler re-syncs them") });

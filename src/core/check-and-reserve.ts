@@ -6,15 +6,15 @@
  * A denial is an answer, never an error. A counter store that does not answer within the deadline is answered by
  * the plan's failure mode (fail closed: DENIED UNAVAILABLE; fail open: ALLOWED, flagged).
  */
-import type { DenyReasonName, Mode } from "./counter-store.ts";
+import type { CounterLimit, DenyReasonName, Mode, ReserveCommand } from "./counter-store.ts";
 import { InvalidArgumentError, QuotaError } from "./errors.ts";
-import { buildHeaders } from "./headers.ts";
+import { buildHeaders, type HeaderOptions } from "./headers.ts";
 import { newReservationId } from "./ids.ts";
-import { resolveKey, type KeyDenial } from "./key-auth.ts";
+import { resolveCachedKey, resolveKey, type KeyDenial } from "./key-auth.ts";
 import { toStatus, type LimitStatusOut } from "./limit-status.ts";
 import { callPlanFor, priceOf, withAmounts } from "./limits.ts";
 import { MAX_AMOUNT } from "./money.ts";
-import { parseDuration } from "./plan.ts";
+import { reservationTtlMs } from "./plan.ts";
 import { reserveWithRestore, type QuotaDeps } from "./quota-deps.ts";
 import { METHOD_RE, NAME_RE, REQUEST_ID_RE, hashRequest, checkAmount, checkMeters, own } from "./validation.ts";
 
@@ -67,23 +67,12 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   const ttl = req.reservationTtlMs;
   if (ttl !== undefined && (ttl < 1000 || ttl > 3_600_000)) throw new InvalidArgumentError("reservation_ttl", "must be between 1s and 1h");
 
-  const { ctx, denial } = await resolveKey(d.keys, req.apiKey, req.keyId);
-  const empty: CheckAnswer = {
-    decision: "DENIED",
-    reservationId: "",
-    overage: false,
-    limits: [],
-    headers: {},
-    cost: 0n,
-    reservedSpendMicros: 0n,
-    failOpen: false,
-    deniedLimit: "",
-    replayed: false,
-  };
-  if (denial || !ctx) return report(d, { ...empty, reason: denial ?? "KEY_INVALID" }, req.mode);
+  // A cached key is resolved without waiting (most calls); another is loaded.
+  const { ctx, denial } = resolveCachedKey(d.keys, req.apiKey, req.keyId) ?? (await resolveKey(d.keys, req.apiKey, req.keyId));
+  if (denial || !ctx) return report(d, { ...emptyAnswer(), reason: denial ?? "KEY_INVALID" }, req.mode);
   const plan = ctx.plan.spec;
   if (plan.products && plan.products.length > 0 && !plan.products.includes(req.product)) {
-    return report(d, { ...empty, reason: "PRODUCT_NOT_ALLOWED", plan: ctx.plan.id }, req.mode);
+    return report(d, { ...emptyAnswer(), reason: "PRODUCT_NOT_ALLOWED", plan: ctx.plan.id }, req.mode);
   }
 
   const units = req.cost ?? BigInt(own(plan.methods.costs, req.method) ?? plan.methods.default);
@@ -94,23 +83,23 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   const callPlan = callPlanFor(ctx, req.product, d.clock.now());
   const applied = withAmounts(callPlan.limits, { units, spend, meters: req.meters });
   const accountId = ctx.key.accountId;
-  const cmd = {
+  const counters: CounterLimit[] = new Array(applied.length);
+  for (let i = 0; i < applied.length; i++) counters[i] = applied[i]!.counter;
+  const cmd: ReserveCommand = {
     accountId,
     reservationId: newReservationId(accountId, ctx.key.id),
     mode: req.mode,
-    ttlMs: ttl ?? reservationTtlOf(plan),
+    ttlMs: ttl ?? reservationTtlMs(plan),
     product: req.product,
     expiryPolicy: plan.reservation.onExpiry,
     gates: callPlan.gates,
-    limits: applied.map((a) => a.counter),
-    ...(req.idempotencyId
-      ? {
-          idempotencyId: `${ctx.key.id}:${req.idempotencyId}`,
-          // What the call asks for (not its mode: an enforced decision answers a later SHADOW repeat).
-          requestHash: hashRequest([req.product, req.method, req.cost ?? null, req.estimatedSpendMicros ?? null, Object.entries(req.meters).sort(), ttl ?? null]).slice(0, 16),
-        }
-      : {}),
+    limits: counters,
   };
+  if (req.idempotencyId) {
+    cmd.idempotencyId = `${ctx.key.id}:${req.idempotencyId}`;
+    // What the call asks for (not its mode: an enforced decision answers a later SHADOW repeat).
+    cmd.requestHash = hashRequest([req.product, req.method, req.cost ?? null, req.estimatedSpendMicros ?? null, Object.entries(req.meters).sort(), ttl ?? null]).slice(0, 16);
+  }
 
   let result;
   try {
@@ -123,7 +112,7 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
     d.store.release({ accountId, reservationId: cmd.reservationId, outcome: "CANCEL", actual: {} }).catch(() => {});
     const open = plan.failureMode === "open";
     return report(d, 
-      { ...empty, decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units, plan: ctx.plan.id },
+      { ...emptyAnswer(), decision: open ? "ALLOWED" : "DENIED", ...(open ? {} : { reason: "UNAVAILABLE" as const }), failOpen: open, cost: units, plan: ctx.plan.id },
       req.mode,
     );
   }
@@ -134,19 +123,17 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   // The reservation stays open until released or expired: the flusher sweeps the account after its TTL even if idle.
   if (req.mode !== "CHECK_ONLY" && result.outcome === "ALLOWED") d.touched?.(accountId, d.clock.now() + cmd.ttlMs);
 
-  const limits = applied.map((a, i) => toStatus(a, result.states[i]));
+  const limits: LimitStatusOut[] = new Array(applied.length);
+  for (let i = 0; i < applied.length; i++) limits[i] = toStatus(applied[i]!, result.states[i]);
   const deniedLimit = result.deniedLimitId ? (applied.find((a) => a.counter.id === result.deniedLimitId)?.info.name ?? "") : "";
+  const headerOptions: HeaderOptions = { now: result.now, overageEnabled: ctx.key.overage, template: callPlan.headers };
+  if (result.outcome === "DENIED" && result.retryAfterMs !== undefined) headerOptions.retryAfterMs = result.retryAfterMs;
   const answer: CheckAnswer = {
     decision: result.outcome === "ALLOWED" ? "ALLOWED" : "DENIED",
     reservationId: result.reservationId ?? "",
     overage: result.overage,
     limits,
-    headers: buildHeaders(limits, {
-      now: result.now,
-      overageEnabled: ctx.key.overage,
-      template: callPlan.headers,
-      ...(result.outcome === "DENIED" && result.retryAfterMs !== undefined ? { retryAfterMs: result.retryAfterMs } : {}),
-    }),
+    headers: buildHeaders(limits, headerOptions),
     cost: units,
     reservedSpendMicros: callPlan.hasBudget ? spend : 0n,
     failOpen: false,
@@ -161,11 +148,21 @@ export async function checkAndReserve(d: QuotaDeps, req: CheckRequest, storeDead
   return report(d, answer, req.mode);
 }
 
-const ttlByPlan = new WeakMap<object, number>();
-function reservationTtlOf(plan: { reservation: { ttl: string } }): number {
-  let ms = ttlByPlan.get(plan);
-  if (ms === undefined) ttlByPlan.set(plan, (ms = parseDuration(plan.reservation.ttl)));
-  return ms;
+/** The answer of a call decided without the counter store (key denials, a product the plan does not allow, the
+ * store unreachable); made only then, not on every call. */
+function emptyAnswer(): CheckAnswer {
+  return {
+    decision: "DENIED",
+    reservationId: "",
+    overage: false,
+    limits: [],
+    headers: {},
+    cost: 0n,
+    reservedSpendMicros: 0n,
+    failOpen: false,
+    deniedLimit: "",
+    replayed: false,
+  };
 }
 
 function report(d: QuotaDeps, a: CheckAnswer, mode: Mode): CheckAnswer {

@@ -56,19 +56,27 @@ function policyOf(limits: readonly HeaderLimit[], template: HeaderTemplate | und
   return out;
 }
 
-export function buildHeaders(limits: readonly HeaderLimit[], opts: { now: number; overageEnabled: boolean; retryAfterMs?: number; template?: HeaderTemplate }): Record<string, string> {
-  const state: string[] = [];
+export interface HeaderOptions {
+  now: number;
+  overageEnabled: boolean;
+  retryAfterMs?: number;
+  template?: HeaderTemplate;
+}
+
+export function buildHeaders(limits: readonly HeaderLimit[], opts: HeaderOptions): Record<string, string> {
+  // The list is written as it goes (no array to join: this runs for every answer).
+  let state = "";
   for (const l of limits) {
     if (l.kind !== "RATE" && l.kind !== "QUOTA" && l.kind !== "BUDGET") continue;
     const t = l.resetAt !== undefined ? `;t=${Math.max(0, Math.ceil((l.resetAt - opts.now) / 1000))}` : "";
-    state.push(`"${l.name}";r=${l.remaining}${t}`);
+    state += `${state === "" ? "" : ", "}"${l.name}";r=${l.remaining}${t}`;
   }
   const headers: Record<string, string> = {};
-  if (state.length > 0) {
+  if (state !== "") {
     headers["RateLimit-Policy"] = policyOf(limits, opts.template);
-    headers["RateLimit"] = state.join(", ");
+    headers["RateLimit"] = state;
   }
-  const quota = limits.find((l) => l.kind === "QUOTA" && l.scope !== "KEY") ?? limits.find((l) => l.kind === "QUOTA");
+  const quota = mainQuota(limits);
   if (quota) {
     headers["X-UnitsLimit-Quota-Overage"] = opts.overageEnabled ? "enabled" : "disabled";
     headers["X-UnitsLimit-Quota-Allocated"] = String(quota.limit);
@@ -77,4 +85,15 @@ export function buildHeaders(limits: readonly HeaderLimit[], opts: { now: number
   }
   if (opts.retryAfterMs !== undefined) headers["Retry-After"] = String(Math.max(1, Math.ceil(opts.retryAfterMs / 1000)));
   return headers;
+}
+
+/** The call's main quota: the first quota limit not of the key (shared by the subscription), else the first one. */
+function mainQuota(limits: readonly HeaderLimit[]): HeaderLimit | undefined {
+  let first: HeaderLimit | undefined;
+  for (const l of limits) {
+    if (l.kind !== "QUOTA") continue;
+    if (l.scope !== "KEY") return l;
+    first ??= l;
+  }
+  return first;
 }

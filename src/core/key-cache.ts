@@ -108,24 +108,28 @@ export class KeyCache {
    * own timeouts); throws only then, when Postgres fails.
    */
   async get(keyId: string): Promise<KeyContext | null> {
-    const e = this.#entries.get(keyId);
-    const now = this.#clock.now();
-    if (e) {
-      this.#touch(keyId, e);
-      const age = now - e.loadedAt;
-      if (e.ctx === null) {
-        if (age < this.#negativeTtl) {
-          this.#onLookup?.(true);
-          return null;
-        }
-      } else {
-        if (age >= this.#ttl) this.#refresh(keyId);
-        this.#onLookup?.(true);
-        return e.ctx;
-      }
-    }
+    const hit = this.cached(keyId);
+    if (hit !== undefined) return hit;
     this.#onLookup?.(false);
     return this.#loadOnce(keyId);
+  }
+
+  /**
+   * What get() answers when the cache can answer it without loading (a hit, counted as one: the context, or null for
+   * a key known not to exist), without a promise; undefined when the key must be loaded (then call get()).
+   */
+  cached(keyId: string): KeyContext | null | undefined {
+    const e = this.#entries.get(keyId);
+    if (!e) return undefined;
+    this.#touch(keyId, e);
+    const age = this.#clock.now() - e.loadedAt;
+    if (e.ctx === null) {
+      if (age >= this.#negativeTtl) return undefined;
+    } else if (age >= this.#ttl) {
+      this.#refresh(keyId);
+    }
+    this.#onLookup?.(true);
+    return e.ctx;
   }
 
   /** The cached context of a key, without loading (undefined when not cached). */

@@ -2,7 +2,7 @@
  * How one limit is reported to callers (CheckAndReserve answers and GetLimits): the counter store's state of the
  * limit, with the sources of its capacity (plan, add-on, grants, credit deposits) so every number is explained.
  */
-import type { LimitState } from "./counter-store.ts";
+import type { LimitState, SourceState } from "./counter-store.ts";
 import { activeAddOn, type AppliedLimit, type LimitInfo } from "./limits.ts";
 import type { PlanSpec } from "./plan.ts";
 import type { SubscriptionRecord } from "./ports.ts";
@@ -19,29 +19,39 @@ export interface LimitStatusOut extends LimitInfo {
 }
 
 export function toStatus(a: AppliedLimit, s: LimitState | undefined): LimitStatusOut {
+  // The info's fields one by one, not spread: a spread copies into an object that then grows a second store for the
+  // fields after it (once per limit of every answer).
+  const info = a.info;
   const out: LimitStatusOut = {
-    ...a.info,
+    name: info.name,
+    scope: info.scope,
+    kind: info.kind,
+    unit: info.unit,
+    product: info.product,
     limit: s?.limit ?? 0n,
     used: s?.used ?? 0n,
     remaining: s?.remaining ?? 0n,
     overage: s?.overage ?? 0n,
     overageTotal: s?.overageTotal ?? 0n,
     exceeded: s?.exceeded ?? false,
-    sources: (s?.sources ?? []).map((x) => {
-      const src: LimitStatusOut["sources"][number] = {
-        kind: x.id === "base" ? "plan" : "grant",
-        id: x.id,
-        amount: x.amount,
-        used: x.used,
-        priority: x.priority,
-        product: x.product,
-      };
-      if (x.expiresAt !== undefined) src.expiresAt = x.expiresAt;
-      return src;
-    }),
+    sources: s?.sources === undefined ? [] : s.sources.map(sourceOut),
   };
+  if (info.windowMs !== undefined) out.windowMs = info.windowMs;
   if (s?.resetAt !== undefined) out.resetAt = s.resetAt;
   return out;
+}
+
+function sourceOut(x: SourceState): LimitStatusOut["sources"][number] {
+  const src: LimitStatusOut["sources"][number] = {
+    kind: x.id === "base" ? "plan" : "grant",
+    id: x.id,
+    amount: x.amount,
+    used: x.used,
+    priority: x.priority,
+    product: x.product,
+  };
+  if (x.expiresAt !== undefined) src.expiresAt = x.expiresAt;
+  return src;
 }
 
 /** Splits the periodic base of a quota into the plan's part and the add-on's part, so every number is explained. */

@@ -32,6 +32,15 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * mult;
 }
 
+const reservationTtls = new WeakMap<object, number>();
+/** A plan's reservation TTL in ms, parsed once per plan spec (specs are not mutated once loaded): it is read on
+ * every CheckAndReserve. */
+export function reservationTtlMs(plan: { reservation: { ttl: string } }): number {
+  let ms = reservationTtls.get(plan);
+  if (ms === undefined) reservationTtls.set(plan, (ms = parseDuration(plan.reservation.ttl)));
+  return ms;
+}
+
 const addOnPackage = z.strictObject({
   id: name,
   /** Units added to the limit per period (e.g. +25,000 per day). */

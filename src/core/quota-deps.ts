@@ -55,29 +55,34 @@ export function withDefaults(deps: QuotaServiceDeps): QuotaDeps {
   };
 }
 
-/** Deadline for counter-store calls: a slow store must not turn into a client timeout. */
-export async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new UnavailableError(`counter store did not answer within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** Deadline for counter-store calls: a slow store must not turn into a client timeout. (One promise settled by
+ * whichever comes first, not Promise.race in an async function: this runs once per call.) */
+export function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new UnavailableError(`counter store did not answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
 }
 
-/** One reserve script; on first touch (or after Redis lost the account) restore it from Postgres and go again. */
-export async function reserveWithRestore(d: QuotaDeps, cmd: ReserveCommand, deadlineMs: number): Promise<ReserveResult> {
-  let r = await withDeadline(d.store.reserve(cmd), deadlineMs);
-  if (r.outcome === "NEED_RESTORE") {
-    await d.capacity.restore(cmd.accountId);
-    r = await withDeadline(d.store.reserve(cmd), deadlineMs);
-    if (r.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
-  }
+/** One reserve script; on first touch (or after Redis lost the account) restore it from Postgres and go again. (The
+ * first attempt is not awaited in an async function: most calls end there.) */
+export function reserveWithRestore(d: QuotaDeps, cmd: ReserveCommand, deadlineMs: number): Promise<ReserveResult> {
+  return withDeadline(d.store.reserve(cmd), deadlineMs).then((r) => (r.outcome === "NEED_RESTORE" ? restoreAndReserve(d, cmd, deadlineMs) : r));
+}
+
+async function restoreAndReserve(d: QuotaDeps, cmd: ReserveCommand, deadlineMs: number): Promise<ReserveResult> {
+  await d.capacity.restore(cmd.accountId);
+  const r = await withDeadline(d.store.reserve(cmd), deadlineMs);
+  if (r.outcome === "NEED_RESTORE") throw new UnavailableError("counter store state could not be restored");
   return r;
 }
 

@@ -7,7 +7,7 @@ import { SpanKind, SpanStatusCode, type Tracer } from "@opentelemetry/api";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { KeyCache } from "../core/key-cache.ts";
 import { parseApiKey } from "../core/ids.ts";
-import { parseDuration } from "../core/plan.ts";
+import { reservationTtlMs } from "../core/plan.ts";
 import { Decision, DenyReason, LimitKind, Mode } from "../gen/quota/v1/types_pb.ts";
 import type { Api } from "../transport/api.ts";
 import { ANSWER_PLAN } from "../transport/quota-api.ts";
@@ -16,11 +16,15 @@ const FAST = [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 
 export interface Metrics {
   decisions: Counter;
+  /** Counts one decision of `decisions` (see DecisionCounts). */
+  decided: DecisionCounts;
   storeDuration: Histogram;
   storeErrors: Counter;
   dbDuration: Histogram;
   dbErrors: Counter;
   keyCacheLookups: Counter;
+  /** Counts one key cache lookup of `keyCacheLookups` (counted here, handed to prom-client at collection). */
+  keyCacheLookup(hit: boolean): void;
   reservationsInFlight: Gauge;
   flushLag: Gauge;
   reconcileLag: Gauge;
@@ -34,14 +38,37 @@ export function createMetrics(registry: Registry, now: () => number = Date.now):
   const inFlight = new Map<string, number>();
   let lastFlush = now();
   let lastReconcile = now();
+  // Counted on every call: kept here until a collection, not passed through prom-client's label hashing per call.
+  const decided = new DecisionCounts();
+  const lookups = { hit: 0, miss: 0 };
   return {
     inFlight,
-    decisions: new Counter({ name: "quota_decisions_total", help: "CheckAndReserve decisions (SHADOW would-be denials: mode=SHADOW with the reason)", labelNames: ["decision", "reason", "mode", "fail_open", "limit_kind", "plan"], registers }),
+    decided,
+    decisions: new Counter({
+      name: "quota_decisions_total",
+      help: "CheckAndReserve decisions (SHADOW would-be denials: mode=SHADOW with the reason)",
+      labelNames: ["decision", "reason", "mode", "fail_open", "limit_kind", "plan"],
+      registers,
+      collect() {
+        decided.flush(this);
+      },
+    }),
     storeDuration: new Histogram({ name: "quota_store_duration_seconds", help: "Counter store (Redis) call latency", labelNames: ["store", "op"], buckets: FAST, registers }),
     storeErrors: new Counter({ name: "quota_store_errors_total", help: "Counter store (Redis) calls that failed", labelNames: ["store", "op"], registers }),
     dbDuration: new Histogram({ name: "quota_db_duration_seconds", help: "Postgres call latency (one unit of work per transaction/read)", labelNames: ["op"], buckets: FAST, registers }),
     dbErrors: new Counter({ name: "quota_db_errors_total", help: "Postgres calls that failed", labelNames: ["op"], registers }),
-    keyCacheLookups: new Counter({ name: "quota_key_cache_lookups_total", help: "API key cache lookups (hit ratio = hit / all)", labelNames: ["result"], registers }),
+    keyCacheLookups: new Counter({
+      name: "quota_key_cache_lookups_total",
+      help: "API key cache lookups (hit ratio = hit / all)",
+      labelNames: ["result"],
+      registers,
+      collect() {
+        if (lookups.hit > 0) this.inc({ result: "hit" }, lookups.hit);
+        if (lookups.miss > 0) this.inc({ result: "miss" }, lookups.miss);
+        lookups.hit = lookups.miss = 0;
+      },
+    }),
+    keyCacheLookup: (hit) => void (hit ? lookups.hit++ : lookups.miss++),
     reservationsInFlight: new Gauge({
       name: "quota_reservations_in_flight",
       help: "Reservations made through this process and neither released nor past their TTL",
@@ -146,6 +173,55 @@ const reasonName = names(DenyReason);
 const modeName = names(Mode);
 const kindName = names(LimitKind);
 
+type DecisionLabels = Record<"decision" | "reason" | "mode" | "fail_open" | "limit_kind" | "plan", string>;
+
+/**
+ * quota_decisions_total, counted here per label set and handed to the prom-client counter when it is collected (a
+ * scrape): prom-client's inc() builds and looks up a string of the six labels, and a decision is counted on every
+ * call. A label set is found by its numbers (the answer's enums, then the plan), without building anything; its
+ * labels are made the first time it is seen.
+ */
+export class DecisionCounts {
+  readonly #byPlan = new Map<string, Map<number, { labels: DecisionLabels; n: number }>>();
+
+  /** `kind`: the kind of the limit that decided, if one did. */
+  count(counter: Counter, plan: string, decision: Decision, reason: DenyReason, mode: Mode, failOpen: boolean, kind: LimitKind | undefined): void {
+    const k = kind === undefined ? 0 : kind + 1;
+    if (decision > 63 || reason > 63 || mode > 63 || k > 63 || decision < 0 || reason < 0 || mode < 0 || k < 0) {
+      counter.inc(decisionLabels(plan, decision, reason, mode, failOpen, kind));
+      return;
+    }
+    const code = (((decision * 64 + reason) * 64 + mode) * 64 + k) * 2 + (failOpen ? 1 : 0);
+    let sets = this.#byPlan.get(plan);
+    if (sets === undefined) this.#byPlan.set(plan, (sets = new Map()));
+    const set = sets.get(code);
+    if (set === undefined) sets.set(code, { labels: decisionLabels(plan, decision, reason, mode, failOpen, kind), n: 1 });
+    else set.n++;
+  }
+
+  /** Adds what was counted since the last flush to `counter`. */
+  flush(counter: Counter): void {
+    for (const sets of this.#byPlan.values()) {
+      for (const set of sets.values()) {
+        if (set.n === 0) continue;
+        counter.inc(set.labels, set.n);
+        set.n = 0;
+      }
+    }
+  }
+}
+
+function decisionLabels(plan: string, decision: Decision, reason: DenyReason, mode: Mode, failOpen: boolean, kind: LimitKind | undefined): DecisionLabels {
+  return {
+    decision: decisionName(decision),
+    reason: reason ? reasonName(reason) : "",
+    mode: mode === Mode.MODE_UNSPECIFIED ? "ENFORCE" : modeName(mode),
+    fail_open: String(failOpen),
+    limit_kind: kind !== undefined ? kindName(kind) : "",
+    plan,
+  };
+}
+
 const RPC_NAMES: Record<"quota" | "admin", string> = { quota: "quota.v1.QuotaService", admin: "quota.v1.QuotaAdminService" };
 const pascal = (s: string) => s[0]!.toUpperCase() + s.slice(1);
 
@@ -160,8 +236,10 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
     const out: Record<string, AnyFn> = {};
     for (const [method, fn] of Object.entries(service) as Array<[string, AnyFn]>) {
       const spanName = `${RPC_NAMES[name]}/${pascal(method)}`;
+      // Made once per method (a tracer reads them, never changes them), not per call.
+      const spanOptions = { kind: SpanKind.SERVER, attributes: { "rpc.system.name": "grpc", "rpc.method": spanName } };
       out[method] = (...args: unknown[]) =>
-        tracer.startActiveSpan(spanName, { kind: SpanKind.SERVER, attributes: { "rpc.system.name": "grpc", "rpc.method": spanName } }, async (span) => {
+        tracer.startActiveSpan(spanName, spanOptions, async (span) => {
           try {
             const res = await fn(...args);
             if (method === "checkAndReserve") onCheck(args[0] as CheckReq, res as CheckRes, span);
@@ -186,18 +264,15 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
     // The plan the call was decided by; the key cache may no longer (or not yet) hold the key.
     const plan = ANSWER_PLAN.get(res) ?? ctx?.plan.id ?? "";
     const reason = res.reason || res.shadowReason;
-    const decided = res.limits.find((l) => l.exceeded);
-    const labels = {
-      decision: decisionName(res.decision),
-      reason: reason ? reasonName(reason) : "",
-      mode: req.mode === Mode.MODE_UNSPECIFIED ? "ENFORCE" : modeName(req.mode),
-      fail_open: String(res.failOpen),
-      limit_kind: decided ? kindName(decided.kind) : "",
-      plan,
-    };
-    m.decisions.inc(labels);
-    span.setAttribute("quota.decision", labels.decision);
-    if (labels.reason) span.setAttribute("quota.reason", labels.reason);
+    let decided: LimitKind | undefined;
+    for (const l of res.limits) {
+      if (!l.exceeded) continue;
+      decided = l.kind;
+      break;
+    }
+    m.decided.count(m.decisions, plan, res.decision, reason, req.mode, res.failOpen, decided);
+    span.setAttribute("quota.decision", decisionName(res.decision));
+    if (reason) span.setAttribute("quota.reason", reasonName(reason));
     if (plan) span.setAttribute("quota.plan", plan);
     if (res.reservationId) {
       const t = now();
@@ -209,8 +284,8 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
         m.inFlight.delete(id);
       }
       if (m.inFlight.size < 1_000_000) {
-        const planTtl = (ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined)?.reservation?.ttl;
-        const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : planTtl ? parseDuration(planTtl) : 30_000;
+        const spec = ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined;
+        const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : spec?.reservation?.ttl ? reservationTtlMs(spec as { reservation: { ttl: string } }) : 30_000;
         m.inFlight.set(res.reservationId, t + ttlMs);
       }
     }

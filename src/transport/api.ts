@@ -28,9 +28,15 @@ export function createApi(deps: { quota: QuotaService; admin: AdminService; auth
 function gated<T extends object>(api: T, gate: () => void): T {
   const out: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(api)) {
-    out[name] = async (req: unknown, ctx: unknown) => {
-      gate();
-      return (fn as (r: unknown, c: unknown) => Promise<unknown>)(req, ctx);
+    const method = fn as (r: unknown, c: unknown) => Promise<unknown>;
+    // Not an async wrapper (a promise and a frame per call): a refusal is still a rejected promise, not a throw.
+    out[name] = (req: unknown, ctx: unknown) => {
+      try {
+        gate();
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return method(req, ctx);
     };
   }
   return out as T;

@@ -2,18 +2,23 @@
  * Protobuf messages <-> core values, for both APIs. Wire-range checks of well-known types live here (a Duration or
  * Timestamp the core cannot represent is INVALID_ARGUMENT naming the field); business rules stay in the core.
  */
-import { create } from "@bufbuild/protobuf";
-import { durationMs, timestampDate, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { create, protoInt64 } from "@bufbuild/protobuf";
+import { durationMs, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { PlanSummarySchema, SubscriptionSchema } from "../gen/quota/v1/admin_pb.ts";
 import { GrantSchema, KeyViewSchema } from "../gen/quota/v1/quota_pb.ts";
-import { DenyReason, LimitKind, Mode, MoneySchema, Scope, type LimitStatus, type Money } from "../gen/quota/v1/types_pb.ts";
+import { DenyReason, LimitKind, Mode, MoneySchema, Scope, type CapacitySource, type LimitStatus, type Money } from "../gen/quota/v1/types_pb.ts";
 import { InvalidArgumentError } from "../core/errors.ts";
 import type { LimitStatusOut } from "../core/limit-status.ts";
 import { microsToMoney } from "../core/money.ts";
 import type { GrantRecord, KeyRecord, SubscriptionRecord } from "../core/ports.ts";
 import { keyView, type GrantOut, type KeyViewOut } from "../core/views.ts";
 
-export const ts = (ms: number | undefined): Timestamp | undefined => (ms === undefined ? undefined : timestampFromMs(ms));
+/** timestampFromMs without create()'s walk over the schema (every answer carries a few). */
+export const ts = (ms: number | undefined): Timestamp | undefined => {
+  if (ms === undefined) return undefined;
+  const seconds = Math.floor(ms / 1000);
+  return { $typeName: "google.protobuf.Timestamp", seconds: protoInt64.parse(seconds), nanos: (ms - seconds * 1000) * 1_000_000 };
+};
 export const dur = (ms: number | undefined): Duration | undefined => {
   if (ms === undefined) return undefined;
   return { $typeName: "google.protobuf.Duration", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
@@ -38,16 +43,20 @@ export function limitStatus(l: LimitStatusOut): LimitStatus {
     overageTotal: l.overageTotal,
     exceeded: l.exceeded,
     product: l.product,
-    sources: l.sources.map((s) => ({
-      $typeName: "quota.v1.CapacitySource",
-      kind: s.kind,
-      id: s.id,
-      amount: s.amount,
-      used: s.used,
-      expiresAt: ts(s.expiresAt),
-      priority: s.priority,
-      product: s.product,
-    })),
+    sources: l.sources.map(capacitySource),
+  };
+}
+
+function capacitySource(s: LimitStatusOut["sources"][number]): CapacitySource {
+  return {
+    $typeName: "quota.v1.CapacitySource",
+    kind: s.kind,
+    id: s.id,
+    amount: s.amount,
+    used: s.used,
+    expiresAt: ts(s.expiresAt),
+    priority: s.priority,
+    product: s.product,
   };
 }
 
@@ -98,7 +107,9 @@ export function timestampField(field: string, t: Timestamp | undefined): number 
 }
 
 export function meters(m: { [k: string]: bigint }): Record<string, bigint> {
-  return Object.fromEntries(Object.entries(m));
+  // Most calls send none: then no entry array. (A protobuf map is a plain object: nothing enumerable inherited.)
+  for (const _ in m) return Object.fromEntries(Object.entries(m));
+  return {};
 }
 
 export function grant(g: GrantOut | GrantRecord) {

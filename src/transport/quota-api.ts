@@ -5,7 +5,6 @@ import {
   CheckAndReserveBatchResponseSchema,
   CheckAndReserveBatchResultSchema,
   ReleaseBatchResultSchema,
-  CheckAndReserveResponseSchema,
   LeaseResponseSchema,
   ReleaseBatchResponseSchema,
   GetLimitsResponseSchema,
@@ -28,7 +27,7 @@ import {
   type TopUpRequest,
   type TopUpResponse,
 } from "../gen/quota/v1/quota_pb.ts";
-import { Decision } from "../gen/quota/v1/types_pb.ts";
+import { Decision, type LimitStatus } from "../gen/quota/v1/types_pb.ts";
 import { InvalidArgumentError } from "../core/errors.ts";
 import { mapError } from "./errors.ts";
 import type { CheckAnswer, CheckRequest, QuotaService, ReleaseAnswer, ReleaseRequest as CoreReleaseRequest } from "../core/quota-service.ts";
@@ -53,9 +52,14 @@ export function createQuotaApi(quota: QuotaService, auth: AuthConfig, onInternal
     return create(BatchItemErrorSchema, { code: m.grpc as number, message: `requests[${index}].${m.message}`, reason: m.reason });
   };
   return {
-  async checkAndReserve(req, ctx) {
-    authenticateDataPlane(auth, "CheckAndReserve", ctx);
-    return checkAnswerOut(await quota.checkAndReserve(checkRequestIn(req)));
+  checkAndReserve(req, ctx) {
+    // The hot path: not an async method (a promise and a frame more per call); bad input is a rejection all the same.
+    try {
+      authenticateDataPlane(auth, "CheckAndReserve", ctx);
+      return quota.checkAndReserve(checkRequestIn(req)).then(checkAnswerOut);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   },
   async release(req, ctx) {
     authenticateDataPlane(auth, "Release", ctx);
@@ -179,18 +183,19 @@ export function createQuotaApi(quota: QuotaService, auth: AuthConfig, onInternal
 
 function checkRequestIn(req: CheckAndReserveRequest): CheckRequest {
   const ttl = durationField("reservation_ttl", req.reservationTtl);
-  return {
+  const out: CheckRequest = {
     apiKey: req.apiKey,
     keyId: req.keyId,
     product: req.product,
     method: req.method,
-    ...(req.cost !== undefined ? { cost: req.cost } : {}),
-    ...(req.estimatedSpendMicros !== undefined ? { estimatedSpendMicros: req.estimatedSpendMicros } : {}),
     meters: meters(req.meters),
     idempotencyId: req.idempotencyId,
-    ...(ttl !== undefined ? { reservationTtlMs: ttl } : {}),
     mode: mode(req.mode),
   };
+  if (req.cost !== undefined) out.cost = req.cost;
+  if (req.estimatedSpendMicros !== undefined) out.estimatedSpendMicros = req.estimatedSpendMicros;
+  if (ttl !== undefined) out.reservationTtlMs = ttl;
+  return out;
 }
 
 /** The plan an answer was decided by, beside the message (not a field of the API): read by the metrics and
@@ -198,13 +203,18 @@ function checkRequestIn(req: CheckAndReserveRequest): CheckRequest {
 export const ANSWER_PLAN = new WeakMap<object, string>();
 
 function checkAnswerOut(a: CheckAnswer): CheckAndReserveResponse {
-  const out = create(CheckAndReserveResponseSchema, {
+  // The message as create() makes it (every field, proto order; an absent message field is undefined), without
+  // create's walk over the schema: this is the answer of every call.
+  const limits: LimitStatus[] = new Array(a.limits.length);
+  for (let i = 0; i < limits.length; i++) limits[i] = limitStatus(a.limits[i]!);
+  const out: CheckAndReserveResponse = {
+    $typeName: "quota.v1.CheckAndReserveResponse",
     decision: a.decision === "ALLOWED" ? Decision.ALLOWED : Decision.DENIED,
     reason: reason(a.reason),
     reservationId: a.reservationId,
     overage: a.overage,
     retryAfter: dur(a.retryAfterMs),
-    limits: a.limits.map(limitStatus),
+    limits,
     headers: a.headers,
     cost: a.cost,
     reservedSpendMicros: a.reservedSpendMicros,
@@ -213,7 +223,7 @@ function checkAnswerOut(a: CheckAnswer): CheckAndReserveResponse {
     availableAt: ts(a.availableAt),
     deniedLimit: a.deniedLimit,
     replayed: a.replayed,
-  });
+  };
   if (a.plan) ANSWER_PLAN.set(out, a.plan);
   return out;
 }

@@ -83,6 +83,28 @@ it("sends the reserves and releases of one account made in the same tick as one 
   }
 });
 
+it("describes a limit the calls of a group share once, and a limit of the same id with other values apart (a plan changed between two calls of one tick)", async () => {
+  const server = await PrivateRedis.start();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const store = new RedisCounterStore(redis, { keyPrefix: "desc:", clock: () => 1_800_000_000_000, scriptPrelude: DECLARED_KEYS_GUARD });
+    const rate = (limit: bigint): CounterLimit => ({ id: "k:1:rps", kind: "RATE", meter: "calls", amount: 1n, limit, windowMs: 1000 });
+    const two = rate(2n);
+    const call = (i: number, l: CounterLimit): ReserveCommand => ({
+      accountId: "a", reservationId: `r_${i}`, mode: "ENFORCE", ttlMs: 30_000, product: "api", expiryPolicy: "charge", gates: [], limits: [l],
+    });
+    await store.restore("a", [], {});
+    await store.reserve(call(0, rate(100n))); // loads the script
+    // One tick: the same limit object twice, one of the same id allowing 5, and a copy of the first (equal values).
+    const r = await Promise.all([call(1, two), call(2, two), call(3, rate(5n)), call(4, { ...two }), call(5, two)].map((c) => store.reserve(c)));
+    expect(r.map((x) => [x.outcome, x.states[0]!.limit])).toEqual([["ALLOWED", 2n], ["DENIED", 2n], ["ALLOWED", 5n], ["DENIED", 2n], ["DENIED", 2n]]);
+    expect(r.map((x) => x.states[0]!.used)).toEqual([2n, 2n, 3n, 3n, 3n]);
+  } finally {
+    redis.disconnect();
+    await server.stop();
+  }
+});
+
 it("writes all of a tick's script calls on a single Redis in one socket write (corked), not one write per account", async () => {
   const server = await PrivateRedis.start();
   const redis = new Redis(server.port, "127.0.0.1", { enableAutoPipelining: false });

@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { CheckAndReserveResponseSchema } from "../../src/gen/quota/v1/quota_pb.ts";
-import { Decision, DenyReason, LimitKind, Scope } from "../../src/gen/quota/v1/types_pb.ts";
+import { CheckAndReserveRequestSchema, CheckAndReserveResponseSchema } from "../../src/gen/quota/v1/quota_pb.ts";
+import { Decision, DenyReason, LimitKind, Mode, Scope } from "../../src/gen/quota/v1/types_pb.ts";
+import { decodeCheckAndReserveRequest } from "../../src/transport/grpc/check-request-wire.ts";
 import { encodeCheckAndReserveResponse } from "../../src/transport/grpc/check-response-wire.ts";
 import { newReservationId, parseReservationId } from "../../src/core/ids.ts";
 import { callPlanFor, limitsForCall, withAmounts } from "../../src/core/limits.ts";
@@ -56,6 +57,46 @@ describe("the dedicated CheckAndReserveResponse encoder", () => {
     const m = fromBinary(CheckAndReserveResponseSchema, new Uint8Array([...toBinary(CheckAndReserveResponseSchema, samples[1]!), 0xf8, 0x06, 0x01]));
     expect(m.$unknown?.length).toBe(1);
     expect(Buffer.from(encodeCheckAndReserveResponse(m)).equals(Buffer.from(toBinary(CheckAndReserveResponseSchema, m)))).toBe(true);
+  });
+});
+
+describe("the dedicated CheckAndReserveRequest decoder", () => {
+  const key = `qa_abcdefghijklmnop_${"A".repeat(43)}`;
+  const request = (init: Parameters<typeof create<typeof CheckAndReserveRequestSchema>>[1]) => toBinary(CheckAndReserveRequestSchema, create(CheckAndReserveRequestSchema, init));
+  const samples: Array<[string, Uint8Array]> = [
+    ["empty", new Uint8Array(0)],
+    ["the usual call", request({ apiKey: key, product: "api", method: "GetThing" })],
+    ["every field it reads itself", request({ apiKey: key, keyId: "abcdefghijklmnop", product: "p.x-1", method: "a/b:c", cost: 0n, estimatedSpendMicros: 268_435_455n, idempotencyId: "id-1", mode: Mode.SHADOW })],
+    ["an unknown mode", request({ apiKey: key, product: "api", method: "m", mode: 7 as Mode })],
+    ["a cost past 4 varint bytes", request({ apiKey: key, product: "api", method: "m", cost: 268_435_456n })],
+    ["a negative cost", request({ apiKey: key, product: "api", method: "m", cost: -1n })],
+    ["meters", request({ apiKey: key, product: "api", method: "m", meters: { tokens: 5n, b: 0n } })],
+    ["a reservation TTL", request({ apiKey: key, product: "api", method: "m", reservationTtl: { seconds: 5n, nanos: 0 } })],
+    ["a non-ASCII string", request({ apiKey: key, product: "é€😀", method: "m" })],
+    ["a string of 128 bytes and more", request({ apiKey: "x".repeat(300), product: "api", method: "m" })],
+    ["a field repeated (the last one counts)", new Uint8Array([...request({ apiKey: key, product: "a" }), ...request({ product: "b", mode: Mode.CHECK_ONLY })])],
+    ["an unknown field", new Uint8Array([...request({ apiKey: key, product: "api" }), 0x7a, 1, 0x41])],
+  ];
+
+  it("answers exactly the message fromBinary answers (itself or through fromBinary)", () => {
+    for (const [name, bytes] of samples) {
+      expect(decodeCheckAndReserveRequest(bytes), name).toStrictEqual(fromBinary(CheckAndReserveRequestSchema, bytes));
+      expect(decodeCheckAndReserveRequest(Buffer.from(bytes)), `${name} (a Buffer)`).toStrictEqual(fromBinary(CheckAndReserveRequestSchema, Buffer.from(bytes)));
+    }
+  });
+
+  it("fails as fromBinary fails on malformed bytes", () => {
+    const bytes = request({ apiKey: key, product: "api", method: "m", cost: 300n });
+    for (const broken of [bytes.subarray(0, 10), bytes.subarray(0, bytes.length - 1), new Uint8Array([0x0a, 0x05, 0x41]), new Uint8Array([0x28, 0x80]), new Uint8Array([0x00]), new Uint8Array([0x0b])]) {
+      let expected: unknown;
+      try {
+        fromBinary(CheckAndReserveRequestSchema, broken);
+      } catch (e) {
+        expected = e;
+      }
+      expect(expected, `bytes ${[...broken]}`).toBeInstanceOf(Error);
+      expect(() => decodeCheckAndReserveRequest(broken)).toThrow((expected as Error).message);
+    }
   });
 });
 

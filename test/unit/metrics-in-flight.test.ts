@@ -7,7 +7,7 @@
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import type { KeyCache } from "../../src/core/key-cache.ts";
-import { Decision } from "../../src/gen/quota/v1/types_pb.ts";
+import { Decision, DenyReason, LimitKind, Mode } from "../../src/gen/quota/v1/types_pb.ts";
 import { createMetrics, instrumentApi } from "../../src/observability/metrics.ts";
 import { noopTracer } from "../../src/observability/tracing.ts";
 import type { Api } from "../../src/transport/api.ts";
@@ -43,6 +43,28 @@ describe("quota_decisions_total", () => {
     await (wrapped.quota.checkAndReserve as (r: unknown, c: unknown) => Promise<unknown>)({ apiKey: "qa_abcdefghijklmnop_x", mode: 0 }, {});
     const values = (await metrics.decisions.get()).values;
     expect(values.map((v) => v.labels.plan)).toEqual(["pro"]); // was [""]
+  });
+
+  it("counts every decision per label set, also those made between two collections (they are counted locally until one)", async () => {
+    const metrics = createMetrics(new Registry());
+    const allowed = { decision: Decision.ALLOWED, reason: 0, shadowReason: 0, failOpen: false, reservationId: "", limits: [] };
+    const denied = { decision: Decision.DENIED, reason: DenyReason.QUOTA_EXHAUSTED, shadowReason: 0, failOpen: false, reservationId: "", limits: [{ kind: LimitKind.QUOTA, exceeded: true }] };
+    let next: object = allowed;
+    const api = { quota: { checkAndReserve: async () => ({ ...next }) }, admin: {} } as unknown as Api;
+    const keys = { peek: () => undefined } as unknown as KeyCache;
+    const wrapped = instrumentApi(api, { metrics, tracer: noopTracer(), keys });
+    const call = (mode: Mode) => (wrapped.quota.checkAndReserve as (r: unknown, c: unknown) => Promise<unknown>)({ apiKey: "x", mode }, {});
+    const series = async () =>
+      Object.fromEntries((await metrics.decisions.get()).values.map((v) => [`${v.labels.decision} ${v.labels.reason} ${v.labels.mode} ${v.labels.limit_kind}`, v.value]));
+    await call(Mode.MODE_UNSPECIFIED);
+    await call(Mode.ENFORCE); // the same series: an unspecified mode is ENFORCE
+    next = denied;
+    await call(Mode.ENFORCE);
+    expect(await series()).toEqual({ "ALLOWED  ENFORCE ": 2, "DENIED QUOTA_EXHAUSTED ENFORCE QUOTA": 1 });
+    await call(Mode.SHADOW);
+    next = allowed;
+    await call(Mode.ENFORCE);
+    expect(await series()).toEqual({ "ALLOWED  ENFORCE ": 3, "DENIED QUOTA_EXHAUSTED ENFORCE QUOTA": 1, "DENIED QUOTA_EXHAUSTED SHADOW QUOTA": 1 });
   });
 });
 

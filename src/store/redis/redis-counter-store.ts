@@ -26,7 +26,8 @@ const SCRIPTS = ["reserve", "release", "set_capacity", "export_state", "sweep"] 
 type ScriptName = (typeof SCRIPTS)[number];
 const LIB = readFileSync(new URL("./scripts/lib.lua", import.meta.url), "utf8");
 
-type ScriptFn = (numKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
+/** A script's call: the number of keys, the keys, then the arguments. */
+type ScriptFn = (...numKeysThenKeysThenArgs: Array<string | number>) => Promise<unknown>;
 
 export interface RedisCounterStoreOptions {
   /** Prefix before the hash tag, so several deployments (or test files) can share one Redis. */
@@ -84,8 +85,13 @@ export class RedisCounterStore implements CounterStore {
     return this.#clock ? String(this.#clock()) : "";
   }
 
+  /** Bound once: not a bound function per script call. */
+  readonly #scripts = new Map<ScriptName, ScriptFn>();
+
   #script(name: ScriptName): ScriptFn {
-    return (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis);
+    let fn = this.#scripts.get(name);
+    if (fn === undefined) this.#scripts.set(name, (fn = (this.#redis as unknown as Record<string, ScriptFn>)[`qa_${name}`]!.bind(this.#redis)));
+    return fn;
   }
 
   /** Calls of one account made in the same tick (the items of a CheckAndReserveBatch, concurrent single calls) go to
@@ -135,20 +141,32 @@ export class RedisCounterStore implements CounterStore {
 
   #reserveGroup(accountId: string, calls: Pending<ReserveCommand, ReserveResult>[]): void {
     const tag = this.#tag(accountId);
+    // The script's arguments, in order: the number of keys, the keys (the fixed five, then one per description),
+    // the time, the grace, the limit descriptions (each sent once per script call, reserve.lua's header: the script
+    // decodes no JSON), then the calls. Descriptions and calls are collected first: their counts come before them.
     const keys = this.#fixedKeys(accountId);
-    // Limit descriptions, each sent once per script call (reserve.lua's header): the script decodes no JSON.
-    const descIndex = new Map<string, number>();
     const descs: string[] = [];
+    const descIndex = new Map<string, number>();
+    // The calls of one key share its call plan's limits (the same field values): such a limit is described once per
+    // group, not once per call. `byId`: the first limit of each id and its description's number.
+    const byId = new Map<string, { limit: CounterLimit; d: number }>();
     const items: string[] = [];
-    for (const { cmd } of calls) {
+    for (let c = 0; c < calls.length; c++) {
+      const cmd = calls[c]!.cmd;
       let refs = "";
-      for (const l of cmd.limits) {
-        const desc = describeLimit(l);
-        let d = descIndex.get(desc);
+      for (let i = 0; i < cmd.limits.length; i++) {
+        const l = cmd.limits[i]!;
+        const seen = byId.get(l.id);
+        let d = seen !== undefined && sameDescription(seen.limit, l) ? seen.d : undefined;
         if (d === undefined) {
-          descs.push(desc);
-          keys.push(`${tag}s:${l.id}`);
-          descIndex.set(desc, (d = descs.length));
+          const desc = describeLimit(l);
+          d = descIndex.get(desc);
+          if (d === undefined) {
+            descs.push(desc);
+            keys.push(`${tag}s:${l.id}`);
+            descIndex.set(desc, (d = descs.length));
+          }
+          if (seen === undefined) byId.set(l.id, { limit: l, d });
         }
         refs += `${refs ? "," : ""}${d}=${l.amount}`;
       }
@@ -159,8 +177,13 @@ export class RedisCounterStore implements CounterStore {
         String(cmd.ttlMs), cmd.product, cmd.expiryPolicy, gates, refs,
       );
     }
-    const args = [this.#now(), this.#grace, String(descs.length), ...descs, String(calls.length), ...items];
-    this.#script("reserve")(keys.length, ...keys, ...args).then(
+    const args: Array<string | number> = [keys.length];
+    for (let i = 0; i < keys.length; i++) args.push(keys[i]!);
+    args.push(this.#now(), this.#grace, String(descs.length));
+    for (let i = 0; i < descs.length; i++) args.push(descs[i]!);
+    args.push(String(calls.length));
+    for (let i = 0; i < items.length; i++) args.push(items[i]!);
+    this.#script("reserve")(...args).then(
       (reply) => {
         if (reply === 2) {
           for (const c of calls) c.resolve(needRestore());
@@ -349,6 +372,13 @@ function sendGroups<C, R>(queue: Map<string, Pending<C, R>[]>, send: (accountId:
 
 const needRestore = (): ReserveResult => ({ outcome: "NEED_RESTORE", overage: false, replayed: false, now: 0, states: [] });
 
+/** Whether two limits have the same description (describeLimit): the same values in every field it reads. A call
+ * plan's limits share their period and blocks objects from call to call, so they compare by reference here; other
+ * equal ones are told apart by their description string (a false "different" only costs describing it again). */
+function sameDescription(a: CounterLimit, b: CounterLimit): boolean {
+  return a.id === b.id && a.kind === b.kind && a.meter === b.meter && a.limit === b.limit && a.windowMs === b.windowMs && a.overage === b.overage && a.period === b.period && a.blocks === b.blocks;
+}
+
 /** A limit without its amount, as reserve.lua's one-string description: 12 fields joined by '|'. */
 function describeLimit(l: CounterLimit): string {
   const p = l.period;
@@ -363,27 +393,32 @@ function describeLimit(l: CounterLimit): string {
 /**
  * One call's answer (reserve.lua): "code|reason|deniedLimitId|retryAfterMs|availableAt|reservationId|overage|replayed|
  * now|shadowReason" then "|<reply_state>" per limit. `sent` is the reservation id the call sent: the answer's id is that one, or (a replay) the
- * earlier reservation's. Either way the result carries a string of its own, not the slice `split` cut out of the
+ * earlier reservation's. Either way the result carries a string of its own, not a slice cut out of the
  * reply: the id outlives the call (the in-flight gauge keeps it until release or expiry), and in V8 a slice keeps
  * its whole parent alive — here the script's reply, every answer of the group (test/contract/redis-reply-retention).
  */
 function decodeReserve(reply: string, sent: string): ReserveResult {
-  const f = reply.split("|");
-  const code = f[0];
+  const f = new ReplyFields(reply);
+  const code = f.next("|").string();
+  const reason = f.next("|").string();
+  const deniedId = f.next("|").string();
+  const retry = f.next("|").number();
+  const available = f.next("|").number();
+  const reservationId = f.next("|").is(sent) ? sent : f.string();
   const result: ReserveResult = {
     outcome: code === "0" ? "ALLOWED" : code === "1" ? "DENIED" : "IDEMPOTENCY_MISMATCH",
-    overage: f[6] === "1",
-    replayed: f[7] === "1",
-    now: Number(f[8]),
+    overage: f.next("|").is("1"),
+    replayed: f.next("|").is("1"),
+    now: f.next("|").number(),
     states: [],
   };
-  for (let i = 10; i < f.length; i++) result.states.push(decodeState(f[i]!));
-  const [, reason, deniedId, retry, available, reservationId, , , , shadow] = f as [string, string, string, string, string, string, string, string, string, string];
+  const shadow = f.next("|").string();
+  while (f.more()) result.states.push(decodeState(f.enter("|")));
   if (reason) result.reason = reason as DenyReasonName;
   if (shadow) result.shadowReason = shadow as DenyReasonName;
   if (deniedId) result.deniedLimitId = deniedId;
-  if (retry !== "-1") result.retryAfterMs = Number(retry);
-  if (available !== "-1") result.availableAt = Number(available);
+  if (retry !== -1) result.retryAfterMs = retry;
+  if (available !== -1) result.availableAt = available;
   if (reservationId) result.reservationId = reservationId === sent ? sent : Buffer.from(reservationId).toString();
   return result;
 }
@@ -410,30 +445,114 @@ function decodeSettled(raw: string): Pick<ReleaseResult, "state" | "reserved" | 
   return { state: STATE_OF_CODE[code]!, reserved, charged, overage: BigInt(overage) };
 }
 
-/** One reply_state string (lib.lua): "limit,used,remaining,reset,overage,exceeded,overageTotal" then
+/** One reply_state (lib.lua), the range `f` entered: "limit,used,remaining,reset,overage,exceeded,overageTotal" then
  * ";id,amount,used,priority,expires,product" per source. */
-function decodeState(raw: string): LimitState {
-  const parts = raw.split(";");
-  const [limit, used, remaining, reset, overage, exceeded, overageTotal] = parts[0]!.split(",") as [string, string, string, string, string, string, string];
-  const state: LimitState = {
-    limit: BigInt(limit),
-    used: BigInt(used),
-    remaining: BigInt(remaining),
-    overage: BigInt(overage),
-    exceeded: exceeded === "1",
-  };
-  const resetAt = Number(reset);
+function decodeState(f: ReplyFields): LimitState {
+  const limit = f.next(",").bigint();
+  const used = f.next(",").bigint();
+  const remaining = f.next(",").bigint();
+  const resetAt = f.next(",").number();
+  const state: LimitState = { limit, used, remaining, overage: f.next(",").bigint(), exceeded: f.next(",").is("1") };
   if (resetAt >= 0) state.resetAt = resetAt;
-  if (parts.length > 1) {
-    state.overageTotal = BigInt(overageTotal);
+  // overageTotal ends the first part: it is read when sources follow it.
+  if (f.next(";").more()) {
+    state.overageTotal = f.bigint();
     state.sources = [];
-    for (let i = 1; i < parts.length; i++) {
-      const [id, amount, u, priority, expires, product] = parts[i]!.split(",") as [string, string, string, string, string, string];
-      const s: SourceState = { id, amount: BigInt(amount), used: BigInt(u), priority: Number(priority), product };
-      const expiresAt = Number(expires);
+    while (f.more()) {
+      const id = f.next(",").string();
+      const amount = f.next(",").bigint();
+      const u = f.next(",").bigint();
+      const priority = f.next(",").number();
+      const expiresAt = f.next(",").number();
+      const s: SourceState = { id, amount, used: u, priority, product: f.next(";").string() };
       if (expiresAt >= 0) s.expiresAt = expiresAt;
       state.sources.push(s);
     }
   }
+  f.leave();
   return state;
+}
+
+/**
+ * Reads a script's reply field by field, in place: a number is read from the reply itself and only the strings a
+ * result keeps are cut out of it (splitting made an array and a string per field, ~45 per call). Every value reads as
+ * `Number(field)` / `BigInt(field)` would; plain integers (at most 15 digits, what the scripts write with '%d') are
+ * read without cutting them out first.
+ */
+class ReplyFields {
+  readonly #text: string;
+  #pos = 0;
+  #end: number;
+  #outerEnd = 0;
+  /** The field read last: [#start, #stop). */
+  #start = 0;
+  #stop = 0;
+
+  constructor(text: string) {
+    this.#text = text;
+    this.#end = text.length;
+  }
+
+  /** Moves to the next field: up to the next `sep`, or the end of the range. */
+  next(sep: string): this {
+    this.#start = this.#pos;
+    const i = this.#text.indexOf(sep, this.#pos);
+    this.#stop = i === -1 || i > this.#end ? this.#end : i;
+    if (this.#stop < this.#start) this.#stop = this.#start;
+    this.#pos = this.#stop + 1;
+    return this;
+  }
+
+  /** Whether another field follows the one read last, in the range. */
+  more(): boolean {
+    return this.#pos <= this.#end;
+  }
+
+  /** Reads the next field (up to `sep`) as a range of its own, its fields read one by one until leave(). */
+  enter(sep: string): this {
+    this.next(sep);
+    this.#outerEnd = this.#end;
+    this.#end = this.#stop;
+    this.#pos = this.#start;
+    return this;
+  }
+
+  /** Back to the range enter() left, at the field after the one entered. */
+  leave(): void {
+    this.#pos = this.#end + 1;
+    this.#end = this.#outerEnd;
+  }
+
+  string(): string {
+    return this.#text.slice(this.#start, this.#stop);
+  }
+
+  is(value: string): boolean {
+    return this.#stop - this.#start === value.length && this.#text.startsWith(value, this.#start);
+  }
+
+  number(): number {
+    const n = this.#plainInteger();
+    return n ?? Number(this.string());
+  }
+
+  bigint(): bigint {
+    const n = this.#plainInteger();
+    return n === undefined ? BigInt(this.string()) : BigInt(n);
+  }
+
+  /** The field's value when it is an optional '-' and 1 to 15 digits (exact in a double), else undefined. */
+  #plainInteger(): number | undefined {
+    let i = this.#start;
+    const negative = this.#text.charCodeAt(i) === 45; // '-'
+    if (negative) i++;
+    if (this.#stop - i < 1 || this.#stop - i > 15) return undefined;
+    let n = 0;
+    for (; i < this.#stop; i++) {
+      const digit = this.#text.charCodeAt(i) - 48;
+      if (digit < 0 || digit > 9) return undefined;
+      n = n * 10 + digit;
+    }
+    return negative ? -n : n;
+  }
 }

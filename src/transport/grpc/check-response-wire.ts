@@ -151,7 +151,8 @@ function writeSource(w: Writer, s: CapacitySource, size: number): void {
   if (s.product !== "") (w.byte(0x3a), w.str(s.product));
 }
 
-function writeLimit(w: Writer, l: LimitStatus, size: number, sourceSizes: number[], si: { i: number }): void {
+/** Writes one limit; its sources' sizes are `sourceSizes` from `si` on. Answers the index after them. */
+function writeLimit(w: Writer, l: LimitStatus, size: number, sourceSizes: number[], si: number): number {
   w.byte(0x32); // field 6 (CheckAndReserveResponse.limits)
   w.varint(size);
   if (l.name !== "") (w.byte(0x0a), w.str(l.name));
@@ -165,15 +166,17 @@ function writeLimit(w: Writer, l: LimitStatus, size: number, sourceSizes: number
   if (l.window !== undefined) w.ts(0x4a, l.window);
   if (l.overage !== 0n) (w.byte(0x50), w.int64(l.overage));
   if (l.exceeded) (w.byte(0x58), w.byte(1));
-  for (const s of l.sources) writeSource(w, s, sourceSizes[si.i++]!);
+  for (const s of l.sources) writeSource(w, s, sourceSizes[si++]!);
   if (l.product !== "") (w.byte(0x6a), w.str(l.product));
   if (l.overageTotal !== 0n) (w.byte(0x70), w.int64(l.overageTotal));
+  return si;
 }
 
 const hasUnknown = (m: { $unknown?: unknown[] }): boolean => m.$unknown !== undefined && m.$unknown.length > 0;
+const limitHasUnknown = (l: LimitStatus): boolean => hasUnknown(l) || l.sources.some(hasUnknown);
 
 export function encodeCheckAndReserveResponse(m: CheckAndReserveResponse): Uint8Array {
-  if (hasUnknown(m) || m.limits.some((l) => hasUnknown(l) || l.sources.some(hasUnknown))) return toBinary(CheckAndReserveResponseSchema, m);
+  if (hasUnknown(m) || m.limits.some(limitHasUnknown)) return toBinary(CheckAndReserveResponseSchema, m);
   let n = 0;
   if (m.decision !== 0) n += 1 + int32Size(m.decision);
   if (m.reason !== 0) n += 1 + int32Size(m.reason);
@@ -215,8 +218,8 @@ export function encodeCheckAndReserveResponse(m: CheckAndReserveResponse): Uint8
   if (m.reservationId !== "") (w.byte(0x1a), w.str(m.reservationId));
   if (m.overage) (w.byte(0x20), w.byte(1));
   if (m.retryAfter !== undefined) w.ts(0x2a, m.retryAfter);
-  const si = { i: 0 };
-  for (let i = 0; i < m.limits.length; i++) writeLimit(w, m.limits[i]!, limitSizes[i]!, sourceSizes, si);
+  let si = 0;
+  for (let i = 0; i < m.limits.length; i++) si = writeLimit(w, m.limits[i]!, limitSizes[i]!, sourceSizes, si);
   for (let i = 0; i < headerKeys.length; i++) {
     const k = headerKeys[i]!;
     w.byte(0x3a); // field 7 (headers), one map entry

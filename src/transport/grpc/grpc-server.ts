@@ -11,12 +11,13 @@ import type { DescFile } from "@bufbuild/protobuf";
 import { HealthImplementation } from "grpc-health-check";
 import { ReflectionService } from "@grpc/reflection";
 import { QuotaAdminService, file_quota_v1_admin } from "../../gen/quota/v1/admin_pb.ts";
-import { CheckAndReserveResponseSchema, QuotaService, file_quota_v1_quota, type CheckAndReserveResponse } from "../../gen/quota/v1/quota_pb.ts";
+import { CheckAndReserveRequestSchema, CheckAndReserveResponseSchema, QuotaService, file_quota_v1_quota, type CheckAndReserveResponse } from "../../gen/quota/v1/quota_pb.ts";
 import { RateLimitService, file_envoy_service_ratelimit_v3_rls } from "../../gen/envoy/service/ratelimit/v3/rls_pb.ts";
 import { InvalidArgumentError } from "../../core/errors.ts";
 import type { Api, CallContext } from "../api.ts";
 import { mapError } from "../errors.ts";
 import type { EnvoyRlsApi } from "./envoy-rls.ts";
+import { decodeCheckAndReserveRequest } from "./check-request-wire.ts";
 import { encodeCheckAndReserveResponse } from "./check-response-wire.ts";
 
 export interface GrpcServerOptions {
@@ -91,6 +92,12 @@ function serializerFor(output: DescMessage): (msg: unknown) => Buffer {
   return (msg) => asBuffer(toBinary(output, msg as never));
 }
 
+/** The hot path's request has a dedicated decoder too (the same message); every other message fromBinary. */
+function deserializerFor(input: DescMessage): (bytes: Buffer) => unknown {
+  if (input.typeName === CheckAndReserveRequestSchema.typeName) return decodeCheckAndReserveRequest;
+  return (bytes) => fromBinary(input, bytes);
+}
+
 function service(desc: DescService, impl: Record<string, Handler>, opts: GrpcServerOptions): [grpc.ServiceDefinition, grpc.UntypedServiceImplementation] {
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   const implementation: grpc.UntypedServiceImplementation = {};
@@ -108,12 +115,13 @@ function service(desc: DescService, impl: Record<string, Handler>, opts: GrpcSer
       responseDeserialize: (buf: Buffer) => fromBinary(output, buf),
     };
     const handler = impl[m.localName]!;
+    const decode = deserializerFor(input);
     implementation[m.localName] = (call: grpc.ServerUnaryCall<Buffer, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       const started = process.hrtime.bigint();
       const finish = (code: string) => opts.onCall?.(m.name, code, Number(process.hrtime.bigint() - started) / 1e9);
       let request: unknown;
       try {
-        request = fromBinary(input, call.request);
+        request = decode(call.request);
       } catch (e) {
         const err = new InvalidArgumentError("request", `not a valid ${input.typeName}: ${(e as Error).message}`);
         finish("INVALID_ARGUMENT");
