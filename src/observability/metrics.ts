@@ -41,33 +41,38 @@ export function createMetrics(registry: Registry, now: () => number = Date.now):
   // Counted on every call: kept here until a collection, not passed through prom-client's label hashing per call.
   const decided = new DecisionCounts();
   const lookups = { hit: 0, miss: 0 };
+  const decisions = new Counter({
+    name: "quota_decisions_total",
+    help: "CheckAndReserve decisions (SHADOW would-be denials: mode=SHADOW with the reason)",
+    labelNames: ["decision", "reason", "mode", "fail_open", "limit_kind", "plan"],
+    registers,
+    collect() {
+      decided.flush(this);
+    },
+  });
+  const keyCacheLookups = new Counter({
+    name: "quota_key_cache_lookups_total",
+    help: "API key cache lookups (hit ratio = hit / all)",
+    labelNames: ["result"],
+    registers,
+    collect() {
+      if (lookups.hit > 0) this.inc({ result: "hit" }, lookups.hit);
+      if (lookups.miss > 0) this.inc({ result: "miss" }, lookups.miss);
+      lookups.hit = lookups.miss = 0;
+    },
+  });
+  // A reset (registry.resetMetrics(), counter.reset()) drops what is counted here since the last collection too.
+  onReset(decisions, () => decided.clear());
+  onReset(keyCacheLookups, () => void (lookups.hit = lookups.miss = 0));
   return {
     inFlight,
     decided,
-    decisions: new Counter({
-      name: "quota_decisions_total",
-      help: "CheckAndReserve decisions (SHADOW would-be denials: mode=SHADOW with the reason)",
-      labelNames: ["decision", "reason", "mode", "fail_open", "limit_kind", "plan"],
-      registers,
-      collect() {
-        decided.flush(this);
-      },
-    }),
+    decisions,
     storeDuration: new Histogram({ name: "quota_store_duration_seconds", help: "Counter store (Redis) call latency", labelNames: ["store", "op"], buckets: FAST, registers }),
     storeErrors: new Counter({ name: "quota_store_errors_total", help: "Counter store (Redis) calls that failed", labelNames: ["store", "op"], registers }),
     dbDuration: new Histogram({ name: "quota_db_duration_seconds", help: "Postgres call latency (one unit of work per transaction/read)", labelNames: ["op"], buckets: FAST, registers }),
     dbErrors: new Counter({ name: "quota_db_errors_total", help: "Postgres calls that failed", labelNames: ["op"], registers }),
-    keyCacheLookups: new Counter({
-      name: "quota_key_cache_lookups_total",
-      help: "API key cache lookups (hit ratio = hit / all)",
-      labelNames: ["result"],
-      registers,
-      collect() {
-        if (lookups.hit > 0) this.inc({ result: "hit" }, lookups.hit);
-        if (lookups.miss > 0) this.inc({ result: "miss" }, lookups.miss);
-        lookups.hit = lookups.miss = 0;
-      },
-    }),
+    keyCacheLookups,
     keyCacheLookup: (hit) => void (hit ? lookups.hit++ : lookups.miss++),
     reservationsInFlight: new Gauge({
       name: "quota_reservations_in_flight",
@@ -173,6 +178,15 @@ const reasonName = names(DenyReason);
 const modeName = names(Mode);
 const kindName = names(LimitKind);
 
+/** Runs `also` whenever `counter` is reset, before prom-client's own reset. */
+function onReset(counter: Counter, also: () => void): void {
+  const reset = counter.reset.bind(counter);
+  counter.reset = () => {
+    also();
+    reset();
+  };
+}
+
 type DecisionLabels = Record<"decision" | "reason" | "mode" | "fail_open" | "limit_kind" | "plan", string>;
 
 /**
@@ -183,6 +197,11 @@ type DecisionLabels = Record<"decision" | "reason" | "mode" | "fail_open" | "lim
  */
 export class DecisionCounts {
   readonly #byPlan = new Map<string, Map<number, { labels: DecisionLabels; n: number }>>();
+
+  /** Forgets what was counted since the last flush (the counter was reset). */
+  clear(): void {
+    this.#byPlan.clear();
+  }
 
   /** `kind`: the kind of the limit that decided, if one did. */
   count(counter: Counter, plan: string, decision: Decision, reason: DenyReason, mode: Mode, failOpen: boolean, kind: LimitKind | undefined): void {

@@ -66,6 +66,22 @@ describe("quota_decisions_total", () => {
     await call(Mode.ENFORCE);
     expect(await series()).toEqual({ "ALLOWED  ENFORCE ": 3, "DENIED QUOTA_EXHAUSTED ENFORCE QUOTA": 1, "DENIED QUOTA_EXHAUSTED SHADOW QUOTA": 1 });
   });
+
+  it("a reset drops what was counted since the last scrape too (decisions and key-cache lookups are counted locally)", async () => {
+    const registry = new Registry();
+    const metrics = createMetrics(registry);
+    const total = async (name: string) => ((await registry.getMetricsAsJSON()).find((m) => m.name === name)!.values as Array<{ value: number }>).reduce((a, v) => a + v.value, 0);
+    metrics.decided.count(metrics.decisions, "pro", Decision.ALLOWED, DenyReason.DENY_REASON_UNSPECIFIED, Mode.ENFORCE, false, undefined);
+    metrics.keyCacheLookup(true);
+    registry.resetMetrics();
+    expect(await total("quota_decisions_total")).toBe(0);
+    expect(await total("quota_key_cache_lookups_total")).toBe(0);
+    // and counting goes on after it
+    metrics.decided.count(metrics.decisions, "pro", Decision.ALLOWED, DenyReason.DENY_REASON_UNSPECIFIED, Mode.ENFORCE, false, undefined);
+    metrics.keyCacheLookup(false);
+    expect(await total("quota_decisions_total")).toBe(1);
+    expect(await total("quota_key_cache_lookups_total")).toBe(1);
+  });
 });
 
 describe("quota_reservations_in_flight", () => {
