@@ -16,7 +16,8 @@ export const ROLLING_BUCKET_MS = 15 * 60 * 1000;
 export type ScopeName = "KEY" | "SUBSCRIPTION" | "ACCOUNT";
 export type KindName = "RATE" | "QUOTA" | "CONCURRENCY" | "BUDGET" | "ACCESS_WINDOW";
 
-/** What the answer says about a limit besides its counters. */
+/** What the answer says about a limit besides its counters. toStatus (limit-status.ts) copies these fields one by one (not a
+ * spread, on the hot path): a field added here is added there too. */
 export interface LimitInfo {
   name: string;
   scope: ScopeName;
