@@ -72,6 +72,26 @@ export function newReservationId(accountId: string, keyId: string): string {
 }
 const B64URL_CODES = Buffer.from(B64URL, "latin1");
 const seqDigits = Buffer.alloc(10);
+/** A base64url digit's value by character code (-1: not a digit). */
+const B64URL_VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < 64; i++) B64URL_VALUE[B64URL.charCodeAt(i)] = i;
+
+/** The counter of a reservation id this process made (with its current prefix), or -1 for any other string (another
+ * process's id, or not an id). Counters only grow, one per id made: what was made before and after is known by
+ * comparing them (src/observability/in-flight.ts keeps the ids in flight by counter, without the ids). Reads the
+ * string in place: nothing is allocated. */
+export function ownReservationSeq(id: string): number {
+  const n = id.length;
+  if (reservationPrefix === "" || n < 24 || id.charCodeAt(n - 23) !== 0x7e || !id.startsWith(reservationPrefix, n - 22)) return -1;
+  let v = 0;
+  for (let i = n - 10; i < n; i++) {
+    const c = id.charCodeAt(i);
+    const d = c < 128 ? B64URL_VALUE[c]! : -1;
+    if (d < 0) return -1;
+    v = v * 64 + d;
+  }
+  return v;
+}
 
 export function parseReservationId(reservationId: string): { accountId: string; keyId: string } | undefined {
   const m = /^r~([a-z0-9_-]{1,64})~([a-z2-7]{16})~[A-Za-z0-9_-]{22}$/.exec(reservationId);

@@ -11,6 +11,7 @@ import { reservationTtlMs } from "../core/plan.ts";
 import { Decision, DenyReason, LimitKind, Mode } from "../gen/quota/v1/types_pb.ts";
 import type { Api } from "../transport/api.ts";
 import { ANSWER_PLAN } from "../transport/quota-api.ts";
+import { InFlightReservations } from "./in-flight.ts";
 
 const FAST = [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -33,9 +34,9 @@ export interface Metrics {
   reconciled(): void;
 }
 
-export function createMetrics(registry: Registry, now: () => number = Date.now): Metrics & { inFlight: Map<string, number> } {
+export function createMetrics(registry: Registry, now: () => number = Date.now): Metrics & { inFlight: InFlightReservations } {
   const registers = [registry];
-  const inFlight = new Map<string, number>();
+  const inFlight = new InFlightReservations();
   let lastFlush = now();
   let lastReconcile = now();
   // Counted on every call: kept here until a collection, not passed through prom-client's label hashing per call.
@@ -79,9 +80,7 @@ export function createMetrics(registry: Registry, now: () => number = Date.now):
       help: "Reservations made through this process and neither released nor past their TTL",
       registers,
       collect() {
-        const t = now();
-        for (const [id, expires] of inFlight) if (expires <= t) inFlight.delete(id);
-        this.set(inFlight.size);
+        this.set(inFlight.count(now()));
       },
     }),
     flushLag: new Gauge({ name: "quota_flush_lag_seconds", help: "Seconds since usage was last flushed to Postgres successfully", registers, collect() { this.set((now() - lastFlush) / 1000); } }),
@@ -248,7 +247,7 @@ const pascal = (s: string) => s[0]!.toUpperCase() + s.slice(1);
  * One server span per RPC (`quota.v1.QuotaService/CheckAndReserve`), active while the call runs so store and
  * database spans nest under it; decisions counted with their plan and the kind of the limit that decided.
  */
-export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: Map<string, number> }; tracer: Tracer; keys: KeyCache; now?: () => number }): Api {
+export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: InFlightReservations }; tracer: Tracer; keys: KeyCache; now?: () => number }): Api {
   const { metrics: m, tracer, keys } = deps;
   const now = deps.now ?? Date.now;
   const wrapService = <S extends object>(service: S, name: "quota" | "admin"): S => {
@@ -262,7 +261,7 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
           try {
             const res = await fn(...args);
             if (method === "checkAndReserve") onCheck(args[0] as CheckReq, res as CheckRes, span);
-            if (method === "release") m.inFlight.delete((args[0] as { reservationId: string }).reservationId);
+            if (method === "release") m.inFlight.release((args[0] as { reservationId: string }).reservationId);
             return res;
           } catch (e) {
             span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
@@ -294,19 +293,11 @@ export function instrumentApi(api: Api, deps: { metrics: Metrics & { inFlight: M
     if (reason) span.setAttribute("quota.reason", reasonName(reason));
     if (plan) span.setAttribute("quota.plan", plan);
     if (res.reservationId) {
+      // What is past its TTL is forgotten as new ones come, not only when the gauge is scraped (in-flight.ts).
+      const spec = ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined;
+      const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : spec?.reservation?.ttl ? reservationTtlMs(spec as { reservation: { ttl: string } }) : 30_000;
       const t = now();
-      // Forget what is past its TTL as new entries come (Map order is insertion order: with the usual one TTL per
-      // plan the oldest expire first), so the map holds about rate x TTL entries, not everything since the last
-      // scrape; the scrape still prunes the whole map (entries behind a longer-lived one).
-      for (const [id, expires] of m.inFlight) {
-        if (expires > t) break;
-        m.inFlight.delete(id);
-      }
-      if (m.inFlight.size < 1_000_000) {
-        const spec = ctx?.plan.spec as { reservation?: { ttl?: string } } | undefined;
-        const ttlMs = req.reservationTtl ? Number(req.reservationTtl.seconds) * 1000 + req.reservationTtl.nanos / 1e6 : spec?.reservation?.ttl ? reservationTtlMs(spec as { reservation: { ttl: string } }) : 30_000;
-        m.inFlight.set(res.reservationId, t + ttlMs);
-      }
+      m.inFlight.add(res.reservationId, t + ttlMs, t);
     }
   };
   return { quota: wrapService(api.quota, "quota"), admin: wrapService(api.admin, "admin") };

@@ -4,23 +4,31 @@
  * Prometheus scraped the gauge, so a process nobody scraped (or scraped rarely) kept up to 1,000,000 reservation
  * ids (~120 MB of heap) whatever its TTLs, and every call added an old-generation entry for the GC to walk.
  */
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import type { KeyCache } from "../../src/core/key-cache.ts";
 import { Decision, DenyReason, LimitKind, Mode } from "../../src/gen/quota/v1/types_pb.ts";
 import { createMetrics, instrumentApi } from "../../src/observability/metrics.ts";
 import { noopTracer } from "../../src/observability/tracing.ts";
+import { newReservationId } from "../../src/core/ids.ts";
 import type { Api } from "../../src/transport/api.ts";
 import { ANSWER_PLAN } from "../../src/transport/quota-api.ts";
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
 
 function setup() {
   let t = 1_000_000;
   const now = () => t;
   const metrics = createMetrics(new Registry(), now);
   let n = 0;
+  // ids answered in order (made by this process unless a test says otherwise)
+  const ids: string[] = [];
   const api = {
     quota: {
-      checkAndReserve: async () => ({ decision: Decision.ALLOWED, reason: 0, shadowReason: 0, failOpen: false, reservationId: `r${n++}`, limits: [] }),
+      checkAndReserve: async () => ({ decision: Decision.ALLOWED, reason: 0, shadowReason: 0, failOpen: false, reservationId: ids[n++] ?? newReservationId("acct_1", "abcdefghijklmnop"), limits: [] }),
       release: async () => ({}),
     },
     admin: {},
@@ -28,7 +36,9 @@ function setup() {
   const keys = { peek: () => undefined } as unknown as KeyCache;
   const wrapped = instrumentApi(api, { metrics, tracer: noopTracer(), keys, now });
   const reserve = (ttlSeconds: number) => (wrapped.quota.checkAndReserve as (r: unknown, c: unknown) => Promise<unknown>)({ apiKey: "x", mode: 0, reservationTtl: { seconds: BigInt(ttlSeconds), nanos: 0 } }, {});
-  return { metrics, reserve, advance: (ms: number) => void (t += ms) };
+  const release = (reservationId: string) => (wrapped.quota.release as (r: unknown, c: unknown) => Promise<unknown>)({ reservationId }, {});
+  const gauge = async () => (await metrics.reservationsInFlight.get()).values[0]!.value;
+  return { metrics, reserve, release, gauge, ids, advance: (ms: number) => void (t += ms) };
 }
 
 describe("quota_decisions_total", () => {
@@ -88,10 +98,10 @@ describe("quota_reservations_in_flight", () => {
   it("forgets reservations past their TTL as new ones are made, without waiting for a scrape", async () => {
     const { metrics, reserve, advance } = setup();
     for (let i = 0; i < 1000; i++) await reserve(1);
-    expect(metrics.inFlight.size).toBe(1000);
+    expect(metrics.inFlight.tracked).toBe(1000);
     advance(1001);
     await reserve(1);
-    expect(metrics.inFlight.size).toBe(1); // was 1,001: kept until the next scrape
+    expect(metrics.inFlight.tracked).toBe(1); // was 1,001: kept until the next scrape
   });
 
   it("still counts every reservation within its TTL, whatever their order of expiry", async () => {
@@ -100,10 +110,56 @@ describe("quota_reservations_in_flight", () => {
     for (let i = 0; i < 10; i++) await reserve(1);
     advance(500);
     await reserve(1);
-    expect(metrics.inFlight.size).toBe(12);
+    expect(metrics.inFlight.tracked).toBe(12);
     advance(1000);
     await reserve(1);
     // the 10 first short ones and the one made at +500 ms are past their TTL; the scrape counts exactly
     expect((await metrics.reservationsInFlight.get()).values[0]!.value).toBe(2);
   });
+
+  it("drops a reservation released through this process, and counts another process's ids until their TTL", async () => {
+    const { reserve, release, gauge, ids, advance } = setup();
+    const mine = newReservationId("acct_1", "abcdefghijklmnop");
+    const theirs = "r~acct_1~abcdefghijklmnop~AAAAAAAAAAAAAAAAAAAAAA"; // another process's prefix
+    ids.push(mine, theirs);
+    await reserve(10);
+    await reserve(10);
+    expect(await gauge()).toBe(2);
+    await release(mine);
+    expect(await gauge()).toBe(1);
+    await release(mine); // twice: still one
+    expect(await gauge()).toBe(1);
+    advance(10_000);
+    expect(await gauge()).toBe(0);
+    await release(theirs);
+    expect(await gauge()).toBe(0);
+  });
+
+  it("keeps a few bytes per reservation in flight, not its id (was ~150 B each: a map of id strings)", async () => {
+    const { metrics, reserve, gauge } = setup();
+    for (let i = 0; i < 1000; i++) await reserve(600);
+    const before = await settledBytes();
+    for (let i = 0; i < 100_000; i++) await reserve(600);
+    const after = await settledBytes();
+    expect(await gauge()).toBe(101_000);
+    expect(metrics.inFlight.tracked).toBe(101_000);
+    // a small-integer key and value in the map's backing store (~38 B with its slack; it doubles as it grows), no
+    // object of its own; the ids are garbage once answered
+    expect((after - before) / 100_000).toBeLessThan(60);
+  });
 });
+
+/** Heap in use plus ArrayBuffers once garbage is collected (the sweeper releases buffers after gc() returns: read
+ * until the figure stops falling, as test/unit/key-cache-memory.test.ts does). */
+async function settledBytes(): Promise<number> {
+  let last = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < 50; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 10));
+    const m = process.memoryUsage();
+    const now = m.heapUsed + m.arrayBuffers;
+    if (now >= last) return now;
+    last = now;
+  }
+  return last;
+}

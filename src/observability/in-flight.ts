@@ -1,0 +1,71 @@
+/**
+ * The reservations made through this process that are neither released nor past their TTL, for the gauge
+ * quota_reservations_in_flight, kept without keeping their ids.
+ *
+ * A map from id string to expiry (what this replaced) kept, for the TTL of every call, the id (~80 characters) and a
+ * boxed number, both promoted to the old generation: rate x TTL of them (~200,000 at 7,000 calls/s and 30 s),
+ * ~150 B each, which cost every call a few µs of garbage collection (docs/performance.md, sixth pass). This
+ * process's ids carry a counter that grows by one per id made (src/core/ids.ts): the map is keyed by that counter
+ * and holds the expiry as a small integer (ms since the tracker started), so neither key nor value is an object of
+ * its own: ~30 B an entry in the map's one backing store, nothing for the collector to trace. Ids made elsewhere (an
+ * idempotent replay answers the reservation another process made) keep their string; they are rare.
+ *
+ * Bounded at `maxTracked` entries of each kind (1,000,000, as before): past it new ones are not counted.
+ */
+import { ownReservationSeq } from "../core/ids.ts";
+
+/** Counters are kept modulo 2^30 (a small integer): two ids 2^30 apart are never in flight at once. */
+const SEQ_SPAN = 2 ** 30;
+
+export class InFlightReservations {
+  /** counter mod 2^30 -> expiry in ms since `#epoch`, in the order they were answered */
+  #own = new Map<number, number>();
+  #others = new Map<string, number>();
+  #epoch: number | undefined;
+  readonly #max: number;
+
+  constructor(maxTracked = 1_000_000) {
+    this.#max = maxTracked;
+  }
+
+  /** A reservation answered by this process, open until `expiresAt` (ms). What is past its TTL is forgotten as new
+   * ones come (insertion order: with the usual one TTL per plan the oldest expire first), not only at a scrape. */
+  add(id: string, expiresAt: number, now: number): void {
+    const epoch = (this.#epoch ??= now);
+    const seq = ownReservationSeq(id);
+    if (seq < 0) {
+      forgetExpired(this.#others, now);
+      if (this.#others.size < this.#max) this.#others.set(id, expiresAt);
+      return;
+    }
+    forgetExpired(this.#own, now - epoch);
+    if (this.#own.size < this.#max) this.#own.set(seq % SEQ_SPAN, expiresAt - epoch);
+  }
+
+  /** Released (committed or cancelled) through this process. */
+  release(id: string): void {
+    const seq = ownReservationSeq(id);
+    if (seq < 0) this.#others.delete(id);
+    else this.#own.delete(seq % SEQ_SPAN);
+  }
+
+  /** How many are in flight at `now`: a walk over every entry (the scrape's cost, not a call's). */
+  count(now: number): number {
+    const rel = now - (this.#epoch ?? now);
+    for (const [seq, expires] of this.#own) if (expires <= rel) this.#own.delete(seq);
+    for (const [id, expires] of this.#others) if (expires <= now) this.#others.delete(id);
+    return this.#own.size + this.#others.size;
+  }
+
+  /** What is kept, whatever its state: for tests of what is forgotten when. */
+  get tracked(): number {
+    return this.#own.size + this.#others.size;
+  }
+}
+
+function forgetExpired<K>(map: Map<K, number>, now: number): void {
+  for (const [key, expires] of map) {
+    if (expires > now) break;
+    map.delete(key);
+  }
+}
