@@ -6,7 +6,7 @@
  * boxed number, both promoted to the old generation: rate x TTL of them (~200,000 at 7,000 calls/s and 30 s),
  * ~150 B each, which cost every call a few µs of garbage collection (docs/performance.md, sixth pass). This
  * process's ids carry a counter that grows by one per id made (src/core/ids.ts): the map is keyed by that counter
- * and holds the expiry as a small integer (ms since the tracker started), so neither key nor value is an object of
+ * and holds the expiry as a small integer (ms since the tracker's epoch, moved forward by a scrape every ~6 days), so neither key nor value is an object of
  * its own: ~30 B an entry in the map's one backing store, nothing for the collector to trace. Ids made elsewhere (an
  * idempotent replay answers the reservation another process made) keep their string; they are rare.
  *
@@ -16,6 +16,8 @@ import { ownReservationSeq } from "../core/ids.ts";
 
 /** Counters are kept modulo 2^30 (a small integer): two ids 2^30 apart are never in flight at once. */
 const SEQ_SPAN = 2 ** 30;
+/** Expiries are ms since the tracker's epoch; a scrape moves the epoch forward once it is this old. */
+const REBASE_MS = 2 ** 29;
 
 export class InFlightReservations {
   /** counter mod 2^30 -> expiry in ms since `#epoch`, in the order they were answered */
@@ -53,6 +55,11 @@ export class InFlightReservations {
   count(now: number): number {
     const rel = now - (this.#epoch ?? now);
     for (const [seq, expires] of this.#own) if (expires <= rel) this.#own.delete(seq);
+    if (rel >= REBASE_MS) {
+      // every ~6 days: count from now again, so the expiries stay small integers (setting a key keeps its order)
+      for (const [seq, expires] of this.#own) this.#own.set(seq, expires - rel);
+      this.#epoch = now;
+    }
     for (const [id, expires] of this.#others) if (expires <= now) this.#others.delete(id);
     return this.#own.size + this.#others.size;
   }

@@ -97,4 +97,20 @@ describe("InFlightReservations", () => {
     tracker.add(newReservationId("acct_1", "abcdefghijklmnop"), now + 1000, now);
     expect(tracker.count(now)).toBe(1);
   });
+
+  it("counts the same after a scrape moves its epoch forward (every ~6 days: expiries stay small integers)", () => {
+    const tracker = new InFlightReservations();
+    let now = 1_000_000;
+    const early = newReservationId("acct_1", "abcdefghijklmnop");
+    tracker.add(early, now + 1000, now);
+    now += 2 ** 29 + 5; // a week later
+    const a = newReservationId("acct_1", "abcdefghijklmnop");
+    const b = newReservationId("acct_1", "abcdefghijklmnop");
+    tracker.add(a, now + 1000, now);
+    tracker.add(b, now + 3000, now);
+    expect(tracker.count(now)).toBe(2); // moves the epoch
+    tracker.release(a);
+    expect(tracker.count(now + 2000)).toBe(1);
+    expect(tracker.count(now + 3000)).toBe(0);
+  });
 });
