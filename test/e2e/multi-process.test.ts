@@ -66,7 +66,9 @@ async function runWorkers(jobs: LoadJob[]): Promise<LoadResult[]> {
     return { child, done };
   });
   await Promise.all(readies);
-  for (const { child } of children) child.stdin.write("go\n");
+  // One start time for all, a moment ahead: every worker is waiting on a timer for it, not reading its stdin in turn.
+  const at = Date.now() + 250;
+  for (const { child } of children) child.stdin.write(`go ${at}\n`);
   return Promise.all(children.map((c) => c.done));
 }
 

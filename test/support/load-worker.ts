@@ -2,8 +2,8 @@
  * A load-generating client process for multi-process exactness tests. Usage:
  *   node test/support/load-worker.ts '<json job>'
  * The job names the server ports to spread calls over and what to call. The worker opens its connections (one
- * GetLimits per server, which changes nothing), prints "ready", waits for "go" on stdin (the parent sends it once
- * every worker is ready, so the workers fire together), runs every call concurrently, and prints one JSON line with
+ * GetLimits per server, which changes nothing), prints "ready", waits for "go <ms>" on stdin (the parent sends it once
+ * every worker is ready, with one wall-clock time a moment ahead, so the workers fire together), runs every call concurrently, and prints one JSON line with
  * the outcomes.
  */
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
@@ -40,12 +40,15 @@ let inFlight = 0;
 const calls = job.calls;
 await Promise.all(cs.map((c) => c.quota.getLimits({ apiKey: calls.apiKey })));
 process.stdout.write("ready\n");
+// "go <ms>": fire at that wall-clock time (the parent names one a moment ahead for every worker). Reading "go" on four
+// stdins, one after another, on a loaded 2-core machine let a worker with 2 calls finish before another started.
 await new Promise<void>((resolve) => {
   let buf = "";
   process.stdin.setEncoding("utf8");
   process.stdin.on("data", (d: string) => {
     buf += d;
-    if (buf.includes("go\n")) resolve();
+    const m = /go(?: (\d+))?\n/.exec(buf);
+    if (m) setTimeout(resolve, m[1] ? Math.max(0, Number(m[1]) - Date.now()) : 0);
   });
 });
 await Promise.all(
