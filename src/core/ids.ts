@@ -77,8 +77,7 @@ const B64URL_VALUE = new Int8Array(128).fill(-1);
 for (let i = 0; i < 64; i++) B64URL_VALUE[B64URL.charCodeAt(i)] = i;
 
 /** The counter of a reservation id this process made (with its current prefix), or -1 for any other string (another
- * process's id, or not an id). Counters only grow, one per id made: what was made before and after is known by
- * comparing them (src/observability/in-flight.ts keeps the ids in flight by counter, without the ids). Reads the
+ * process's id, or not an id): src/observability/in-flight.ts keeps this process's ids in flight by it. Reads the
  * string in place: nothing is allocated. */
 export function ownReservationSeq(id: string): number {
   const n = id.length;

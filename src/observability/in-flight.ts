@@ -2,13 +2,12 @@
  * The reservations made through this process that are neither released nor past their TTL, for the gauge
  * quota_reservations_in_flight, kept without keeping their ids.
  *
- * A map from id string to expiry (what this replaced) kept, for the TTL of every call, the id (~80 characters) and a
- * boxed number, both promoted to the old generation: rate x TTL of them (~200,000 at 7,000 calls/s and 30 s),
- * ~150 B each, which cost every call a few µs of garbage collection (docs/performance.md, sixth pass). This
- * process's ids carry a counter that grows by one per id made (src/core/ids.ts): the map is keyed by that counter
- * and holds the expiry as a small integer (ms since the tracker's epoch, moved forward by a scrape every ~6 days), so neither key nor value is an object of
- * its own: ~30 B an entry in the map's one backing store, nothing for the collector to trace. Ids made elsewhere (an
- * idempotent replay answers the reservation another process made) keep their string; they are rare.
+ * Each is remembered for its TTL: rate x TTL of them (~220,000 at 7,500 calls/s and the default 30 s). A map from
+ * the id string (~80 characters) to a boxed expiry, what this replaced, cost ~150 B each in the old generation. This
+ * process's ids carry a per-process counter (src/core/ids.ts), so the map is keyed by that counter and holds the
+ * expiry as a small integer (ms since an epoch a scrape moves forward every ~6 days): neither is an object of its
+ * own, ~38 B an entry in the map's one backing store (docs/performance.md, sixth pass). Ids made elsewhere (an
+ * idempotent replay may answer the reservation another process made) keep their string; they are rare.
  *
  * Bounded at `maxTracked` entries of each kind (1,000,000, as before): past it new ones are not counted.
  */

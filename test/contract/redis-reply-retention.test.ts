@@ -5,16 +5,12 @@
  * reply, which for a grouped call is every answer of the group (the statuses of all its calls). Seen in heap
  * snapshots of bench/hot-path.ts (docs/performance.md, "Memory").
  */
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { Redis } from "ioredis";
 import { expect, it } from "vitest";
 import type { CounterLimit, ReserveCommand } from "../../src/core/counter-store.ts";
 import { RedisCounterStore } from "../../src/store/redis/redis-counter-store.ts";
+import { gc } from "../support/memory.ts";
 import { PrivateRedis } from "../support/redis-server.ts";
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
 
 it("a reservation id answered by the store does not keep its script reply alive", async () => {
   const server = await PrivateRedis.start();

@@ -3,8 +3,8 @@
  *   node test/support/load-worker.ts '<json job>'
  * The job names the server ports to spread calls over and what to call. The worker opens its connections (one
  * GetLimits per server, which changes nothing), prints "ready", waits for "go <ms>" on stdin (the parent sends it once
- * every worker is ready, with one wall-clock time a moment ahead, so the workers fire together), runs every call concurrently, and prints one JSON line with
- * the outcomes.
+ * every worker is ready, with one wall-clock time a moment ahead, so the workers fire together), runs every call
+ * concurrently, and prints one JSON line with the outcomes.
  */
 import { Decision, DenyReason } from "../../src/gen/quota/v1/types_pb.ts";
 import { Outcome } from "../../src/gen/quota/v1/quota_pb.ts";

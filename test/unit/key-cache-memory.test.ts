@@ -5,33 +5,16 @@
  * gRPC frames, Redis replies and headers share the pool between two verifications) that pinned ~3 KB per cached key
  * (heap snapshots of bench/hot-path.ts at 100 and 10,000 accounts, docs/performance.md).
  */
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { describe, expect, it } from "vitest";
 import { KeyCache, type KeyContext } from "../../src/core/key-cache.ts";
 import { hashSecret } from "../../src/core/ids.ts";
 import type { Database, PlanRecord, SubscriptionRecord } from "../../src/core/ports.ts";
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
+import { gc, settled } from "../support/memory.ts";
 
 const KEYS = 2_000;
 
-/** Off-heap bytes in ArrayBuffers once collected garbage is gone. A full collection frees unreachable buffers, but
- * their backing stores are released by V8 on a background thread, after gc() returns: on a loaded machine (the suite's
- * parallel files) a reading taken at once still counts megabytes of garbage. So: collect, let the sweeper run, and read
- * again until the figure stops falling. Reachable buffers (what the test looks for) are never released. */
-async function settledArrayBuffers(): Promise<number> {
-  let last = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < 50; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 10));
-    const now = process.memoryUsage().arrayBuffers;
-    if (now >= last) return now;
-    last = now;
-  }
-  return last;
-}
+/** Off-heap bytes in ArrayBuffers once collected garbage is gone (test/support/memory.ts). */
+const settledArrayBuffers = () => settled((m) => m.arrayBuffers);
 const secretOf = (i: number) => `s${String(i).padStart(42, "0")}`; // 43 characters, as a real secret
 
 function contextOf(i: number): KeyContext {

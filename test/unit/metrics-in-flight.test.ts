@@ -4,20 +4,16 @@
  * Prometheus scraped the gauge, so a process nobody scraped (or scraped rarely) kept up to 1,000,000 reservation
  * ids (~120 MB of heap) whatever its TTLs, and every call added an old-generation entry for the GC to walk.
  */
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
+import { newReservationId } from "../../src/core/ids.ts";
 import type { KeyCache } from "../../src/core/key-cache.ts";
 import { Decision, DenyReason, LimitKind, Mode } from "../../src/gen/quota/v1/types_pb.ts";
 import { createMetrics, instrumentApi } from "../../src/observability/metrics.ts";
 import { noopTracer } from "../../src/observability/tracing.ts";
-import { newReservationId } from "../../src/core/ids.ts";
 import type { Api } from "../../src/transport/api.ts";
 import { ANSWER_PLAN } from "../../src/transport/quota-api.ts";
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
+import { settled } from "../support/memory.ts";
 
 function setup() {
   let t = 1_000_000;
@@ -149,17 +145,5 @@ describe("quota_reservations_in_flight", () => {
   });
 });
 
-/** Heap in use plus ArrayBuffers once garbage is collected (the sweeper releases buffers after gc() returns: read
- * until the figure stops falling, as test/unit/key-cache-memory.test.ts does). */
-async function settledBytes(): Promise<number> {
-  let last = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < 50; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 10));
-    const m = process.memoryUsage();
-    const now = m.heapUsed + m.arrayBuffers;
-    if (now >= last) return now;
-    last = now;
-  }
-  return last;
-}
+/** Heap in use plus ArrayBuffers once garbage is collected (test/support/memory.ts). */
+const settledBytes = () => settled((m) => m.heapUsed + m.arrayBuffers);
