@@ -103,8 +103,8 @@ const checked = schema.superRefine((c, ctx) => {
   if (!LOOPBACK.test(c.host) && !c.serviceToken && !c.tlsClientCaFile) {
     ctx.addIssue({ code: "custom", path: ["serviceToken"], message: `is required (or mTLS) when binding to a non-loopback address (${c.host})` });
   }
-  if (c.workers > 1 && (!c.databaseUrl || !c.redisUrl)) {
-    ctx.addIssue({ code: "custom", path: ["workers"], message: "more than one worker needs DATABASE_URL and REDIS_URL (the embedded stores live inside one process)" });
+  if (c.workers > 1 && (!c.databaseUrl || (!c.redisUrl && c.redisClusterNodes.length === 0))) {
+    ctx.addIssue({ code: "custom", path: ["workers"], message: "more than one worker needs DATABASE_URL and REDIS_URL or REDIS_CLUSTER_NODES (the embedded stores live inside one process)" });
   }
   if (c.workers > 1 && c.demo) {
     ctx.addIssue({ code: "custom", path: ["workers"], message: "the demo runs in one process (set no more than 1 worker with --demo)" });

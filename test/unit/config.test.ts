@@ -48,11 +48,15 @@ describe("configuration", () => {
     const shared = { DATABASE_URL: "postgresql://u@h/db", REDIS_URL: "redis://h:6379" };
     expect(loadConfig({ ...shared, QUOTA_WORKERS: "2" }).workers).toBe(2);
     expect(loadConfig({}).workers).toBe(1);
-    expect(() => loadConfig({ QUOTA_WORKERS: "2" })).toThrow(/workers \(QUOTA_WORKERS\): more than one worker needs DATABASE_URL and REDIS_URL/);
+    expect(() => loadConfig({ QUOTA_WORKERS: "2" })).toThrow(/workers \(QUOTA_WORKERS\): more than one worker needs DATABASE_URL and REDIS_URL or REDIS_CLUSTER_NODES/);
     expect(() => loadConfig({ DATABASE_URL: shared.DATABASE_URL, QUOTA_WORKERS: "2" })).toThrow(/QUOTA_WORKERS/);
     expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "2", QUOTA_DEMO: "true" })).toThrow(/workers.*demo/);
     expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "0" })).toThrow(/workers \(QUOTA_WORKERS\)/);
     expect(() => loadConfig({ ...shared, QUOTA_WORKERS: "two" })).toThrow(/workers \(QUOTA_WORKERS\)/);
+    // A Redis Cluster is a shared store too, named by REDIS_CLUSTER_NODES alone or by a redis+cluster:// URL.
+    expect(loadConfig({ DATABASE_URL: shared.DATABASE_URL, REDIS_CLUSTER_NODES: "h1:7000,h2:7001", QUOTA_WORKERS: "2" }).workers).toBe(2);
+    expect(loadConfig({ DATABASE_URL: shared.DATABASE_URL, REDIS_URL: "redis+cluster://h1:7000,h2:7001", QUOTA_WORKERS: "2" }).workers).toBe(2);
+    expect(() => loadConfig({ REDIS_CLUSTER_NODES: "h1:7000", QUOTA_WORKERS: "2" })).toThrow(/QUOTA_WORKERS.*DATABASE_URL/);
   });
 
   it("redacts secrets and URL credentials when printed", () => {
