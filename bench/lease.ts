@@ -13,7 +13,14 @@
  * the callers seldom wait for a Lease RPC (they hold up to 2 leases of units per key: more under-admission near
  * exhaustion, never over-admission); a finished lease is closed by the next Lease call of its key.
  *
- * SPEC: { port, token, keysFile, product, method, limitName, concurrency, calls, seconds, leaseCalls, ttlMs, prefetchAt }
+ * holder "client" (the default of `npm run bench`): the decisions are `checkAndReserve` calls of the published
+ * client, @quota-authority/client with `leases: { calls: leaseCalls, ttlMs }` (what a calling service runs: it takes
+ * the next lease when the current one is used up or ends, with no spare, and settles them on `close()`).
+ * holder "raw": the hand-written holder below, which keeps a spare lease per key (`prefetchAt`), with no client
+ * around it: what the lease protocol allows, for comparison.
+ *
+ * SPEC: { port, token, keysFile, product, method, limitName, concurrency, calls, seconds, leaseCalls, ttlMs, prefetchAt,
+ *         holder }
  * The Lease and GetLimits messages go through protobuf-es (one Lease RPC per `leaseCalls` decisions: their cost per
  * decision is small); latencyMs is the latency of the Lease RPCs (what a caller waits when its lease runs out), not
  * of the local decisions (a counter decrement, not timed one by one).
@@ -23,6 +30,7 @@ import * as http2 from "node:http2";
 import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { GetLimitsRequestSchema, GetLimitsResponseSchema, LeaseRequestSchema, LeaseResponseSchema, type LeaseResponse } from "../src/gen/quota/v1/quota_pb.ts";
 import { Decision } from "../src/gen/quota/v1/types_pb.ts";
+import { createQuotaClient, type QuotaClient } from "../packages/client/src/index.ts";
 import { grpcFrame } from "./lib/grpc-wire.ts";
 import { summarize } from "./lib/stats.ts";
 
@@ -39,8 +47,10 @@ interface LeaseSpec {
   seconds: number;
   leaseCalls: number;
   ttlMs: number;
-  /** Fraction of the current lease used before the next one is taken, 0..1 (default 0). */
+  /** Fraction of the current lease used before the next one is taken, 0..1 (default 0). Holder "raw" only. */
   prefetchAt?: number;
+  /** "client" (@quota-authority/client with leases) or "raw" (the holder below; the default here). */
+  holder?: "client" | "raw";
 }
 
 const spec = JSON.parse(readFileSync(process.argv[2]!, "utf8")) as LeaseSpec;
@@ -198,6 +208,48 @@ async function decide(h: Holder): Promise<boolean> {
   return false;
 }
 
+// Holder "client": the published client decides; its Lease RPCs are counted and timed by an interceptor.
+const viaClient = spec.holder === "client";
+let clientUnits = 0n;
+let clientRemote = 0;
+let clientCost = 0n;
+const client: QuotaClient | undefined = viaClient
+  ? createQuotaClient({
+      address: `127.0.0.1:${spec.port}`,
+      ...(spec.token ? { token: spec.token } : {}),
+      deadlineMs: 5_000,
+      leases: { calls: Number(leaseCalls), ttlMs: Number(ttlSeconds) * 1000 },
+      interceptors: [
+        (next) => async (req) => {
+          if (req.method.name !== "Lease") return next(req);
+          const t0 = performance.now();
+          try {
+            return await next(req);
+          } catch (e) {
+            rpcErrors++;
+            firstError ??= `Lease: ${(e as Error).message}`;
+            throw e;
+          } finally {
+            if (leaseRpcs < leaseLatencies.length) leaseLatencies[leaseRpcs] = performance.now() - t0;
+            leaseRpcs++;
+          }
+        },
+      ],
+    })
+  : undefined;
+/** One decision through the client: local on its lease, or (no lease to be had) a remote call, then released. */
+async function decideByClient(key: string): Promise<boolean> {
+  const a = await client!.checkAndReserve({ apiKey: key, product: spec.product, method: spec.method });
+  if (!a.allowed) return false;
+  clientUnits += a.cost;
+  clientCost ||= a.cost;
+  if (!a.lease) {
+    clientRemote++;
+    if (a.reservationId) await client!.release({ reservationId: a.reservationId });
+  }
+  return true;
+}
+
 const before: Array<{ used: bigint; limit: bigint }> = [];
 for (const h of holders) before.push(await usedOf(h.key));
 if (process.argv[3] === "--handshake") {
@@ -214,7 +266,8 @@ await Promise.all(
     while (next < calls && ((next & 255) !== 0 || performance.now() < deadline)) {
       const i = next++;
       try {
-        if (await decide(holders[i % holders.length]!)) allowed++;
+        const h = holders[i % holders.length]!;
+        if (await (client ? decideByClient(h.key) : decide(h))) allowed++;
         else denied++;
       } catch {
         errors++;
@@ -227,7 +280,8 @@ const elapsed = (performance.now() - started) / 1000;
 const cpu = process.cpuUsage(cpu0);
 
 // Close every open lease (calls = 0: settle only), then read the counters back.
-await Promise.all(
+if (client) await client.close();
+else await Promise.all(
   holders.map(async (h) => {
     await h.renewing?.catch(() => false);
     for (const l of [h.cur, h.spare]) if (l) h.toClose.push({ leaseId: l.id, usedCalls: BigInt(l.used) });
@@ -244,9 +298,11 @@ let admittedUnits = 0n;
 let overLimit = 0;
 for (const [i, h] of holders.entries()) {
   counted += after[i]!.used - before[i]!.used;
-  admittedUnits += h.closedUsed * h.cost;
+  if (!client) admittedUnits += h.closedUsed * h.cost;
   if (after[i]!.used > after[i]!.limit) overLimit++;
 }
+if (client) admittedUnits = clientUnits;
+const cost = client ? clientCost : (holders[0]?.cost ?? 0n);
 const unclosed = holders.reduce((n, h) => n + h.toClose.length, 0);
 const done = allowed + denied;
 console.log(
@@ -273,7 +329,9 @@ console.log(
       admittedUnits: admittedUnits.toString(),
       counterMovedUnits: counted.toString(),
       unclosedLeases: unclosed,
-      exact: unclosed === 0 && counted === admittedUnits && admittedUnits === BigInt(allowed) * (holders[0]?.cost ?? 0n),
+      holder: client ? "client" : "raw",
+      ...(client ? { remoteDecisions: clientRemote } : {}),
+      exact: unclosed === 0 && counted === admittedUnits && admittedUnits === BigInt(allowed) * cost,
       keysOverLimit: overLimit,
     },
   }),

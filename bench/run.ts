@@ -19,8 +19,10 @@
  *       --batch-concurrency messages in flight (default 8); reported in decisions/s, latency per message
  *   (f) our lease path (bench/lease.ts): a calling process deciding locally under leases of --lease-calls calls
  *       (default 1,000) on plan "lq1" (one quota: leases refuse rate/concurrency), --concurrency callers; reported in
- *       decisions/s, latency of the Lease RPCs; the next lease of a key is taken once --lease-prefetch (0..1, default
- *       0: at once) of the current one is used; checks the quota counter moved by exactly the admitted decisions
+ *       decisions/s, latency of the Lease RPCs; checks the quota counter moved by exactly the admitted decisions.
+ *       --lease-holder client (default): the decisions are checkAndReserve calls of @quota-authority/client with
+ *       leases on, as a calling service makes them; raw: bench/lease.ts's own holder, which takes the next lease of
+ *       a key once --lease-prefetch (0..1, default 0: at once) of the current one is used
  *   (e)/(f) are probed first: "not available" when the server answers UNIMPLEMENTED
  * Load for (c)/(d) comes from bench/load.ts (its own process, raw node:http2, pre-encoded frames, many keys);
  * --h2load adds Debian h2load rows (one key: h2load sends one body file for every stream).
@@ -79,6 +81,7 @@ const { values: o } = parseArgs({
     "lease-calls": { type: "string", default: "1000" },
     "lease-decisions": { type: "string", default: "50000000" },
     "lease-prefetch": { type: "string", default: "0" },
+    "lease-holder": { type: "string", default: "client" },
     "cluster-shards": { type: "string", default: "" },
     // Extra node flags for our server (e.g. "--max-semi-space-size=64" to compare with the launcher's default).
     "server-node-args": { type: "string", default: "" },
@@ -111,6 +114,8 @@ const batchConcurrency = Math.max(1, Math.min(Number(o["batch-concurrency"]), 25
 const leaseCalls = Math.max(1, Math.min(Number(o["lease-calls"]), 100_000));
 const leasePrefetch = Math.max(0, Math.min(Number(o["lease-prefetch"]), 1));
 const leaseDecisions = Math.max(1, Math.min(Number(o["lease-decisions"]), 200_000_000));
+if (o["lease-holder"] !== "client" && o["lease-holder"] !== "raw") throw new Error(`--lease-holder: must be client or raw, got ${o["lease-holder"]}`);
+const leaseHolder = o["lease-holder"];
 const outDir = `${ROOT}${o.out.replace(/\/$/, "")}/`;
 mkdirSync(outDir, { recursive: true });
 const runName = o.name ?? `bench-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}`;
@@ -192,7 +197,7 @@ try {
     { id: "c", what: "bare grpc-js + one EVALSHA, 3 limits (floor)", run: () => measure(["floor"], () => load(floor!.port, { keysFile: headKeys, mix: "reserve" })) },
     { id: "d", what: `our server CheckAndReserve, 3 limits${embedded ? " (embedded: PGlite + in-process counters)" : ""}`, run: () => measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "reserve" })) },
     { id: "e", what: `our batch path, CheckAndReserveBatch of ${batchSize} (3 limits), ${batchConcurrency} in flight: decisions/s, latency per message`, run: async () => (await probe(server!.grpcPort, "CheckAndReserveBatch")) ?? measure(["server"], () => load(server!.grpcPort, { keysFile: headKeys, mix: "batch", batch: batchSize, concurrency: batchConcurrency, calls: Math.ceil(calls / batchSize) })) },
-    { id: "f", what: `our lease path (leases of ${leaseCalls}, 1 quota, decisions in the calling process): decisions/s, latency of Lease RPCs`, run: async () => (await probe(server!.grpcPort, "Lease")) ?? leasePath(server!.grpcPort, leaseKeys) },
+    { id: "f", what: `our lease path (${leaseHolder === "client" ? "@quota-authority/client" : "raw holder"}, leases of ${leaseCalls}, 1 quota, decisions in the calling process): decisions/s, latency of Lease RPCs`, run: async () => (await probe(server!.grpcPort, "Lease")) ?? leasePath(server!.grpcPort, leaseKeys) },
   ];
   for (let round = 1; round <= rounds; round++) {
     for (const s of scenarios) {
@@ -204,7 +209,7 @@ try {
       }
       side.push({ scenario: s.id, round, ...r });
       log(fmtRow(`${s.id} r${round}`, r));
-      if (r.denied > 0) log(`${s.id} r${round}: ${r.allowed} allowed, ${r.denied} denied${r.deniedUnavailable ? ` (${r.deniedUnavailable} with reason UNAVAILABLE: store deadline, fail closed)` : ""}`);
+      if (r.denied > 0) log(`${s.id} r${round}: ${r.allowed} allowed, ${r.denied} denied${r.deniedUnavailable ? ` (${r.deniedUnavailable} with reason UNAVAILABLE: store deadline, fail closed; not counted as decisions)` : ""}`);
     }
   }
   const summary: Record<string, Measured & { what: string }> = {};
@@ -327,7 +332,7 @@ const report = {
   date: new Date().toISOString(),
   command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
   machine: { cores: cpus().length, model: cpus()[0]?.model, loadAverageAtEnd: loadAverage(), node: process.version, redis: spawnSync("redis-server", ["--version"]).stdout.toString().trim() },
-  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded, batchSize, batchConcurrency, leaseCalls, leasePrefetch, leaseDecisions, flushIntervalMs: o["flush-interval-ms"] ? Number(o["flush-interval-ms"]) : 2000 },
+  settings: { seconds, rounds, calls, concurrency, connections, accounts, curveAccounts, curveLimits, openRates, openAccounts, workers, embedded, batchSize, batchConcurrency, leaseCalls, leasePrefetch, leaseHolder, leaseDecisions, flushIntervalMs: o["flush-interval-ms"] ? Number(o["flush-interval-ms"]) : 2000 },
   ...results,
 };
 writeFileSync(`${outDir}${runName}.json`, JSON.stringify(report, null, 2));
@@ -596,7 +601,7 @@ async function probe(port: number, method: string): Promise<string | undefined> 
 async function leasePath(port: number, leaseKeys: string[]): Promise<Measured> {
   const keysFile = `${tmp}keys-lq1.txt`;
   writeFileSync(keysFile, leaseKeys.join("\n"));
-  const spec = { port, token: SERVICE_TOKEN, keysFile, product: "api", method: "eth_call", limitName: "monthly", concurrency, calls: leaseDecisions, seconds, leaseCalls, ttlMs: 30_000, prefetchAt: leasePrefetch };
+  const spec = { port, token: SERVICE_TOKEN, keysFile, product: "api", method: "eth_call", limitName: "monthly", concurrency, calls: leaseDecisions, seconds, leaseCalls, ttlMs: 30_000, prefetchAt: leasePrefetch, holder: leaseHolder };
   const f = `${tmp}spec-lease-${Date.now()}.json`;
   writeFileSync(f, JSON.stringify(spec));
   const m = await measure(["server"], () => runChild([nodeBin, "bench/lease.ts", f, "--handshake"], seconds + 60));

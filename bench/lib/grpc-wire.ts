@@ -115,12 +115,14 @@ export function getLimitsFrame(apiKey: string): Buffer {
 export interface ReserveAnswer {
   /** quota.v1.Decision: 1 ALLOWED, 2 DENIED. */
   decision: number;
+  /** quota.v1.DenyReason (0 when allowed; 12 UNAVAILABLE: the store's deadline passed, failed closed). */
+  reason: number;
   reservationId: string;
 }
 
 /** Reads fields 1 (decision) and 3 (reservation_id) of a CheckAndReserveResponse inside a gRPC frame. */
 export function scanReserveAnswer(frame: Buffer): ReserveAnswer {
-  const out: ReserveAnswer = { decision: 0, reservationId: "" };
+  const out: ReserveAnswer = { decision: 0, reason: 0, reservationId: "" };
   if (frame.length < 5) return out;
   const end = Math.min(frame.length, 5 + frame.readUInt32BE(1));
   let pos = 5;
@@ -141,6 +143,7 @@ export function scanReserveAnswer(frame: Buffer): ReserveAnswer {
     if (wire === 0) {
       const v = readVarint();
       if (field === 1) out.decision = v;
+      else if (field === 2) out.reason = v;
     } else if (wire === 2) {
       const len = readVarint();
       if (field === 3) out.reservationId = frame.toString("utf8", pos, pos + len);
