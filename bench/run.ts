@@ -338,7 +338,7 @@ const report = {
 writeFileSync(`${outDir}${runName}.json`, JSON.stringify(report, null, 2));
 const charts = drawCharts(report as never, outDir, runName);
 log(`wrote ${o.out}/${runName}.json${charts.length ? ` and ${charts.join(", ")}` : " (no chart)"}`);
-if (o.profile) log(`CPU profiles in ${tmp}profile (open in Chrome DevTools, or: node bench/profile-top.ts ${tmp}profile)`);
+if (o.profile) log(`CPU profiles in ${tmp}profile (open in Chrome DevTools, or: node bench/profile-top.ts ${tmp}profile)${only.has("f") ? `; (f)'s caller in ${tmp}profile-lease-caller` : ""}`);
 else spawnSync("rm", ["-rf", tmp]);
 printSummary(report as never);
 
@@ -604,7 +604,9 @@ async function leasePath(port: number, leaseKeys: string[]): Promise<Measured> {
   const spec = { port, token: SERVICE_TOKEN, keysFile, product: "api", method: "eth_call", limitName: "monthly", concurrency, calls: leaseDecisions, seconds, leaseCalls, ttlMs: 30_000, prefetchAt: leasePrefetch, holder: leaseHolder };
   const f = `${tmp}spec-lease-${Date.now()}.json`;
   writeFileSync(f, JSON.stringify(spec));
-  const m = await measure(["server"], () => runChild([nodeBin, "bench/lease.ts", f, "--handshake"], seconds + 60));
+  // --profile: the caller's CPU profile too (what a decision costs in the calling process).
+  const prof = o.profile ? ["--cpu-prof", `--cpu-prof-dir=${tmp}profile-lease-caller`] : [];
+  const m = await measure(["server"], () => runChild([nodeBin, ...prof, "bench/lease.ts", f, "--handshake"], seconds + 60));
   const check = (m as Measured & { lease?: { exact: boolean; keysOverLimit: number; admittedUnits: string; counterMovedUnits: string } }).lease;
   if (check) log(`f lease check: admitted ${check.admittedUnits} units, counter moved ${check.counterMovedUnits}, exact ${check.exact}, keys over limit ${check.keysOverLimit}`);
   return m;

@@ -251,13 +251,23 @@ describe("leases", () => {
     const c = client({ leases: { calls: 50 } }, interceptor);
     let admitted = 0;
     let local = 0;
+    const all: CheckResult[] = [];
     for (let i = 0; i < 120; i++) {
       const r = await c.checkAndReserve({ apiKey: s.apiKey, product: "p", method: "m" });
+      all.push(r);
       if (r.allowed) admitted++;
       if (r.allowed && r.lease) local++;
     }
     expect(admitted).toBe(120);
     expect(local).toBe(120);
+    // The calls of one lease report its limits (converted once per lease): each result has an array of its own, whose
+    // limit objects are shared and frozen, so no caller can change what another one reads.
+    expect(all[0]!.limits).toEqual(all[1]!.limits);
+    expect(all[0]!.limits).not.toBe(all[1]!.limits);
+    expect(all[0]!.limits[0]).toMatchObject({ name: "daily", kind: "QUOTA" });
+    expect(Object.isFrozen(all[0]!.limits[0])).toBe(true);
+    all[0]!.limits.pop();
+    expect(all[1]!.limits).toHaveLength(1);
     expect(counts.Lease).toBeLessThanOrEqual(4);
     // The held lease counts all of its grant until it is settled.
     expect(await usedOf(s.apiKey)).toBeGreaterThan(120n);

@@ -347,12 +347,17 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
   return {
     failureMode,
     async checkAndReserve(request, o) {
-      const message = toCheckRequest(request);
+      // The common leasable call (a key, a product, a method, nothing else) is checked and decided on its lease
+      // without building its protobuf message: that message cost a fifth of a local decision's CPU.
+      const plain = leases !== undefined && o?.lease !== false && plainLeasable(request);
+      let message: CheckAndReserveRequest | undefined;
+      if (plain) checkCommon(request);
+      else message = toCheckRequest(request);
       const mode = o?.failureMode ?? failureMode;
       checkFailureMode("failureMode", mode);
       const call = callOf(o, deadlineMs);
-      if (leases && o?.lease !== false && leasable(request, message)) {
-        const d = await leases.decide({ apiKey: message.apiKey, keyId: message.keyId, product: message.product, method: message.method }, call);
+      if (leases && (plain || (o?.lease !== false && leasable(request, message!)))) {
+        const d = await leases.decide({ apiKey: request.apiKey ?? "", keyId: request.keyId ?? "", product: request.product, method: request.method }, call);
         if (d.local) return localResult(d.local.held.response, d.local.info);
         if (d.denied) return fromLeaseDenial(d.denied);
         if (d.error !== undefined) {
@@ -360,7 +365,7 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
           throw d.error;
         }
       }
-      return remoteCheck(message, mode, call, o?.signal);
+      return remoteCheck(message ?? toCheckRequest(request), mode, call, o?.signal);
     },
     async release(request, o) {
       const message = toReleaseRequest(request);
@@ -443,7 +448,8 @@ function toMeters(field: string, meters: unknown): Record<string, bigint> {
 
 const MODES: Record<Mode, ModeEnum> = { ENFORCE: ModeEnum.ENFORCE, CHECK_ONLY: ModeEnum.CHECK_ONLY, SHADOW: ModeEnum.SHADOW };
 
-function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
+/** The checks of the fields every request has: the key, the product, the method, the mode. */
+function checkCommon(r: CheckRequest): void {
   if (r === null || typeof r !== "object") throw new QuotaInputError("request", "must be an object");
   const hasKey = typeof r.apiKey === "string" && r.apiKey !== "";
   const hasKeyId = typeof r.keyId === "string" && r.keyId !== "";
@@ -451,6 +457,25 @@ function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
   if (typeof r.product !== "string") throw new QuotaInputError("product", "required (a string)");
   if (typeof r.method !== "string" || r.method === "") throw new QuotaInputError("method", "required (a string)");
   if (r.mode !== undefined && !(r.mode in MODES)) throw new QuotaInputError("mode", `must be ENFORCE, CHECK_ONLY or SHADOW, got ${JSON.stringify(r.mode)}`);
+}
+
+/** A request with nothing but what checkCommon checks (no amounts, meters, idempotency id or TTL; ENFORCE): what
+ * `leasable` accepts, told from the plain request alone. */
+function plainLeasable(r: CheckRequest): boolean {
+  return (
+    r !== null &&
+    typeof r === "object" &&
+    r.cost === undefined &&
+    r.estimatedSpendMicros === undefined &&
+    r.meters === undefined &&
+    (r.idempotencyId === undefined || r.idempotencyId === "") &&
+    r.reservationTtlMs === undefined &&
+    (r.mode === undefined || r.mode === "ENFORCE")
+  );
+}
+
+function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
+  checkCommon(r);
   let ttl: Duration | undefined;
   if (r.reservationTtlMs !== undefined) {
     const ms = r.reservationTtlMs;
@@ -579,9 +604,15 @@ function leasable(r: CheckRequest, m: CheckAndReserveRequest): boolean {
 
 /** A call admitted in this process on a lease: no reservation, the limits as the server reported them when it
  * granted the lease (the leased calls already counted as used), no headers (nothing fresh to report). */
+/** A lease's limits as results report them, converted once per lease: each result gets its own array of the same
+ * frozen limit objects (the array itself is not frozen: V8 copies a frozen array ~10x slower). */
+const leaseLimits = new WeakMap<LeaseResponse, LimitState[]>();
+
 function localResult(lease: LeaseResponse, info: LeaseInfo): AllowedResult {
+  let limits = leaseLimits.get(lease);
+  if (!limits) leaseLimits.set(lease, (limits = lease.limits.map((l) => Object.freeze(fromLimit(l)))));
   return {
-    limits: lease.limits.map(fromLimit),
+    limits: limits.slice(),
     headers: {},
     retryAfterMs: undefined,
     cost: lease.costPerCall,

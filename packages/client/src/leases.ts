@@ -52,7 +52,6 @@ interface Held {
 type Outcome = { kind: "granted" } | { kind: "denied"; response: LeaseResponse } | { kind: "remote" } | { kind: "error"; error: unknown };
 
 interface KeyState {
-  id: string;
   ref: { apiKey: string; keyId: string; product: string; method: string };
   held: Held | undefined;
   /** Leases whose settlement has not been confirmed (a failed Lease call): sent again with the next one. Settling
@@ -91,7 +90,10 @@ export class LeaseManager {
   readonly #rpc: Client<typeof QuotaService>;
   readonly #o: Required<LeaseOptions>;
   readonly #margin: number;
-  readonly #states = new Map<string, KeyState>();
+  /** The state of each (key, product, method) in use: by API key (or key id), then product, then method. Looked up
+   * by the caller's own strings, whose hashes V8 keeps: no key string is built per decision. */
+  readonly #byApiKey = new Map<string, Map<string, Map<string, KeyState>>>();
+  readonly #byKeyId = new Map<string, Map<string, Map<string, KeyState>>>();
   /** Lease RPCs sent so far (for tests and metrics). */
   rpcs = 0;
 
@@ -103,12 +105,7 @@ export class LeaseManager {
 
   /** Decides one call on a lease, or says how else to decide it. */
   async decide(ref: KeyState["ref"], call: { timeoutMs: number; signal?: AbortSignal }): Promise<LeaseDecision> {
-    const id = `${ref.apiKey ? `a:${ref.apiKey}` : `k:${ref.keyId}`}\u0000${ref.product}\u0000${ref.method}`;
-    let s = this.#states.get(id);
-    if (!s) {
-      s = { id, ref, held: undefined, toClose: [], acquiring: undefined, remoteOnlyUntil: 0 };
-      this.#states.set(id, s);
-    }
+    const s = this.#state(ref);
     // A few rounds: a fresh grant can be used up by this process's other callers before this one gets a turn.
     for (let round = 0; round < 4; round++) {
       if (Date.now() < s.remoteOnlyUntil) return { remote: true };
@@ -132,6 +129,48 @@ export class LeaseManager {
       if (outcome.kind === "error") return { error: outcome.error };
     }
     return { remote: true };
+  }
+
+  /** The state of a (key, product, method), made on first use. */
+  #state(ref: KeyState["ref"]): KeyState {
+    const top = ref.apiKey ? this.#byApiKey : this.#byKeyId;
+    const key = ref.apiKey || ref.keyId;
+    let byProduct = top.get(key);
+    if (!byProduct) top.set(key, (byProduct = new Map()));
+    let byMethod = byProduct.get(ref.product);
+    if (!byMethod) byProduct.set(ref.product, (byMethod = new Map()));
+    let s = byMethod.get(ref.method);
+    if (!s) byMethod.set(ref.method, (s = { ref, held: undefined, toClose: [], acquiring: undefined, remoteOnlyUntil: 0 }));
+    return s;
+  }
+
+  /** Forgets a state (and the maps it leaves empty), if it is still the one in use for its (key, product, method). */
+  #forget(s: KeyState): void {
+    const top = s.ref.apiKey ? this.#byApiKey : this.#byKeyId;
+    const key = s.ref.apiKey || s.ref.keyId;
+    const byProduct = top.get(key);
+    const byMethod = byProduct?.get(s.ref.product);
+    if (byMethod?.get(s.ref.method) !== s) return;
+    byMethod.delete(s.ref.method);
+    if (byMethod.size === 0) byProduct!.delete(s.ref.product);
+    if (byProduct!.size === 0) top.delete(key);
+  }
+
+  /** Every state in use, and forgets them all. */
+  #takeAll(): KeyState[] {
+    const out: KeyState[] = [];
+    for (const top of [this.#byApiKey, this.#byKeyId]) {
+      for (const byProduct of top.values()) for (const byMethod of byProduct.values()) out.push(...byMethod.values());
+      top.clear();
+    }
+    return out;
+  }
+
+  /** States held, for tests: (key, product, method) combinations in use. */
+  get size(): number {
+    let n = 0;
+    for (const top of [this.#byApiKey, this.#byKeyId]) for (const byProduct of top.values()) for (const byMethod of byProduct.values()) n += byMethod.size;
+    return n;
   }
 
   /** Settles the held lease (with what was used) and takes a new one of `calls` (0: settle only). */
@@ -195,14 +234,13 @@ export class LeaseManager {
       s.acquiring = undefined;
       // An idle key holds nothing any more: forget it (a later call starts afresh), so the map stays bounded by the
       // keys in use.
-      if (!busy && !s.held && s.toClose.length === 0 && this.#states.get(s.id) === s && Date.now() >= s.remoteOnlyUntil) this.#states.delete(s.id);
+      if (!busy && !s.held && s.toClose.length === 0 && Date.now() >= s.remoteOnlyUntil) this.#forget(s);
     });
   }
 
   /** Settles every held lease (one Lease call with `calls: 0` per key); failures leave them to expire, charged. */
   async close(timeoutMs: number): Promise<void> {
-    const states = [...this.#states.values()];
-    this.#states.clear();
+    const states = this.#takeAll();
     await Promise.allSettled(
       states.map(async (s) => {
         if (s.acquiring) await s.acquiring;

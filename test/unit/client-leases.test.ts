@@ -1,0 +1,65 @@
+/**
+ * The client's LeaseManager against a fake Lease RPC: one lease per (key, product, method), found again by the
+ * caller's strings (no key string built per decision), and an idle one settled at its end and forgotten, so what it
+ * keeps is bounded by the combinations in use.
+ */
+import { create } from "@bufbuild/protobuf";
+import { describe, expect, it } from "vitest";
+import { LeaseManager } from "../../packages/client/src/leases.ts";
+import { LeaseResponseSchema, type LeaseRequest } from "../../packages/client/src/gen/quota/v1/quota_pb.ts";
+import { Decision } from "../../packages/client/src/gen/quota/v1/types_pb.ts";
+
+function fakeRpc(granted: bigint) {
+  const calls: LeaseRequest[] = [];
+  let n = 0;
+  const rpc = {
+    lease: async (req: LeaseRequest) => {
+      calls.push(req);
+      if (req.calls === 0n) return create(LeaseResponseSchema, {});
+      return create(LeaseResponseSchema, { decision: Decision.ALLOWED, leaseId: `lease-${++n}`, grantedCalls: granted, costPerCall: 1n });
+    },
+  };
+  return { rpc: rpc as unknown as ConstructorParameters<typeof LeaseManager>[0], calls };
+}
+
+const call = { timeoutMs: 1000 };
+
+describe("client LeaseManager", () => {
+  it("keeps one lease per (key, product, method) and tells API keys from key ids", async () => {
+    const { rpc, calls } = fakeRpc(10n);
+    const m = new LeaseManager(rpc, { calls: 10, ttlMs: 60_000, remoteOnlyRecheckMs: 60_000 });
+    const refs = [
+      { apiKey: "qa_k1_s", keyId: "", product: "p", method: "m" },
+      { apiKey: "qa_k1_s", keyId: "", product: "p", method: "m2" },
+      { apiKey: "qa_k1_s", keyId: "", product: "p2", method: "m" },
+      { apiKey: "", keyId: "qa_k1_s", product: "p", method: "m" }, // a key id spelled like the API key: not the same
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const r of refs) {
+        // A fresh copy of the strings each time: found by value, not by identity.
+        const d = await m.decide({ apiKey: `${r.apiKey}`, keyId: `${r.keyId}`, product: `${r.product}`, method: `${r.method}` }, call);
+        expect(d.local?.info.leaseId).toMatch(/^lease-\d$/);
+      }
+    }
+    expect(calls).toHaveLength(4);
+    expect(m.size).toBe(4);
+    expect(calls.map((c) => [c.apiKey, c.keyId, c.product, c.method])).toEqual(refs.map((r) => [r.apiKey, r.keyId, r.product, r.method]));
+    await m.close(1000);
+    // Each lease settled with its use (3 calls each), and nothing kept.
+    expect(calls.slice(4).flatMap((c) => c.close.map((x) => x.usedCalls))).toEqual([3n, 3n, 3n, 3n]);
+    expect(m.size).toBe(0);
+  });
+
+  it("settles an idle lease at its end and forgets its key", async () => {
+    const { rpc, calls } = fakeRpc(10n);
+    const m = new LeaseManager(rpc, { calls: 10, ttlMs: 1000, remoteOnlyRecheckMs: 60_000 });
+    const d = await m.decide({ apiKey: "qa_k2_s", keyId: "", product: "p", method: "m" }, call);
+    expect(d.local?.info.remainingCalls).toBe(9);
+    expect(m.size).toBe(1);
+    // Usable until its end less the margin (100 ms for a 1 s TTL); used only at its start: idle, so not renewed.
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(calls).toHaveLength(2);
+    expect(calls[1]).toMatchObject({ calls: 0n, close: [{ leaseId: "lease-1", usedCalls: 1n }] });
+    expect(m.size).toBe(0);
+  });
+});
