@@ -1,6 +1,6 @@
 --[==[
 lib.lua: functions shared by every script. It is prepended to each script when the scripts are registered
-(src/store/redis/scripts.ts), so every script stays one atomic EVALSHA.
+(`defineScripts` in src/store/redis/redis-counter-store.ts), so every script stays one atomic EVALSHA.
 
 Conventions:
 - Every key a script touches is declared in KEYS (Redis Cluster, proxies and Redis-compatible servers that enforce
