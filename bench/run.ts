@@ -252,13 +252,18 @@ try {
     const warm = await load(server.grpcPort, { keysFile: openKeys, mix: "reserve", seconds: warmSeconds, calls: openAccounts });
     log(`open-loop warm-up: ${openAccounts} accounts touched once at ${warm.opsPerSecond}/s (first touch: key load + restore)`);
     const open: Array<{ target: string; rate: number } & Measured> = [];
+    // (z) first at every rate: the machine's own latency (generator, loopback, scheduler) with no service behind it.
+    const echo = await startEcho();
+    procs.echo = echo.pid;
     for (const rate of openRates) {
-      for (const [target, port, proc] of [["c", floor.port, "floor"], ["d", server.grpcPort, "server"]] as const) {
+      for (const [target, port, proc] of [["z", echo.port, "echo"], ["c", floor.port, "floor"], ["d", server.grpcPort, "server"]] as const) {
         const m = await measure([proc], () => load(port, { keysFile: openKeys, mix: "reserve", loop: "open", rate, calls: Math.ceil(rate * seconds) }));
         open.push({ target, rate, ...m });
         log(fmtRow(`${target} open ${rate}/s`, m));
       }
     }
+    await echo.stop();
+    delete procs.echo;
     results.openLoop = { accounts: openAccounts, points: open };
   }
 
@@ -478,11 +483,20 @@ function runChild(argv: string[], timeoutSeconds: number): Promise<LoadResult> {
 }
 
 async function startFloor(redisUrl: string): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
+  return startHelper("floor server", "bench/floor-server.ts", [redisUrl]);
+}
+
+/** (z): bench/echo-server.ts, a node:http2 server answering every call with a canned frame. */
+async function startEcho(): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
+  return startHelper("echo server", "bench/echo-server.ts", []);
+}
+
+async function startHelper(what: string, script: string, args: string[]): Promise<{ pid: number; port: number; stop(): Promise<void> }> {
   const port = await freePort();
-  const child = track(spawn(nodeBin, ["bench/floor-server.ts", String(port), redisUrl], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] }));
+  const child = track(spawn(nodeBin, [script, String(port), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] }));
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
-    child.once("exit", (c) => reject(new Error(`floor server exited ${c}`)));
+    child.once("exit", (c) => reject(new Error(`${what} exited ${c}`)));
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   return {

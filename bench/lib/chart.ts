@@ -24,7 +24,8 @@ export function drawCharts(report: Report, dir: string, name: string): string[] 
   const plot = (script: string) => spawnSync("gnuplot", [], { input: script, encoding: "utf8" });
 
   if (report.openLoop?.points.length) {
-    for (const t of ["c", "d"]) dat(`open-${t}.dat`, report.openLoop.points.filter((p) => p.target === t).map((p) => `${p.rate} ${p.opsPerSecond} ${p.latencyMs.p50} ${p.latencyMs.p99}`));
+    const targets = ["z", "c", "d"].filter((t) => report.openLoop!.points.some((p) => p.target === t));
+    for (const t of targets) dat(`open-${t}.dat`, report.openLoop.points.filter((p) => p.target === t).map((p) => `${p.rate} ${p.opsPerSecond} ${p.latencyMs.p50} ${p.latencyMs.p99}`));
     const png = `${name}-latency-vs-load.png`;
     plot(`set terminal pngcairo size 900,520 font ",10"
 set output "${dir}${png}"
@@ -34,10 +35,12 @@ set ylabel "latency (ms)"
 set logscale y
 set grid
 set key top left
-plot "${dir}.open-c.dat" using 1:3 with linespoints title "floor (c) p50", \\
-     "${dir}.open-c.dat" using 1:4 with linespoints title "floor (c) p99", \\
-     "${dir}.open-d.dat" using 1:3 with linespoints title "our server (d) p50", \\
-     "${dir}.open-d.dat" using 1:4 with linespoints title "our server (d) p99"
+plot ${targets
+      .flatMap((t) => {
+        const who = t === "z" ? "bare http2 echo (z)" : t === "c" ? "floor (c)" : "our server (d)";
+        return [`"${dir}.open-${t}.dat" using 1:3 with linespoints title "${who} p50"`, `"${dir}.open-${t}.dat" using 1:4 with linespoints title "${who} p99"`];
+      })
+      .join(", \\\n     ")}
 `);
     written.push(png);
   }
