@@ -1,8 +1,8 @@
 /**
  * `npm run bench`: issue 8's side-by-side benchmark. Loopback only; every loop bounded in count and time.
  *
- *   npm run bench                       full run (~6-10 minutes with 100,000 accounts in the cost curve)
- *   npm run bench -- --quick            short run (~2 minutes: 1 round, 2 s per scenario, curve up to 1,000 accounts)
+ *   npm run bench                       full run (~13-15 minutes on a 2-core VM, with 100,000 accounts in the cost curve)
+ *   npm run bench -- --quick            short run (~1.5-3 minutes: 1 round, 2 s per scenario, curve up to 1,000 accounts)
  *   npm run bench -- --seconds 5 --rounds 2 --concurrency 64 --connections 1 --accounts 10
  *                    --curve-accounts 10,1000,100000 --curve-limits 1,3,6 --open-rates 250,500,1000,2000
  *                    --open-accounts 10000 --only a,b,c,d --h2load --workers 2 --profile --out bench/results
