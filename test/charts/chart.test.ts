@@ -219,6 +219,14 @@ describe("helm chart: the fields that matter", () => {
     expect(ports).toEqual(expect.arrayContaining([53, 6379, 5432, 4318]));
   });
 
+  it("a Redis Cluster named by redis.clusterNodes alone is Redis for several replicas and workers", () => {
+    const ms = render(CHART, { set: ["replicaCount=3", "server.workers=2", "database.url=postgresql://q@db:5432/q", "redis.clusterNodes={r0:6379,r1:6379,r2:6379}", "secrets.serviceToken=t0123456789abcdef"] });
+    const env = envOf(podSpec(ms).containers[0]);
+    expect(env.REDIS_CLUSTER_NODES!.value).toBe("r0:6379,r1:6379,r2:6379");
+    expect(env.QUOTA_WORKERS!.value).toBe("2");
+    expect(env.REDIS_URL).toBeUndefined();
+  });
+
   it("redis cluster + mTLS: cluster nodes as REDIS_CLUSTER_NODES, the Envoy mapping as QUOTA_ENVOY_CONFIG, TLS files mounted, HTTPS probes", () => {
     const ms = render(CHART, { values: [ciFile("redis-cluster-values.yaml")] });
     const c = podSpec(ms).containers[0];

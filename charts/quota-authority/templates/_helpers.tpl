@@ -134,7 +134,7 @@ kept across upgrades (read back from the release's Secret with lookup) and made 
 {{- end -}}
 
 {{- define "quota-authority.hasDatabase" -}}{{ include "quota-authority.has" (dict "ctx" . "name" "DATABASE_URL") }}{{- end -}}
-{{- define "quota-authority.hasRedis" -}}{{ if .Values.redis.host }}true{{ else }}{{ include "quota-authority.has" (dict "ctx" . "name" "REDIS_URL") }}{{ end }}{{- end -}}
+{{- define "quota-authority.hasRedis" -}}{{ if or .Values.redis.host .Values.redis.clusterNodes }}true{{ else }}{{ include "quota-authority.has" (dict "ctx" . "name" "REDIS_URL") }}{{ end }}{{- end -}}
 
 {{/* secretKeyRef env entries. `secretName` lets the migration hook read the hook-time copy. */}}
 {{- define "quota-authority.secretEnv" -}}
@@ -189,7 +189,7 @@ kept across upgrades (read back from the release's Secret with lookup) and made 
 {{- end -}}
 {{- $replicas := ternary $v.autoscaling.maxReplicas $v.replicaCount $v.autoscaling.enabled | int -}}
 {{- if and (gt $replicas 1) (not (and (include "quota-authority.hasDatabase" .) (include "quota-authority.hasRedis" .))) -}}
-{{- fail "quota-authority: more than one replica needs Postgres (database.url or secrets.existingSecret) and Redis (redis.url or secrets.existingSecret): embedded PGlite and in-process counters are per pod" -}}
+{{- fail "quota-authority: more than one replica needs Postgres (database.url or secrets.existingSecret) and Redis (redis.url, redis.host, redis.clusterNodes or secrets.existingSecret): embedded PGlite and in-process counters are per pod" -}}
 {{- end -}}
 {{- end -}}
 {{- if and $v.tls.enabled (not $v.tls.secretName) -}}
