@@ -237,15 +237,23 @@ const client: QuotaClient | undefined = viaClient
       ],
     })
   : undefined;
-/** One decision through the client: local on its lease, or (no lease to be had) a remote call, then released. */
-async function decideByClient(key: string): Promise<boolean> {
+let clientUnavailable = 0;
+let clientReleaseErrors = 0;
+/** One decision through the client: local on its lease, or (no lease to be had) a remote call, then released.
+ * A denial for UNAVAILABLE (the client's failure policy: the service did not answer) is not a decision: undefined. */
+async function decideByClient(key: string): Promise<boolean | undefined> {
   const a = await client!.checkAndReserve({ apiKey: key, product: spec.product, method: spec.method });
-  if (!a.allowed) return false;
+  if (!a.allowed) {
+    if (a.reason !== "UNAVAILABLE") return false;
+    clientUnavailable++;
+    return undefined;
+  }
   clientUnits += a.cost;
   clientCost ||= a.cost;
   if (!a.lease) {
     clientRemote++;
-    if (a.reservationId) await client!.release({ reservationId: a.reservationId });
+    // Admitted and counted whatever happens to its Release (an unreleased reservation is charged at its TTL).
+    if (a.reservationId) await client!.release({ reservationId: a.reservationId }).catch(() => clientReleaseErrors++);
   }
   return true;
 }
@@ -267,8 +275,9 @@ await Promise.all(
       const i = next++;
       try {
         const h = holders[i % holders.length]!;
-        if (await (client ? decideByClient(h.key) : decide(h))) allowed++;
-        else denied++;
+        const ok = await (client ? decideByClient(h.key) : decide(h));
+        if (ok) allowed++;
+        else if (ok === false) denied++;
       } catch {
         errors++;
         if (errors > 1000) return;
@@ -330,7 +339,9 @@ console.log(
       counterMovedUnits: counted.toString(),
       unclosedLeases: unclosed,
       holder: client ? "client" : "raw",
-      ...(client ? { remoteDecisions: clientRemote } : {}),
+      // The client's Lease calls are counted by the interceptor (leaseRpcs); its grants, denials and unsettled leases
+      // are its own (a settlement that failed shows as exact: false).
+      ...(client ? { remoteDecisions: clientRemote, unavailableAnswers: clientUnavailable, releaseErrors: clientReleaseErrors, leaseDenied: null, grantedCalls: null, unclosedLeases: null } : {}),
       exact: unclosed === 0 && counted === admittedUnits && admittedUnits === BigInt(allowed) * cost,
       keysOverLimit: overLimit,
     },

@@ -4,18 +4,27 @@
  * keeps is bounded by the combinations in use.
  */
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { LeaseManager } from "../../packages/client/src/leases.ts";
+import { LeaseManager, MAX_REMOTE_ONLY } from "../../packages/client/src/leases.ts";
 import { LeaseResponseSchema, type LeaseRequest } from "../../packages/client/src/gen/quota/v1/quota_pb.ts";
 import { Decision } from "../../packages/client/src/gen/quota/v1/types_pb.ts";
 
-function fakeRpc(granted: bigint) {
+/** A Lease RPC: grants `granted` calls; `answer` may replace the grant (a denial, LEASE_REMOTE_ONLY); a settle-only
+ * call (calls = 0) takes `settleMs`. */
+function fakeRpc(granted: bigint, opts: { settleMs?: number; answer?: (req: LeaseRequest) => "deny" | "remote" | undefined } = {}) {
   const calls: LeaseRequest[] = [];
   let n = 0;
   const rpc = {
     lease: async (req: LeaseRequest) => {
       calls.push(req);
-      if (req.calls === 0n) return create(LeaseResponseSchema, {});
+      if (req.calls === 0n) {
+        if (opts.settleMs) await new Promise((r) => setTimeout(r, opts.settleMs));
+        return create(LeaseResponseSchema, {});
+      }
+      const a = opts.answer?.(req);
+      if (a === "deny") return create(LeaseResponseSchema, { decision: Decision.DENIED });
+      if (a === "remote") throw new ConnectError("rate limits are decided remotely", Code.FailedPrecondition, { "x-error-reason": "LEASE_REMOTE_ONLY" });
       return create(LeaseResponseSchema, { decision: Decision.ALLOWED, leaseId: `lease-${++n}`, grantedCalls: granted, costPerCall: 1n });
     },
   };
@@ -61,5 +70,34 @@ describe("client LeaseManager", () => {
     expect(calls).toHaveLength(2);
     expect(calls[1]).toMatchObject({ calls: 0n, close: [{ leaseId: "lease-1", usedCalls: 1n }] });
     expect(m.size).toBe(0);
+  });
+
+  it("a caller that waited on an idle lease's settlement takes its new lease on the state in use, which close() settles", async () => {
+    const { rpc, calls } = fakeRpc(10n, { settleMs: 300 });
+    const m = new LeaseManager(rpc, { calls: 10, ttlMs: 1000, remoteOnlyRecheckMs: 60_000 });
+    const ref = { apiKey: "qa_k3_s", keyId: "", product: "p", method: "m" };
+    expect((await m.decide(ref, call)).local?.info.leaseId).toBe("lease-1");
+    // At ~900 ms the idle lease is settled (300 ms); a call made meanwhile waits for that settlement, then leases.
+    await new Promise((r) => setTimeout(r, 1000));
+    const d = await m.decide(ref, call);
+    expect(d.local?.info.leaseId).toBe("lease-2");
+    expect(m.size).toBe(1);
+    await m.close(1000);
+    expect(calls.at(-1)).toMatchObject({ calls: 0n, close: [{ leaseId: "lease-2", usedCalls: 1n }] });
+    expect(m.size).toBe(0);
+  });
+
+  it("keeps nothing for keys it was denied, and a bounded set of remote-only ones", async () => {
+    const { rpc } = fakeRpc(10n, { answer: (req) => (req.apiKey.startsWith("qa_deny") ? "deny" : req.apiKey.startsWith("qa_rate") ? "remote" : undefined) });
+    const m = new LeaseManager(rpc, { calls: 10, ttlMs: 60_000, remoteOnlyRecheckMs: 60_000 });
+    for (let i = 0; i < 100; i++) expect((await m.decide({ apiKey: `qa_deny${i}_s`, keyId: "", product: "p", method: "m" }, call)).denied).toBeDefined();
+    expect(m.size).toBe(0);
+    for (let i = 0; i < MAX_REMOTE_ONLY + 50; i++) expect((await m.decide({ apiKey: `qa_rate${i}_s`, keyId: "", product: "p", method: "m" }, call)).remote).toBe(true);
+    expect(m.size).toBe(MAX_REMOTE_ONLY);
+    // The most recent are the ones remembered: no Lease call for them while the recheck interval runs.
+    const before = m.rpcs;
+    expect((await m.decide({ apiKey: `qa_rate${MAX_REMOTE_ONLY + 49}_s`, keyId: "", product: "p", method: "m" }, call)).remote).toBe(true);
+    expect(m.rpcs).toBe(before);
+    await m.close(1000);
   });
 });

@@ -86,6 +86,9 @@ export function checkLeaseOptions(field: string, o: LeaseOptions | true): Requir
   return { calls, ttlMs, remoteOnlyRecheckMs };
 }
 
+/** Most (key, product, method) states kept only to remember that the server decides them remotely. */
+export const MAX_REMOTE_ONLY = 10_000;
+
 export class LeaseManager {
   readonly #rpc: Client<typeof QuotaService>;
   readonly #o: Required<LeaseOptions>;
@@ -94,6 +97,9 @@ export class LeaseManager {
    * by the caller's own strings, whose hashes V8 keeps: no key string is built per decision. */
   readonly #byApiKey = new Map<string, Map<string, Map<string, KeyState>>>();
   readonly #byKeyId = new Map<string, Map<string, Map<string, KeyState>>>();
+  /** States remembered only as remote-only (the server answered LEASE_REMOTE_ONLY), oldest first: at most
+   * MAX_REMOTE_ONLY of them, so a service calling very many keys of rate-limited plans keeps a bounded set. */
+  readonly #remoteOnly = new Set<KeyState>();
   /** Lease RPCs sent so far (for tests and metrics). */
   rpcs = 0;
 
@@ -105,9 +111,11 @@ export class LeaseManager {
 
   /** Decides one call on a lease, or says how else to decide it. */
   async decide(ref: KeyState["ref"], call: { timeoutMs: number; signal?: AbortSignal }): Promise<LeaseDecision> {
-    const s = this.#state(ref);
     // A few rounds: a fresh grant can be used up by this process's other callers before this one gets a turn.
     for (let round = 0; round < 4; round++) {
+      // Looked up every round: the state this caller waited on may have been settled and forgotten meanwhile (an
+      // idle lease ending), and a lease must only ever be taken on the state in use, which close() settles.
+      const s = this.#state(ref);
       if (Date.now() < s.remoteOnlyUntil) return { remote: true };
       const h = s.held;
       const now = Date.now();
@@ -125,10 +133,22 @@ export class LeaseManager {
         if (e instanceof QuotaUnavailableError) return { error: e };
         throw e;
       }
-      if (outcome.kind === "denied") return { denied: outcome.response };
-      if (outcome.kind === "error") return { error: outcome.error };
+      if (outcome.kind === "denied") {
+        this.#forgetIfEmpty(s);
+        return { denied: outcome.response };
+      }
+      if (outcome.kind === "error") {
+        this.#forgetIfEmpty(s);
+        return { error: outcome.error };
+      }
     }
     return { remote: true };
+  }
+
+  /** Forgets a state that holds nothing (no lease, nothing to settle, no Lease call, not remote-only): a denied key
+   * is asked again by its next call anyway, so many keys denied once cost nothing kept. */
+  #forgetIfEmpty(s: KeyState): void {
+    if (!s.held && s.toClose.length === 0 && !s.acquiring && Date.now() >= s.remoteOnlyUntil) this.#forget(s);
   }
 
   /** The state of a (key, product, method), made on first use. */
@@ -150,6 +170,7 @@ export class LeaseManager {
     const key = s.ref.apiKey || s.ref.keyId;
     const byProduct = top.get(key);
     const byMethod = byProduct?.get(s.ref.product);
+    this.#remoteOnly.delete(s);
     if (byMethod?.get(s.ref.method) !== s) return;
     byMethod.delete(s.ref.method);
     if (byMethod.size === 0) byProduct!.delete(s.ref.product);
@@ -163,6 +184,7 @@ export class LeaseManager {
       for (const byProduct of top.values()) for (const byMethod of byProduct.values()) out.push(...byMethod.values());
       top.clear();
     }
+    this.#remoteOnly.clear();
     return out;
   }
 
@@ -198,6 +220,14 @@ export class LeaseManager {
         // The server settled `close` before it answered this.
         s.toClose = [];
         s.remoteOnlyUntil = Date.now() + this.#o.remoteOnlyRecheckMs;
+        this.#remoteOnly.delete(s);
+        this.#remoteOnly.add(s);
+        if (this.#remoteOnly.size > MAX_REMOTE_ONLY) {
+          const oldest = this.#remoteOnly.values().next().value!;
+          this.#remoteOnly.delete(oldest);
+          // Forgotten unless it holds something after all; its key asks the server again on its next call.
+          if (!oldest.held && oldest.toClose.length === 0 && !oldest.acquiring) this.#forget(oldest);
+        }
         return { kind: "remote" };
       }
       // Settlement unconfirmed: `toClose` is sent again with the next Lease (an unsettled lease is charged in full
@@ -221,6 +251,7 @@ export class LeaseManager {
       timer: undefined,
     };
     s.held = held;
+    this.#remoteOnly.delete(s);
     held.timer = setTimeout(() => this.#onEnd(s, held), Math.max(0, held.usableUntil - Date.now()));
     held.timer.unref();
     return { kind: "granted" };
