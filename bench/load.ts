@@ -102,6 +102,8 @@ let denied = 0;
 let rpcs = 0;
 let itemErrors = 0;
 let deniedUnavailable = 0;
+/** Operations whose first RPC ended with a non-OK status: answered, but not a decision (counted in `errors`). */
+let failedOps = 0;
 
 /** One unary gRPC call; resolves with the answer frame, or undefined on a non-OK status. */
 function call(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, frame: Buffer): Promise<Buffer | undefined> {
@@ -140,7 +142,11 @@ let next = 0;
 async function operation(i: number): Promise<void> {
   const session = sessions[i % sessions.length]!;
   const answer = await call(session, firstHeaders, frames[i % frames.length]!);
-  if (!answer || spec.mix === "limits") return;
+  if (!answer) {
+    failedOps++;
+    return;
+  }
+  if (spec.mix === "limits") return;
   if (spec.mix === "batch") {
     const b = scanBatchAnswer(answer);
     allowed += b.allowed;
@@ -219,9 +225,9 @@ const cpu = process.cpuUsage(cpu0);
 for (const s of sessions) s.close();
 
 // A denial for UNAVAILABLE (the server's store deadline passed: it failed closed) is an answer, not a decision of
-// the quota: it is not counted in ops (nor in ops/s), and reported apart.
+// the quota: it is not counted in ops (nor in ops/s), and reported apart; nor is an operation whose RPC failed.
 const decisions = allowed + denied - deniedUnavailable;
-const ops = spec.mix === "batch" ? decisions : done - deniedUnavailable;
+const ops = spec.mix === "batch" ? decisions : done - deniedUnavailable - failedOps;
 const result: LoadResult = {
   ops,
   rpcs,
