@@ -100,4 +100,19 @@ describe("client LeaseManager", () => {
     expect(m.rpcs).toBe(before);
     await m.close(1000);
   });
+
+  it("forgets a key whose busy lease could not be renewed (the quota ran out), waited on or not", async () => {
+    let n = 0;
+    const { rpc, calls } = fakeRpc(10n, { answer: (req) => (req.calls > 0n && ++n > 1 ? "deny" : undefined) });
+    const m = new LeaseManager(rpc, { calls: 10, ttlMs: 1000, remoteOnlyRecheckMs: 60_000 });
+    const ref = { apiKey: "qa_k4_s", keyId: "", product: "p", method: "m" };
+    expect((await m.decide(ref, call)).local).toBeDefined();
+    // Used again in its second half: busy, so at its end (~900 ms) the client renews it, and the server refuses.
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await m.decide(ref, call)).local).toBeDefined();
+    await new Promise((r) => setTimeout(r, 700));
+    expect(calls).toHaveLength(2);
+    expect(calls[1]).toMatchObject({ calls: 10n, close: [{ leaseId: "lease-1", usedCalls: 2n }] });
+    expect(m.size).toBe(0);
+  });
 });

@@ -359,9 +359,7 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
       if (leases && (plain || (o?.lease !== false && leasable(request, message!)))) {
         // What the call is, taken now: the caller may change its request object while this call waits for a lease.
         const ref = { apiKey: request.apiKey ?? "", keyId: request.keyId ?? "", product: request.product, method: request.method };
-        const snapshot: CheckRequest | undefined = message
-          ? undefined
-          : { ...(ref.apiKey ? { apiKey: ref.apiKey } : { keyId: ref.keyId }), product: ref.product, method: ref.method, ...(request.mode ? { mode: request.mode } : {}) };
+        const requestMode = request.mode;
         const d = await leases.decide(ref, call);
         if (d.local) return localResult(d.local.held.response, d.local.info);
         if (d.denied) return fromLeaseDenial(d.denied);
@@ -369,8 +367,8 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
           if (d.error instanceof QuotaUnavailableError) return unavailableResult(d.error, mode);
           throw d.error;
         }
-        // Decided remotely after all (a remote-only key, or no lease to be had).
-        message ??= toCheckRequest(snapshot!);
+        // Decided remotely after all (a remote-only key, or no lease to be had): a plain call as it was when made.
+        message ??= toCheckRequest({ ...(ref.apiKey ? { apiKey: ref.apiKey } : { keyId: ref.keyId }), product: ref.product, method: ref.method, ...(requestMode ? { mode: requestMode } : {}) });
       }
       return remoteCheck(message!, mode, call, o?.signal);
     },
@@ -458,8 +456,9 @@ const MODES: Record<Mode, ModeEnum> = { ENFORCE: ModeEnum.ENFORCE, CHECK_ONLY: M
 /** The checks of the fields every request has: the key, the product, the method, the mode. */
 function checkCommon(r: CheckRequest): void {
   if (r === null || typeof r !== "object") throw new QuotaInputError("request", "must be an object");
-  if (r.apiKey !== undefined && typeof r.apiKey !== "string") throw new QuotaInputError("apiKey", "must be a string");
-  if (r.keyId !== undefined && typeof r.keyId !== "string") throw new QuotaInputError("keyId", "must be a string");
+  // null as absent (JSON callers), as before
+  if (r.apiKey != null && typeof r.apiKey !== "string") throw new QuotaInputError("apiKey", "must be a string");
+  if (r.keyId != null && typeof r.keyId !== "string") throw new QuotaInputError("keyId", "must be a string");
   const hasKey = typeof r.apiKey === "string" && r.apiKey !== "";
   const hasKeyId = typeof r.keyId === "string" && r.keyId !== "";
   if (hasKey === hasKeyId) throw new QuotaInputError("apiKey", "exactly one of apiKey and keyId is required");

@@ -114,7 +114,7 @@ export class LeaseManager {
     // A few rounds: a fresh grant can be used up by this process's other callers before this one gets a turn.
     for (let round = 0; round < 4; round++) {
       // Looked up every round: the state this caller waited on may have been settled and forgotten meanwhile (an
-      // idle lease ending), and a lease must only ever be taken on the state in use, which close() settles.
+      // idle lease ending), and a lease is taken on the state in use (the one close() settles), never on a forgotten one.
       const s = this.#state(ref);
       if (Date.now() < s.remoteOnlyUntil) return { remote: true };
       const h = s.held;
@@ -124,7 +124,11 @@ export class LeaseManager {
         h.lastUsedAt = now;
         return { local: { held: h, info: { leaseId: h.leaseId, remainingCalls: h.granted - h.used, usableUntil: new Date(h.usableUntil) } } };
       }
-      s.acquiring ??= this.#acquire(s, call.timeoutMs, this.#o.calls).finally(() => (s.acquiring = undefined));
+      // Forgotten when it ends holding nothing (denied, say), whether or not a caller still waits for it.
+      s.acquiring ??= this.#acquire(s, call.timeoutMs, this.#o.calls).finally(() => {
+        s.acquiring = undefined;
+        this.#forgetIfEmpty(s);
+      });
       let outcome: Outcome;
       try {
         // The Lease call is shared by this key's waiting callers; each still waits only within its own deadline.
@@ -133,14 +137,8 @@ export class LeaseManager {
         if (e instanceof QuotaUnavailableError) return { error: e };
         throw e;
       }
-      if (outcome.kind === "denied") {
-        this.#forgetIfEmpty(s);
-        return { denied: outcome.response };
-      }
-      if (outcome.kind === "error") {
-        this.#forgetIfEmpty(s);
-        return { error: outcome.error };
-      }
+      if (outcome.kind === "denied") return { denied: outcome.response };
+      if (outcome.kind === "error") return { error: outcome.error };
     }
     return { remote: true };
   }
@@ -263,9 +261,9 @@ export class LeaseManager {
     const busy = h.lastUsedAt >= h.usableUntil - this.#o.ttlMs / 2;
     s.acquiring = this.#acquire(s, 10_000, busy ? this.#o.calls : 0).finally(() => {
       s.acquiring = undefined;
-      // An idle key holds nothing any more: forget it (a later call starts afresh), so the map stays bounded by the
-      // keys in use.
-      if (!busy && !s.held && s.toClose.length === 0 && Date.now() >= s.remoteOnlyUntil) this.#forget(s);
+      // A key that holds nothing any more (an idle one settled, a renewal refused) is forgotten (a later call starts
+      // afresh), so what is kept stays bounded by the keys in use.
+      this.#forgetIfEmpty(s);
     });
   }
 
