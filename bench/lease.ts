@@ -209,11 +209,11 @@ async function decide(h: Holder): Promise<boolean> {
 }
 
 // Holder "client": the published client decides; its Lease RPCs are counted and timed by an interceptor.
-const viaClient = spec.holder === "client";
 let clientUnits = 0n;
 let clientRemote = 0;
 let clientCost = 0n;
-const client: QuotaClient | undefined = viaClient
+const client: QuotaClient | undefined =
+  spec.holder === "client"
   ? createQuotaClient({
       address: `127.0.0.1:${spec.port}`,
       ...(spec.token ? { token: spec.token } : {}),

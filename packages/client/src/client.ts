@@ -347,16 +347,16 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
   return {
     failureMode,
     async checkAndReserve(request, o) {
-      // The common leasable call (a key, a product, a method, nothing else) is checked and decided on its lease
-      // without building its protobuf message: that message cost a fifth of a local decision's CPU.
-      const plain = leases !== undefined && o?.lease !== false && plainLeasable(request);
+      // A leasable call (a key, a product, a method, nothing else) is checked and decided on its lease without
+      // building its protobuf message: that message cost a fifth of a local decision's CPU.
+      const leased = leases !== undefined && o?.lease !== false && leasable(request);
       let message: CheckAndReserveRequest | undefined;
-      if (plain) checkCommon(request);
+      if (leased) checkCommon(request);
       else message = toCheckRequest(request);
       const mode = o?.failureMode ?? failureMode;
       checkFailureMode("failureMode", mode);
       const call = callOf(o, deadlineMs);
-      if (leases && (plain || (o?.lease !== false && leasable(request, message!)))) {
+      if (leases && leased) {
         // What the call is, taken now: the caller may change its request object while this call waits for a lease.
         const ref = { apiKey: request.apiKey ?? "", keyId: request.keyId ?? "", product: request.product, method: request.method };
         const requestMode = request.mode;
@@ -367,8 +367,8 @@ export function createQuotaClient(options: QuotaClientOptions): QuotaClient {
           if (d.error instanceof QuotaUnavailableError) return unavailableResult(d.error, mode);
           throw d.error;
         }
-        // Decided remotely after all (a remote-only key, or no lease to be had): a plain call as it was when made.
-        message ??= toCheckRequest({ ...(ref.apiKey ? { apiKey: ref.apiKey } : { keyId: ref.keyId }), product: ref.product, method: ref.method, ...(requestMode ? { mode: requestMode } : {}) });
+        // Decided remotely after all (a remote-only key, or no lease to be had): the call as it was when made.
+        message = toCheckRequest({ ...(ref.apiKey ? { apiKey: ref.apiKey } : { keyId: ref.keyId }), product: ref.product, method: ref.method, ...(requestMode ? { mode: requestMode } : {}) });
       }
       return remoteCheck(message!, mode, call, o?.signal);
     },
@@ -467,19 +467,23 @@ function checkCommon(r: CheckRequest): void {
   if (r.mode !== undefined && !Object.hasOwn(MODES, r.mode)) throw new QuotaInputError("mode", `must be ENFORCE, CHECK_ONLY or SHADOW, got ${JSON.stringify(r.mode)}`);
 }
 
-/** A request with nothing but what checkCommon checks (no amounts, meters, idempotency id or TTL; ENFORCE): what
- * `leasable` accepts, told from the plain request alone. */
-function plainLeasable(r: CheckRequest): boolean {
+/** Only fixed-cost ENFORCE calls can be decided on a lease (a lease charges the method's plan weight per call): a
+ * request with nothing but what checkCommon checks (no amount, no meter, no idempotency id, no TTL). */
+function leasable(r: CheckRequest): boolean {
   return (
     r !== null &&
     typeof r === "object" &&
     r.cost === undefined &&
     r.estimatedSpendMicros === undefined &&
-    r.meters === undefined &&
-    (r.idempotencyId === undefined || r.idempotencyId === "") &&
+    (r.meters === undefined || isEmptyObject(r.meters)) &&
+    (r.idempotencyId == null || r.idempotencyId === "") &&
     r.reservationTtlMs === undefined &&
     (r.mode === undefined || r.mode === "ENFORCE")
   );
+}
+
+function isEmptyObject(v: unknown): boolean {
+  return v !== null && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 0;
 }
 
 function toCheckRequest(r: CheckRequest): CheckAndReserveRequest {
@@ -602,24 +606,12 @@ function itemOf<R>(r: { case: "response"; value: R } | { case: "error"; value: B
   return { error: { code: 13, message: "batch item without a result", reason: "" } };
 }
 
-/** Only fixed-cost ENFORCE calls can be decided on a lease (a lease charges the method's plan weight per call). */
-function leasable(r: CheckRequest, m: CheckAndReserveRequest): boolean {
-  return (
-    r.cost === undefined &&
-    r.estimatedSpendMicros === undefined &&
-    Object.keys(m.meters).length === 0 &&
-    !m.idempotencyId &&
-    r.reservationTtlMs === undefined &&
-    (m.mode === ModeEnum.MODE_UNSPECIFIED || m.mode === ModeEnum.ENFORCE)
-  );
-}
-
-/** A call admitted in this process on a lease: no reservation, the limits as the server reported them when it
- * granted the lease (the leased calls already counted as used), no headers (nothing fresh to report). */
 /** A lease's limits as results report them, converted from the protobuf once per lease; each result gets copies
  * of its own (a shallow copy and its Date: a caller that changes its result changes no other). */
 const leaseLimits = new WeakMap<LeaseResponse, LimitState[]>();
 
+/** A call admitted in this process on a lease: no reservation, the limits as the server reported them when it
+ * granted the lease (the leased calls already counted as used), no headers (nothing fresh to report). */
 function localResult(lease: LeaseResponse, info: LeaseInfo): AllowedResult {
   let limits = leaseLimits.get(lease);
   if (!limits) leaseLimits.set(lease, (limits = lease.limits.map(fromLimit)));

@@ -72,6 +72,11 @@ export interface LeaseDecision {
   error?: unknown;
 }
 
+/** No lease held, nothing left to settle, no Lease call under way. */
+function holdsNothing(s: KeyState): boolean {
+  return !s.held && s.toClose.length === 0 && !s.acquiring;
+}
+
 export function checkLeaseOptions(field: string, o: LeaseOptions | true): Required<LeaseOptions> {
   const opts = o === true ? {} : o;
   if (opts === null || typeof opts !== "object") throw new QuotaInputError(field, "must be true or { calls?, ttlMs?, remoteOnlyRecheckMs? }");
@@ -146,7 +151,7 @@ export class LeaseManager {
   /** Forgets a state that holds nothing (no lease, nothing to settle, no Lease call, not remote-only): a denied key
    * is asked again by its next call anyway, so many keys denied once cost nothing kept. */
   #forgetIfEmpty(s: KeyState): void {
-    if (!s.held && s.toClose.length === 0 && !s.acquiring && Date.now() >= s.remoteOnlyUntil) this.#forget(s);
+    if (holdsNothing(s) && Date.now() >= s.remoteOnlyUntil) this.#forget(s);
   }
 
   /** The state of a (key, product, method), made on first use. */
@@ -175,13 +180,16 @@ export class LeaseManager {
     if (byProduct!.size === 0) top.delete(key);
   }
 
+  /** Every state in use. */
+  *#all(): Generator<KeyState> {
+    for (const top of [this.#byApiKey, this.#byKeyId]) for (const byProduct of top.values()) for (const byMethod of byProduct.values()) yield* byMethod.values();
+  }
+
   /** Every state in use, and forgets them all. */
   #takeAll(): KeyState[] {
-    const out: KeyState[] = [];
-    for (const top of [this.#byApiKey, this.#byKeyId]) {
-      for (const byProduct of top.values()) for (const byMethod of byProduct.values()) out.push(...byMethod.values());
-      top.clear();
-    }
+    const out = [...this.#all()];
+    this.#byApiKey.clear();
+    this.#byKeyId.clear();
     this.#remoteOnly.clear();
     return out;
   }
@@ -189,7 +197,7 @@ export class LeaseManager {
   /** States held, for tests: (key, product, method) combinations in use. */
   get size(): number {
     let n = 0;
-    for (const top of [this.#byApiKey, this.#byKeyId]) for (const byProduct of top.values()) for (const byMethod of byProduct.values()) n += byMethod.size;
+    for (const _ of this.#all()) n++;
     return n;
   }
 
@@ -224,7 +232,7 @@ export class LeaseManager {
           const oldest = this.#remoteOnly.values().next().value!;
           this.#remoteOnly.delete(oldest);
           // Forgotten unless it holds something after all; its key asks the server again on its next call.
-          if (!oldest.held && oldest.toClose.length === 0 && !oldest.acquiring) this.#forget(oldest);
+          if (holdsNothing(oldest)) this.#forget(oldest);
         }
         return { kind: "remote" };
       }
